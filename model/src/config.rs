@@ -1,0 +1,441 @@
+//! The pipeline configuration (DESIGN.md section 2.3): meters, burn rates, plans and
+//! pipeline settings, read from TOML and validated into typed values.
+//!
+//! Every error names the offending key (`meters[1].windows[0]`) and what is allowed.
+//! [`Config::builtin`] is the embedded default used by `openmonetize demo`.
+
+use crate::decimal::Decimal9;
+use crate::time::{Micros, WindowSize, parse_duration};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The embedded default configuration (also shipped as `deploy/config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// A configuration problem, naming the key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not valid TOML or does not have the expected shape.
+    #[error("config is not valid: {0}")]
+    Syntax(String),
+    /// A key holds a value that is not allowed.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Path of the key, e.g. `meters[0].aggregation`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// How a meter folds the values of its events in one window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Exact sum of the values.
+    Sum,
+    /// Number of events.
+    Count,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Sum / count, rounded half-even to 9 digits.
+    Avg,
+    /// Number of distinct values (any JSON scalar).
+    UniqueCount,
+    /// Value of the event with the greatest (timestamp, id).
+    Latest,
+}
+
+impl Aggregation {
+    /// Names accepted in config.
+    pub const NAMES: &str = "sum, count, min, max, avg, unique_count, latest";
+
+    /// True for the aggregations maintained as a running (sum, count) pair, which can be
+    /// corrected by adding and subtracting (no need to keep each value).
+    pub fn is_additive(self) -> bool {
+        matches!(self, Aggregation::Sum | Aggregation::Count | Aggregation::Avg)
+    }
+}
+
+/// A JSON path into an event such as `$.properties.input_tokens`, stored as its segments.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValuePath {
+    text: String,
+    segments: Vec<String>,
+}
+
+impl ValuePath {
+    /// Top-level event fields a path may start with.
+    pub const ROOTS: &str = "value, properties, id, tenant_id, customer_id, event_type";
+
+    /// Parses `$.a.b.c`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("$.")?;
+        let segments: Vec<String> = rest.split('.').map(str::to_string).collect();
+        if segments.iter().any(String::is_empty) {
+            return None;
+        }
+        let root_ok = matches!(
+            segments[0].as_str(),
+            "value" | "properties" | "id" | "tenant_id" | "customer_id" | "event_type"
+        );
+        (root_ok && (segments[0] == "properties" || segments.len() == 1))
+            .then(|| ValuePath { text: text.to_string(), segments })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Its segments, e.g. `["properties", "input_tokens"]`.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+}
+
+/// A meter: which events it reads, how it aggregates and over which windows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meter {
+    /// Unique name, the `meter` column.
+    pub name: String,
+    /// Event type it reads.
+    pub event_type: String,
+    /// How values fold within a window.
+    pub aggregation: Aggregation,
+    /// Where the value is read (`$.value` by default).
+    pub value: ValuePath,
+    /// Dimension name -> path; a missing property is a null dimension.
+    pub group_by: BTreeMap<String, ValuePath>,
+    /// Window sizes maintained for this meter.
+    pub windows: Vec<WindowSize>,
+}
+
+/// A credit burn rule (used by the credits issue; parsed and validated now).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BurnRate {
+    /// Event type it applies to.
+    pub event_type: String,
+    /// Property equality conditions; empty matches every event of the type.
+    pub match_properties: BTreeMap<String, String>,
+    /// Where the burned quantity is read.
+    pub value: ValuePath,
+    /// Credits per unit of the value.
+    pub credits_per_unit: Decimal9,
+}
+
+/// A plan feature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Access granted or not.
+    Boolean(bool),
+    /// Access while the meter's usage in the period is below the limit.
+    Metered {
+        /// Meter name.
+        meter: String,
+        /// Usage limit per period.
+        limit: Decimal9,
+        /// The period (only `month` for now).
+        period: WindowSize,
+    },
+    /// Access while the credit balance is positive.
+    Credits,
+}
+
+/// A plan: a name and its features.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Unique plan name.
+    pub name: String,
+    /// Feature name -> feature.
+    pub features: BTreeMap<String, Feature>,
+}
+
+/// `[pipeline]` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineSettings {
+    /// Events older than watermark - allowed_lateness go to `late_events`.
+    pub allowed_lateness: Micros,
+    /// How far behind the watermark (event time) dedup keys are kept.
+    pub dedup_horizon: Micros,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Meters, in config order (a meter's index is its id inside the dataflow).
+    pub meters: Vec<Meter>,
+    /// Burn rules.
+    pub burn_rates: Vec<BurnRate>,
+    /// Plans.
+    pub plans: Vec<Plan>,
+    /// Pipeline settings.
+    pub pipeline: PipelineSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    meters: Vec<RawMeter>,
+    #[serde(default)]
+    burn_rates: Vec<RawBurnRate>,
+    #[serde(default)]
+    plans: Vec<RawPlan>,
+    #[serde(default)]
+    pipeline: RawPipeline,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeter {
+    name: String,
+    event_type: String,
+    aggregation: String,
+    value: Option<String>,
+    #[serde(default)]
+    group_by: BTreeMap<String, String>,
+    windows: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBurnRate {
+    event_type: String,
+    #[serde(default, rename = "match")]
+    match_properties: BTreeMap<String, toml::Value>,
+    value: Option<String>,
+    credits_per_unit: toml::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    name: String,
+    #[serde(default)]
+    features: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    allowed_lateness: Option<String>,
+    dedup_horizon: Option<String>,
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn builtin() -> Config {
+        Config::from_toml(DEFAULT_TOML).expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut names = BTreeSet::new();
+        let mut meters = Vec::with_capacity(raw.meters.len());
+        for (i, m) in raw.meters.into_iter().enumerate() {
+            let key = |field: &str| format!("meters[{i}].{field}");
+            if m.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(m.name.clone()) {
+                return Err(invalid(key("name"), format!("meter `{}` is defined twice", m.name)));
+            }
+            if m.event_type.is_empty() {
+                return Err(invalid(key("event_type"), "must not be empty"));
+            }
+            let aggregation = parse_aggregation(&m.aggregation)
+                .ok_or_else(|| invalid(key("aggregation"), format!("`{}` is not one of {}", m.aggregation, Aggregation::NAMES)))?;
+            let value = parse_path(m.value.as_deref().unwrap_or("$.value"), &key("value"))?;
+            let mut group_by = BTreeMap::new();
+            for (dim, path) in m.group_by {
+                let path = parse_path(&path, &format!("meters[{i}].group_by.{dim}"))?;
+                group_by.insert(dim, path);
+            }
+            let window_names = m.windows.unwrap_or_else(|| vec!["hour".into(), "day".into(), "month".into()]);
+            if window_names.is_empty() {
+                return Err(invalid(key("windows"), "needs at least one of minute, hour, day, month"));
+            }
+            let mut windows = Vec::new();
+            for (j, w) in window_names.iter().enumerate() {
+                let size = WindowSize::from_name(w)
+                    .ok_or_else(|| invalid(format!("meters[{i}].windows[{j}]"), format!("`{w}` is not one of minute, hour, day, month")))?;
+                if !windows.contains(&size) {
+                    windows.push(size);
+                }
+            }
+            windows.sort();
+            meters.push(Meter { name: m.name, event_type: m.event_type, aggregation, value, group_by, windows });
+        }
+
+        let mut burn_rates = Vec::with_capacity(raw.burn_rates.len());
+        for (i, b) in raw.burn_rates.into_iter().enumerate() {
+            let key = |field: &str| format!("burn_rates[{i}].{field}");
+            let mut match_properties = BTreeMap::new();
+            for (prop, v) in b.match_properties {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => return Err(invalid(format!("burn_rates[{i}].match.{prop}"), "must be a string, integer or boolean")),
+                };
+                match_properties.insert(prop, text);
+            }
+            let value = parse_path(b.value.as_deref().unwrap_or("$.value"), &key("value"))?;
+            let credits_per_unit = parse_decimal_value(&b.credits_per_unit, &key("credits_per_unit"))?;
+            burn_rates.push(BurnRate { event_type: b.event_type, match_properties, value, credits_per_unit });
+        }
+
+        let meter_names: BTreeSet<&str> = meters.iter().map(|m| m.name.as_str()).collect();
+        let mut plans = Vec::with_capacity(raw.plans.len());
+        let mut plan_names = BTreeSet::new();
+        for (i, p) in raw.plans.into_iter().enumerate() {
+            if !plan_names.insert(p.name.clone()) {
+                return Err(invalid(format!("plans[{i}].name"), format!("plan `{}` is defined twice", p.name)));
+            }
+            let mut features = BTreeMap::new();
+            for (name, v) in p.features {
+                let key = format!("plans[{i}].features.{name}");
+                let feature = parse_feature(&v, &key, &meter_names)?;
+                features.insert(name, feature);
+            }
+            plans.push(Plan { name: p.name, features });
+        }
+
+        let allowed_lateness = parse_setting(raw.pipeline.allowed_lateness.as_deref(), "48h", "pipeline.allowed_lateness")?;
+        let dedup_horizon = parse_setting(raw.pipeline.dedup_horizon.as_deref(), "7d", "pipeline.dedup_horizon")?;
+        if dedup_horizon < allowed_lateness {
+            return Err(invalid(
+                "pipeline.dedup_horizon",
+                "must be at least pipeline.allowed_lateness, or a duplicate of an accepted event could be accepted again",
+            ));
+        }
+        Ok(Config { meters, burn_rates, plans, pipeline: PipelineSettings { allowed_lateness, dedup_horizon } })
+    }
+
+    /// Indices of the meters reading `event_type`.
+    pub fn meters_for<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = (usize, &'a Meter)> + 'a {
+        self.meters.iter().enumerate().filter(move |(_, m)| m.event_type == event_type)
+    }
+}
+
+fn parse_aggregation(name: &str) -> Option<Aggregation> {
+    Some(match name {
+        "sum" => Aggregation::Sum,
+        "count" => Aggregation::Count,
+        "min" => Aggregation::Min,
+        "max" => Aggregation::Max,
+        "avg" => Aggregation::Avg,
+        "unique_count" => Aggregation::UniqueCount,
+        "latest" => Aggregation::Latest,
+        _ => return None,
+    })
+}
+
+fn parse_path(text: &str, key: &str) -> Result<ValuePath, ConfigError> {
+    ValuePath::parse(text).ok_or_else(|| {
+        invalid(
+            key,
+            format!("`{text}` is not a value path; write `$.value` or `$.properties.NAME[.NAME...]` (paths start at one of {})", ValuePath::ROOTS),
+        )
+    })
+}
+
+fn parse_decimal_value(v: &toml::Value, key: &str) -> Result<Decimal9, ConfigError> {
+    match v {
+        toml::Value::String(s) => Decimal9::parse(s).map_err(|e| invalid(key, e.to_string())),
+        toml::Value::Integer(n) => Ok(Decimal9::from_int(*n)),
+        _ => Err(invalid(key, "must be a decimal string such as \"0.0025\" (floats are not exact) or an integer")),
+    }
+}
+
+fn parse_feature(v: &toml::Value, key: &str, meters: &BTreeSet<&str>) -> Result<Feature, ConfigError> {
+    let shape = "must be `true`/`false`, `{ meter = \"NAME\", limit = \"N\", period = \"month\" }` or `{ credits = true }`";
+    match v {
+        toml::Value::Boolean(b) => Ok(Feature::Boolean(*b)),
+        toml::Value::Table(t) if t.get("credits") == Some(&toml::Value::Boolean(true)) && t.len() == 1 => Ok(Feature::Credits),
+        toml::Value::Table(t) => {
+            let meter = match t.get("meter") {
+                Some(toml::Value::String(m)) => m.clone(),
+                _ => return Err(invalid(key, shape)),
+            };
+            if !meters.contains(meter.as_str()) {
+                return Err(invalid(format!("{key}.meter"), format!("no meter is named `{meter}`")));
+            }
+            let limit = parse_decimal_value(t.get("limit").ok_or_else(|| invalid(format!("{key}.limit"), "is required"))?, &format!("{key}.limit"))?;
+            let period = match t.get("period").and_then(toml::Value::as_str).unwrap_or("month") {
+                "month" => WindowSize::Month,
+                other => return Err(invalid(format!("{key}.period"), format!("`{other}` is not allowed; only `month` is supported"))),
+            };
+            if let Some(extra) = t.keys().find(|k| !matches!(k.as_str(), "meter" | "limit" | "period")) {
+                return Err(invalid(format!("{key}.{extra}"), "unknown key; allowed: meter, limit, period"));
+            }
+            Ok(Feature::Metered { meter, limit, period })
+        }
+        _ => Err(invalid(key, shape)),
+    }
+}
+
+fn parse_setting(text: Option<&str>, default: &str, key: &str) -> Result<Micros, ConfigError> {
+    let text = text.unwrap_or(default);
+    parse_duration(text)
+        .ok_or_else(|| invalid(key, format!("`{text}` is not a duration; write a whole number with a unit: ms, s, m, h, d or w (e.g. \"48h\")")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let c = Config::builtin();
+        assert!(!c.meters.is_empty());
+        assert_eq!(c.pipeline.allowed_lateness, 48 * crate::time::HOUR);
+    }
+
+    #[test]
+    fn golden_configs_parse() {
+        for case in ["small", "medium"] {
+            let path = format!("{}/../../shared/golden/{case}/config.toml", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = Config::from_toml(&text).unwrap();
+            assert_eq!(c.meters.len(), 8);
+            assert_eq!(c.plans.len(), 2);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = r#"
+[[meters]]
+name = "x"
+event_type = "t"
+aggregation = "summ"
+"#;
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("meters[0].aggregation") && e.contains("unique_count"), "{e}");
+
+        let bad = "[[meters]]\nname = \"x\"\nevent_type = \"t\"\naggregation = \"sum\"\nwindows = [\"week\"]\n";
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("meters[0].windows[0]") && e.contains("minute"), "{e}");
+
+        let bad = "[pipeline]\nallowed_lateness = \"2 days\"\n";
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("pipeline.allowed_lateness"), "{e}");
+
+        let bad = "[pipeline]\nallowed_latenes = \"2d\"\n";
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("allowed_latenes"), "{e}");
+
+        let bad = "[[meters]]\nname = \"x\"\nevent_type = \"t\"\naggregation = \"sum\"\nvalue = \"properties.x\"\n";
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("meters[0].value"), "{e}");
+    }
+}

@@ -1,0 +1,14 @@
+//! `om-model`: the types every OpenMonetize crate shares and no I/O. Exact decimals,
+//! event time and windows, the configuration, the records that flow through the
+//! dataflow, and the Arrow schemas of the output tables.
+
+pub mod config;
+pub mod decimal;
+pub mod event;
+pub mod schema;
+pub mod time;
+
+pub use config::{Aggregation, Config, ConfigError, Meter};
+pub use decimal::Decimal9;
+pub use event::{DecodedEvent, Event, LateRecord, Reading, ReadingValue, RejectedRecord, SourcePosition, WindowKey};
+pub use time::{Micros, WindowSize};

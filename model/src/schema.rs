@@ -1,0 +1,109 @@
+//! Arrow schemas of the output tables (DESIGN.md section 4). Money and usage are
+//! `Decimal128(38, 9)`; times are microsecond timestamps in UTC.
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use std::sync::{Arc, LazyLock};
+
+/// Decimal type of every usage, credit and money column.
+pub const DECIMAL: DataType = DataType::Decimal128(38, 9);
+
+/// Timestamp type of every time column.
+pub fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn source_fields() -> [Field; 3] {
+    [
+        utf8("source", false),
+        Field::new("source_partition", DataType::Int32, false),
+        Field::new("source_offset", DataType::Int64, false),
+    ]
+}
+
+/// The names of all tables, as registered for SQL.
+pub const TABLES: [&str; 4] = ["events", "usage_windows", "rejected_events", "late_events"];
+
+/// `events`: one row per accepted event.
+pub static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(
+        [
+            utf8("tenant_id", false),
+            utf8("id", false),
+            utf8("customer_id", false),
+            utf8("event_type", false),
+            Field::new("timestamp", timestamp(), false),
+            Field::new("value", DECIMAL, false),
+            utf8("properties", true),
+            Field::new("ingested_at", timestamp(), false),
+        ]
+        .into_iter()
+        .chain(source_fields())
+        .collect::<Vec<_>>(),
+    ))
+});
+
+/// `usage_windows`: one row per (customer, meter, dimensions, window).
+pub static USAGE_WINDOWS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("meter", false),
+        utf8("dimensions", false),
+        utf8("window_size", false),
+        Field::new("window_start", timestamp(), false),
+        Field::new("window_end", timestamp(), false),
+        Field::new("value", DECIMAL, false),
+        Field::new("events", DataType::Int64, false),
+        Field::new("is_final", DataType::Boolean, false),
+    ]))
+});
+
+/// `rejected_events`: bad input and duplicates.
+pub static REJECTED_EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(
+        [
+            utf8("tenant_id", true),
+            utf8("event_id", true),
+            utf8("raw", false),
+            utf8("reason", false),
+            Field::new("ingested_at", timestamp(), false),
+        ]
+        .into_iter()
+        .chain(source_fields())
+        .collect::<Vec<_>>(),
+    ))
+});
+
+/// `late_events`: valid events older than the lateness bound.
+pub static LATE_EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(
+        [
+            utf8("tenant_id", false),
+            utf8("event_id", false),
+            utf8("customer_id", false),
+            Field::new("timestamp", timestamp(), false),
+            Field::new("watermark", timestamp(), false),
+            utf8("raw", false),
+            utf8("reason", false),
+            Field::new("ingested_at", timestamp(), false),
+        ]
+        .into_iter()
+        .chain(source_fields())
+        .collect::<Vec<_>>(),
+    ))
+});
+
+/// The schema of a table by name.
+pub fn table_schema(name: &str) -> Option<SchemaRef> {
+    Some(Arc::clone(match name {
+        "events" => &EVENTS,
+        "usage_windows" => &USAGE_WINDOWS,
+        "rejected_events" => &REJECTED_EVENTS,
+        "late_events" => &LATE_EVENTS,
+        _ => return None,
+    }))
+}
