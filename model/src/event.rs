@@ -57,6 +57,7 @@ pub struct Reading {
 
 /// An event that passed validation, with its meter readings.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct DecodedEvent {
     /// The normalized event.
     pub event: Event,

@@ -1,0 +1,192 @@
+//! Dedup on (tenant_id, id): the first valid occurrence in arrival order claims the key;
+//! later occurrences are duplicates (DESIGN.md section 3).
+//!
+//! Probes are routed to the worker owning the key's hash. At the end of each epoch the
+//! owner walks that epoch's probes in arrival order (`pos`), answers with the positions
+//! of duplicates (sent back to the worker that read them) and, for every chunk, the
+//! greatest timestamp among its first occurrences, which the lateness operator needs to
+//! compute the watermark. Keys are kept for `dedup_horizon` of event time behind the
+//! greatest timestamp this owner has seen.
+
+use om_model::Micros;
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+/// One accepted-candidate's claim on its dedup key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DedupProbe {
+    /// `tenant_id` and `id` joined by a NUL byte.
+    pub key: String,
+    /// Global arrival order.
+    pub pos: u64,
+    /// The chunk (reading worker) it came from.
+    pub chunk: u32,
+    /// Event time.
+    pub ts: Micros,
+}
+
+impl DedupProbe {
+    /// The dedup key of an event.
+    pub fn key_of(tenant_id: &str, id: &str) -> String {
+        let mut key = String::with_capacity(tenant_id.len() + id.len() + 1);
+        key.push_str(tenant_id);
+        key.push('\0');
+        key.push_str(id);
+        key
+    }
+}
+
+/// The owner's answer, routed to worker `target()`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Verdict {
+    /// The probe at `pos` from `chunk` repeats an earlier key.
+    Duplicate {
+        /// Chunk of the duplicate.
+        chunk: u32,
+        /// Its arrival position.
+        pos: u64,
+    },
+    /// The greatest timestamp among first occurrences of `chunk` routed to this owner.
+    ChunkMax {
+        /// The worker this copy is for (every worker gets one).
+        target: u32,
+        /// The chunk it describes.
+        chunk: u32,
+        /// The greatest timestamp.
+        max_ts: Micros,
+    },
+}
+
+impl Verdict {
+    /// The worker that must receive this verdict.
+    pub fn target(&self) -> u32 {
+        match self {
+            Verdict::Duplicate { chunk, .. } => *chunk,
+            Verdict::ChunkMax { target, .. } => *target,
+        }
+    }
+}
+
+/// The keys one owner remembers.
+#[derive(Debug)]
+pub struct DedupState {
+    seen: FxHashMap<String, Micros>,
+    horizon: Micros,
+    max_ts: Option<Micros>,
+    swept_at: Micros,
+}
+
+impl DedupState {
+    /// Remembers keys for `horizon` of event time.
+    pub fn new(horizon: Micros) -> Self {
+        DedupState { seen: FxHashMap::default(), horizon, max_ts: None, swept_at: Micros::MIN }
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Decides one epoch's probes; returns the duplicates as (chunk, pos) and the
+    /// greatest first-occurrence timestamp per chunk.
+    pub fn process(&mut self, mut probes: Vec<DedupProbe>) -> (Vec<(u32, u64)>, BTreeMap<u32, Micros>) {
+        probes.sort_unstable_by_key(|p| p.pos);
+        let mut duplicates = Vec::new();
+        let mut chunk_max: BTreeMap<u32, Micros> = BTreeMap::new();
+        for p in probes {
+            if self.seen.contains_key(&p.key) {
+                duplicates.push((p.chunk, p.pos));
+                continue;
+            }
+            let m = chunk_max.entry(p.chunk).or_insert(p.ts);
+            *m = (*m).max(p.ts);
+            self.max_ts = Some(self.max_ts.map_or(p.ts, |m| m.max(p.ts)));
+            self.seen.insert(p.key, p.ts);
+        }
+        self.evict();
+        (duplicates, chunk_max)
+    }
+
+    /// Forgets keys older than the horizon; sweeps only when the clock moved enough to
+    /// make the sweep worth its cost.
+    fn evict(&mut self) {
+        let Some(max) = self.max_ts else { return };
+        let cutoff = max.saturating_sub(self.horizon);
+        if cutoff.saturating_sub(self.swept_at) > self.horizon / 16 {
+            self.seen.retain(|_, ts| *ts >= cutoff);
+            self.swept_at = cutoff;
+        }
+    }
+}
+
+/// The dedup operator: probes in (any worker), verdicts out (routed by `Verdict::target`
+/// with the `Exchange` of the next operator).
+pub fn dedup<'s>(probes: StreamVec<'s, u64, DedupProbe>, horizon: Micros, peers: u32) -> StreamVec<'s, u64, Verdict> {
+    let pact = Exchange::new(|p: &DedupProbe| crate::route_hash(&p.key));
+    probes.unary_frontier(pact, "OM: Dedup", move |_cap, _info| {
+        let mut state = DedupState::new(horizon);
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DedupProbe>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let cap = cap.retain_least(0).expect("a message carries a capability for its time");
+                let entry = pending.entry(*cap.time()).or_insert_with(|| (cap, Vec::new()));
+                entry.1.append(data);
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let (cap, probes) = entry.remove();
+                let (duplicates, chunk_max) = state.process(probes);
+                let mut session = output.session(&cap);
+                for (chunk, pos) in duplicates {
+                    session.give(Verdict::Duplicate { chunk, pos });
+                }
+                for (chunk, max_ts) in chunk_max {
+                    for target in 0..peers {
+                        session.give(Verdict::ChunkMax { target, chunk, max_ts });
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(key: &str, pos: u64, chunk: u32, ts: Micros) -> DedupProbe {
+        DedupProbe { key: key.into(), pos, chunk, ts }
+    }
+
+    #[test]
+    fn first_in_arrival_order_wins_across_epochs() {
+        let mut s = DedupState::new(1_000);
+        let (dups, max) = s.process(vec![probe("a", 5, 1, 10), probe("a", 2, 0, 30), probe("b", 3, 0, 20)]);
+        assert_eq!(dups, vec![(1, 5)]);
+        assert_eq!(max.get(&0), Some(&30));
+        assert_eq!(max.get(&1), None);
+        let (dups, _) = s.process(vec![probe("b", 9, 1, 20), probe("c", 8, 1, 25)]);
+        assert_eq!(dups, vec![(1, 9)]);
+    }
+
+    #[test]
+    fn keys_older_than_the_horizon_are_forgotten() {
+        let mut s = DedupState::new(100);
+        s.process(vec![probe("old", 1, 0, 0)]);
+        s.process(vec![probe("new", 2, 0, 1_000)]);
+        assert_eq!(s.len(), 1);
+        let (dups, _) = s.process(vec![probe("new", 3, 0, 1_000)]);
+        assert_eq!(dups.len(), 1);
+    }
+}
