@@ -29,11 +29,16 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// How a meter folds the values of its events in one window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// Exact sum of the values.
@@ -59,7 +64,10 @@ impl Aggregation {
     /// True for the aggregations maintained as a running (sum, count) pair, which can be
     /// corrected by adding and subtracting (no need to keep each value).
     pub fn is_additive(self) -> bool {
-        matches!(self, Aggregation::Sum | Aggregation::Count | Aggregation::Avg)
+        matches!(
+            self,
+            Aggregation::Sum | Aggregation::Count | Aggregation::Avg
+        )
     }
 }
 
@@ -85,8 +93,10 @@ impl ValuePath {
             segments[0].as_str(),
             "value" | "properties" | "id" | "tenant_id" | "customer_id" | "event_type"
         );
-        (root_ok && (segments[0] == "properties" || segments.len() == 1))
-            .then(|| ValuePath { text: text.to_string(), segments })
+        (root_ok && (segments[0] == "properties" || segments.len() == 1)).then(|| ValuePath {
+            text: text.to_string(),
+            segments,
+        })
     }
 
     /// The path as written.
@@ -237,7 +247,8 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let mut names = BTreeSet::new();
         let mut meters = Vec::with_capacity(raw.meters.len());
         for (i, m) in raw.meters.into_iter().enumerate() {
@@ -246,33 +257,56 @@ impl Config {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if !names.insert(m.name.clone()) {
-                return Err(invalid(key("name"), format!("meter `{}` is defined twice", m.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("meter `{}` is defined twice", m.name),
+                ));
             }
             if m.event_type.is_empty() {
                 return Err(invalid(key("event_type"), "must not be empty"));
             }
-            let aggregation = parse_aggregation(&m.aggregation)
-                .ok_or_else(|| invalid(key("aggregation"), format!("`{}` is not one of {}", m.aggregation, Aggregation::NAMES)))?;
+            let aggregation = parse_aggregation(&m.aggregation).ok_or_else(|| {
+                invalid(
+                    key("aggregation"),
+                    format!("`{}` is not one of {}", m.aggregation, Aggregation::NAMES),
+                )
+            })?;
             let value = parse_path(m.value.as_deref().unwrap_or("$.value"), &key("value"))?;
             let mut group_by = BTreeMap::new();
             for (dim, path) in m.group_by {
                 let path = parse_path(&path, &format!("meters[{i}].group_by.{dim}"))?;
                 group_by.insert(dim, path);
             }
-            let window_names = m.windows.unwrap_or_else(|| vec!["hour".into(), "day".into(), "month".into()]);
+            let window_names = m
+                .windows
+                .unwrap_or_else(|| vec!["hour".into(), "day".into(), "month".into()]);
             if window_names.is_empty() {
-                return Err(invalid(key("windows"), "needs at least one of minute, hour, day, month"));
+                return Err(invalid(
+                    key("windows"),
+                    "needs at least one of minute, hour, day, month",
+                ));
             }
             let mut windows = Vec::new();
             for (j, w) in window_names.iter().enumerate() {
-                let size = WindowSize::from_name(w)
-                    .ok_or_else(|| invalid(format!("meters[{i}].windows[{j}]"), format!("`{w}` is not one of minute, hour, day, month")))?;
+                let size = WindowSize::from_name(w).ok_or_else(|| {
+                    invalid(
+                        format!("meters[{i}].windows[{j}]"),
+                        format!("`{w}` is not one of minute, hour, day, month"),
+                    )
+                })?;
                 if !windows.contains(&size) {
                     windows.push(size);
                 }
             }
             windows.sort();
-            meters.push(Meter { name: m.name, event_type: m.event_type, aggregation, value, group_by, windows });
+            meters.push(Meter {
+                name: m.name,
+                event_type: m.event_type,
+                aggregation,
+                value,
+                group_by,
+                windows,
+            });
         }
 
         let mut burn_rates = Vec::with_capacity(raw.burn_rates.len());
@@ -284,13 +318,24 @@ impl Config {
                     toml::Value::String(s) => s,
                     toml::Value::Integer(n) => n.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
-                    _ => return Err(invalid(format!("burn_rates[{i}].match.{prop}"), "must be a string, integer or boolean")),
+                    _ => {
+                        return Err(invalid(
+                            format!("burn_rates[{i}].match.{prop}"),
+                            "must be a string, integer or boolean",
+                        ));
+                    }
                 };
                 match_properties.insert(prop, text);
             }
             let value = parse_path(b.value.as_deref().unwrap_or("$.value"), &key("value"))?;
-            let credits_per_unit = parse_decimal_value(&b.credits_per_unit, &key("credits_per_unit"))?;
-            burn_rates.push(BurnRate { event_type: b.event_type, match_properties, value, credits_per_unit });
+            let credits_per_unit =
+                parse_decimal_value(&b.credits_per_unit, &key("credits_per_unit"))?;
+            burn_rates.push(BurnRate {
+                event_type: b.event_type,
+                match_properties,
+                value,
+                credits_per_unit,
+            });
         }
 
         let meter_names: BTreeSet<&str> = meters.iter().map(|m| m.name.as_str()).collect();
@@ -298,7 +343,10 @@ impl Config {
         let mut plan_names = BTreeSet::new();
         for (i, p) in raw.plans.into_iter().enumerate() {
             if !plan_names.insert(p.name.clone()) {
-                return Err(invalid(format!("plans[{i}].name"), format!("plan `{}` is defined twice", p.name)));
+                return Err(invalid(
+                    format!("plans[{i}].name"),
+                    format!("plan `{}` is defined twice", p.name),
+                ));
             }
             let mut features = BTreeMap::new();
             for (name, v) in p.features {
@@ -306,23 +354,48 @@ impl Config {
                 let feature = parse_feature(&v, &key, &meter_names)?;
                 features.insert(name, feature);
             }
-            plans.push(Plan { name: p.name, features });
+            plans.push(Plan {
+                name: p.name,
+                features,
+            });
         }
 
-        let allowed_lateness = parse_setting(raw.pipeline.allowed_lateness.as_deref(), "48h", "pipeline.allowed_lateness")?;
-        let dedup_horizon = parse_setting(raw.pipeline.dedup_horizon.as_deref(), "7d", "pipeline.dedup_horizon")?;
+        let allowed_lateness = parse_setting(
+            raw.pipeline.allowed_lateness.as_deref(),
+            "48h",
+            "pipeline.allowed_lateness",
+        )?;
+        let dedup_horizon = parse_setting(
+            raw.pipeline.dedup_horizon.as_deref(),
+            "7d",
+            "pipeline.dedup_horizon",
+        )?;
         if dedup_horizon < allowed_lateness {
             return Err(invalid(
                 "pipeline.dedup_horizon",
                 "must be at least pipeline.allowed_lateness, or a duplicate of an accepted event could be accepted again",
             ));
         }
-        Ok(Config { meters, burn_rates, plans, pipeline: PipelineSettings { allowed_lateness, dedup_horizon } })
+        Ok(Config {
+            meters,
+            burn_rates,
+            plans,
+            pipeline: PipelineSettings {
+                allowed_lateness,
+                dedup_horizon,
+            },
+        })
     }
 
     /// Indices of the meters reading `event_type`.
-    pub fn meters_for<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = (usize, &'a Meter)> + 'a {
-        self.meters.iter().enumerate().filter(move |(_, m)| m.event_type == event_type)
+    pub fn meters_for<'a>(
+        &'a self,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a Meter)> + 'a {
+        self.meters
+            .iter()
+            .enumerate()
+            .filter(move |(_, m)| m.event_type == event_type)
     }
 }
 
@@ -352,32 +425,69 @@ fn parse_decimal_value(v: &toml::Value, key: &str) -> Result<Decimal9, ConfigErr
     match v {
         toml::Value::String(s) => Decimal9::parse(s).map_err(|e| invalid(key, e.to_string())),
         toml::Value::Integer(n) => Ok(Decimal9::from_int(*n)),
-        _ => Err(invalid(key, "must be a decimal string such as \"0.0025\" (floats are not exact) or an integer")),
+        _ => Err(invalid(
+            key,
+            "must be a decimal string such as \"0.0025\" (floats are not exact) or an integer",
+        )),
     }
 }
 
-fn parse_feature(v: &toml::Value, key: &str, meters: &BTreeSet<&str>) -> Result<Feature, ConfigError> {
+fn parse_feature(
+    v: &toml::Value,
+    key: &str,
+    meters: &BTreeSet<&str>,
+) -> Result<Feature, ConfigError> {
     let shape = "must be `true`/`false`, `{ meter = \"NAME\", limit = \"N\", period = \"month\" }` or `{ credits = true }`";
     match v {
         toml::Value::Boolean(b) => Ok(Feature::Boolean(*b)),
-        toml::Value::Table(t) if t.get("credits") == Some(&toml::Value::Boolean(true)) && t.len() == 1 => Ok(Feature::Credits),
+        toml::Value::Table(t)
+            if t.get("credits") == Some(&toml::Value::Boolean(true)) && t.len() == 1 =>
+        {
+            Ok(Feature::Credits)
+        }
         toml::Value::Table(t) => {
             let meter = match t.get("meter") {
                 Some(toml::Value::String(m)) => m.clone(),
                 _ => return Err(invalid(key, shape)),
             };
             if !meters.contains(meter.as_str()) {
-                return Err(invalid(format!("{key}.meter"), format!("no meter is named `{meter}`")));
+                return Err(invalid(
+                    format!("{key}.meter"),
+                    format!("no meter is named `{meter}`"),
+                ));
             }
-            let limit = parse_decimal_value(t.get("limit").ok_or_else(|| invalid(format!("{key}.limit"), "is required"))?, &format!("{key}.limit"))?;
-            let period = match t.get("period").and_then(toml::Value::as_str).unwrap_or("month") {
+            let limit = parse_decimal_value(
+                t.get("limit")
+                    .ok_or_else(|| invalid(format!("{key}.limit"), "is required"))?,
+                &format!("{key}.limit"),
+            )?;
+            let period = match t
+                .get("period")
+                .and_then(toml::Value::as_str)
+                .unwrap_or("month")
+            {
                 "month" => WindowSize::Month,
-                other => return Err(invalid(format!("{key}.period"), format!("`{other}` is not allowed; only `month` is supported"))),
+                other => {
+                    return Err(invalid(
+                        format!("{key}.period"),
+                        format!("`{other}` is not allowed; only `month` is supported"),
+                    ));
+                }
             };
-            if let Some(extra) = t.keys().find(|k| !matches!(k.as_str(), "meter" | "limit" | "period")) {
-                return Err(invalid(format!("{key}.{extra}"), "unknown key; allowed: meter, limit, period"));
+            if let Some(extra) = t
+                .keys()
+                .find(|k| !matches!(k.as_str(), "meter" | "limit" | "period"))
+            {
+                return Err(invalid(
+                    format!("{key}.{extra}"),
+                    "unknown key; allowed: meter, limit, period",
+                ));
             }
-            Ok(Feature::Metered { meter, limit, period })
+            Ok(Feature::Metered {
+                meter,
+                limit,
+                period,
+            })
         }
         _ => Err(invalid(key, shape)),
     }
@@ -403,7 +513,10 @@ mod tests {
     #[test]
     fn golden_configs_parse() {
         for case in ["small", "medium"] {
-            let path = format!("{}/../../shared/golden/{case}/config.toml", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/../../shared/golden/{case}/config.toml",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let text = std::fs::read_to_string(&path).unwrap();
             let c = Config::from_toml(&text).unwrap();
             assert_eq!(c.meters.len(), 8);
@@ -420,11 +533,17 @@ event_type = "t"
 aggregation = "summ"
 "#;
         let e = Config::from_toml(bad).unwrap_err().to_string();
-        assert!(e.contains("meters[0].aggregation") && e.contains("unique_count"), "{e}");
+        assert!(
+            e.contains("meters[0].aggregation") && e.contains("unique_count"),
+            "{e}"
+        );
 
         let bad = "[[meters]]\nname = \"x\"\nevent_type = \"t\"\naggregation = \"sum\"\nwindows = [\"week\"]\n";
         let e = Config::from_toml(bad).unwrap_err().to_string();
-        assert!(e.contains("meters[0].windows[0]") && e.contains("minute"), "{e}");
+        assert!(
+            e.contains("meters[0].windows[0]") && e.contains("minute"),
+            "{e}"
+        );
 
         let bad = "[pipeline]\nallowed_lateness = \"2 days\"\n";
         let e = Config::from_toml(bad).unwrap_err().to_string();

@@ -13,7 +13,9 @@ const SCALE: i128 = 1_000_000_000;
 const INPUT_LIMIT: i128 = 1_000_000_000_000_000_000 * SCALE;
 
 /// An exact decimal with 9 fractional digits.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(into = "String", try_from = "String")]
 pub struct Decimal9(i128);
 
@@ -265,16 +267,30 @@ mod tests {
 
     #[test]
     fn rejects_what_the_contract_rejects() {
-        assert!(matches!(Decimal9::parse("1.0000000001"), Err(DecimalError::TooPrecise(_))));
-        assert!(matches!(Decimal9::parse("1e-10"), Err(DecimalError::TooPrecise(_))));
+        assert!(matches!(
+            Decimal9::parse("1.0000000001"),
+            Err(DecimalError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Decimal9::parse("1e-10"),
+            Err(DecimalError::TooPrecise(_))
+        ));
         assert!(matches!(
             Decimal9::parse("1000000000000000000"),
             Err(DecimalError::OutOfRange(_))
         ));
-        assert!(matches!(Decimal9::parse("1e18"), Err(DecimalError::OutOfRange(_))));
+        assert!(matches!(
+            Decimal9::parse("1e18"),
+            Err(DecimalError::OutOfRange(_))
+        ));
         assert!(Decimal9::parse("999999999999999999.999999999").is_ok());
-        for bad in ["", "-", ".", "abc", "1.2.3", "NaN", "inf", "1e", "0x10", "1 ", "--1"] {
-            assert!(matches!(Decimal9::parse(bad), Err(DecimalError::Syntax(_))), "{bad}");
+        for bad in [
+            "", "-", ".", "abc", "1.2.3", "NaN", "inf", "1e", "0x10", "1 ", "--1",
+        ] {
+            assert!(
+                matches!(Decimal9::parse(bad), Err(DecimalError::Syntax(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -289,7 +305,10 @@ mod tests {
 
     #[test]
     fn multiplication_is_exact_to_nine_digits() {
-        assert_eq!(d("1200").checked_mul(d("0.0025")).unwrap().to_string(), "3.000000000");
+        assert_eq!(
+            d("1200").checked_mul(d("0.0025")).unwrap().to_string(),
+            "3.000000000"
+        );
         assert_eq!(d("0.000000001").checked_mul(d("0.5")).unwrap().raw(), 0);
         assert_eq!(d("0.000000003").checked_mul(d("0.5")).unwrap().raw(), 2);
     }

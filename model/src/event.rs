@@ -5,7 +5,9 @@ use crate::decimal::Decimal9;
 use crate::time::{Micros, WindowSize};
 
 /// Where a record came from, carried into `rejected_events` and `late_events`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SourcePosition {
     /// Index of the source (into the job's list of source names).
     pub source: u32,
@@ -35,7 +37,9 @@ pub struct Event {
 }
 
 /// A meter's value read from one event.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum ReadingValue {
     /// A number (every aggregation but unique_count).
     Number(Decimal9),
@@ -56,8 +60,7 @@ pub struct Reading {
 }
 
 /// An event that passed validation, with its meter readings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecodedEvent {
     /// The normalized event.
     pub event: Event,
@@ -102,7 +105,9 @@ pub struct LateRecord {
 }
 
 /// The identity of one `usage_windows` row.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct WindowKey {
     /// Tenant.
     pub tenant_id: String,

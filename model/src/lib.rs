@@ -10,5 +10,8 @@ pub mod time;
 
 pub use config::{Aggregation, Config, ConfigError, Meter};
 pub use decimal::Decimal9;
-pub use event::{DecodedEvent, Event, LateRecord, Reading, ReadingValue, RejectedRecord, SourcePosition, WindowKey};
+pub use event::{
+    DecodedEvent, Event, LateRecord, Reading, ReadingValue, RejectedRecord, SourcePosition,
+    WindowKey,
+};
 pub use time::{Micros, WindowSize};

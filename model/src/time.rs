@@ -41,7 +41,9 @@ pub fn format_micros(t: Micros) -> String {
 }
 
 /// A tumbling, UTC-aligned window size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowSize {
     /// 60 seconds.
@@ -56,7 +58,12 @@ pub enum WindowSize {
 
 impl WindowSize {
     /// All sizes, smallest first.
-    pub const ALL: [WindowSize; 4] = [WindowSize::Minute, WindowSize::Hour, WindowSize::Day, WindowSize::Month];
+    pub const ALL: [WindowSize; 4] = [
+        WindowSize::Minute,
+        WindowSize::Hour,
+        WindowSize::Day,
+        WindowSize::Month,
+    ];
 
     /// The name used in config and in the `window_size` column.
     pub fn as_str(self) -> &'static str {
@@ -154,7 +161,10 @@ mod tests {
         let b = parse_rfc3339("2024-01-15T12:30:00+02:00").unwrap();
         assert_eq!(a, b);
         assert_eq!(format_micros(a), "2024-01-15T10:30:00.000000Z");
-        assert_eq!(parse_rfc3339("2024-01-15T10:30:00.1234567Z").unwrap() % SECOND, 123_456);
+        assert_eq!(
+            parse_rfc3339("2024-01-15T10:30:00.1234567Z").unwrap() % SECOND,
+            123_456
+        );
         assert!(parse_rfc3339("yesterday").is_none());
         assert!(parse_rfc3339("2024-01-15 10:30:00").is_none());
         assert_eq!(from_epoch_millis(1_705_314_600_000), Some(a));
@@ -168,11 +178,17 @@ mod tests {
         assert_eq!(format_micros(day), "2024-02-29T00:00:00.000000Z");
         let month = WindowSize::Month.start(t);
         assert_eq!(format_micros(month), "2024-02-01T00:00:00.000000Z");
-        assert_eq!(format_micros(WindowSize::Month.end(month)), "2024-03-01T00:00:00.000000Z");
+        assert_eq!(
+            format_micros(WindowSize::Month.end(month)),
+            "2024-03-01T00:00:00.000000Z"
+        );
         let dec = parse_rfc3339("2024-12-10T00:00:00Z").unwrap();
         let end = WindowSize::Month.end(WindowSize::Month.start(dec));
         assert_eq!(format_micros(end), "2025-01-01T00:00:00.000000Z");
-        assert_eq!(WindowSize::Hour.end(WindowSize::Hour.start(t)) - WindowSize::Hour.start(t), HOUR);
+        assert_eq!(
+            WindowSize::Hour.end(WindowSize::Hour.start(t)) - WindowSize::Hour.start(t),
+            HOUR
+        );
     }
 
     #[test]

@@ -11,10 +11,10 @@
 use om_model::Micros;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
 
 /// One accepted-candidate's claim on its dedup key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -83,7 +83,12 @@ pub struct DedupState {
 impl DedupState {
     /// Remembers keys for `horizon` of event time.
     pub fn new(horizon: Micros) -> Self {
-        DedupState { seen: FxHashMap::default(), horizon, max_ts: None, swept_at: Micros::MIN }
+        DedupState {
+            seen: FxHashMap::default(),
+            horizon,
+            max_ts: None,
+            swept_at: Micros::MIN,
+        }
     }
 
     /// Number of keys held.
@@ -98,7 +103,10 @@ impl DedupState {
 
     /// Decides one epoch's probes; returns the duplicates as (chunk, pos) and the
     /// greatest first-occurrence timestamp per chunk.
-    pub fn process(&mut self, mut probes: Vec<DedupProbe>) -> (Vec<(u32, u64)>, BTreeMap<u32, Micros>) {
+    pub fn process(
+        &mut self,
+        mut probes: Vec<DedupProbe>,
+    ) -> (Vec<(u32, u64)>, BTreeMap<u32, Micros>) {
         probes.sort_unstable_by_key(|p| p.pos);
         let mut duplicates = Vec::new();
         let mut chunk_max: BTreeMap<u32, Micros> = BTreeMap::new();
@@ -130,15 +138,23 @@ impl DedupState {
 
 /// The dedup operator: probes in (any worker), verdicts out (routed by `Verdict::target`
 /// with the `Exchange` of the next operator).
-pub fn dedup<'s>(probes: StreamVec<'s, u64, DedupProbe>, horizon: Micros, peers: u32) -> StreamVec<'s, u64, Verdict> {
+pub fn dedup<'s>(
+    probes: StreamVec<'s, u64, DedupProbe>,
+    horizon: Micros,
+    peers: u32,
+) -> StreamVec<'s, u64, Verdict> {
     let pact = Exchange::new(|p: &DedupProbe| crate::route_hash(&p.key));
     probes.unary_frontier(pact, "OM: Dedup", move |_cap, _info| {
         let mut state = DedupState::new(horizon);
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DedupProbe>)> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
-                let cap = cap.retain_least(0).expect("a message carries a capability for its time");
-                let entry = pending.entry(*cap.time()).or_insert_with(|| (cap, Vec::new()));
+                let cap = cap
+                    .retain_least(0)
+                    .expect("a message carries a capability for its time");
+                let entry = pending
+                    .entry(*cap.time())
+                    .or_insert_with(|| (cap, Vec::new()));
                 entry.1.append(data);
             });
             while let Some(entry) = pending.first_entry() {
@@ -153,7 +169,11 @@ pub fn dedup<'s>(probes: StreamVec<'s, u64, DedupProbe>, horizon: Micros, peers:
                 }
                 for (chunk, max_ts) in chunk_max {
                     for target in 0..peers {
-                        session.give(Verdict::ChunkMax { target, chunk, max_ts });
+                        session.give(Verdict::ChunkMax {
+                            target,
+                            chunk,
+                            max_ts,
+                        });
                     }
                 }
             }
@@ -166,13 +186,22 @@ mod tests {
     use super::*;
 
     fn probe(key: &str, pos: u64, chunk: u32, ts: Micros) -> DedupProbe {
-        DedupProbe { key: key.into(), pos, chunk, ts }
+        DedupProbe {
+            key: key.into(),
+            pos,
+            chunk,
+            ts,
+        }
     }
 
     #[test]
     fn first_in_arrival_order_wins_across_epochs() {
         let mut s = DedupState::new(1_000);
-        let (dups, max) = s.process(vec![probe("a", 5, 1, 10), probe("a", 2, 0, 30), probe("b", 3, 0, 20)]);
+        let (dups, max) = s.process(vec![
+            probe("a", 5, 1, 10),
+            probe("a", 2, 0, 30),
+            probe("b", 3, 0, 20),
+        ]);
         assert_eq!(dups, vec![(1, 5)]);
         assert_eq!(max.get(&0), Some(&30));
         assert_eq!(max.get(&1), None);

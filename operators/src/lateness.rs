@@ -91,8 +91,15 @@ mod tests {
         };
         Candidate {
             pos,
-            position: SourcePosition { source: 0, partition: 0, offset: pos },
-            decoded: DecodedEvent { event, readings: vec![] },
+            position: SourcePosition {
+                source: 0,
+                partition: 0,
+                offset: pos,
+            },
+            decoded: DecodedEvent {
+                event,
+                readings: vec![],
+            },
         }
     }
 
@@ -100,7 +107,14 @@ mod tests {
     fn watermark_flows_from_earlier_chunks_and_events() {
         // Chunk 0 saw up to 1000; our chunk 1 starts at watermark 1000.
         let maxima = BTreeMap::from([(0, 1000), (1, 1200)]);
-        let out = classify(vec![cand(11, 850), cand(10, 1200), cand(12, 1100)], &HashSet::new(), &maxima, 1, Some(500), 100);
+        let out = classify(
+            vec![cand(11, 850), cand(10, 1200), cand(12, 1100)],
+            &HashSet::new(),
+            &maxima,
+            1,
+            Some(500),
+            100,
+        );
         // pos 10 (1200) accepted; pos 11 (850 < 1200-100) late; pos 12 (1100 >= 1100) accepted.
         let ids: Vec<u64> = out.accepted.iter().map(|c| c.pos).collect();
         assert_eq!(ids, vec![10, 12]);
@@ -111,7 +125,14 @@ mod tests {
 
     #[test]
     fn duplicates_are_set_aside_first() {
-        let out = classify(vec![cand(1, 5), cand(2, 5)], &HashSet::from([2]), &BTreeMap::new(), 0, None, 10);
+        let out = classify(
+            vec![cand(1, 5), cand(2, 5)],
+            &HashSet::from([2]),
+            &BTreeMap::new(),
+            0,
+            None,
+            10,
+        );
         assert_eq!(out.accepted.len(), 1);
         assert_eq!(out.duplicates.len(), 1);
     }

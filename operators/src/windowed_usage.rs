@@ -10,13 +10,25 @@
 //!   multiset updates, reduced by [`window_values`] into one `(value, events)` per window.
 //!   Differential's `reduce` keeps the multiset, so a late smaller value lowers a min.
 
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use differential_dataflow::VecCollection;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use om_model::{Aggregation, Config, Decimal9, DecodedEvent, Micros, ReadingValue, WindowKey};
 use rustc_hash::FxHashMap;
 
 /// Running sum and count of a window: the difference type of additive meters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct SumCount {
     /// Sum of values.
     pub sum: Decimal9,
@@ -63,7 +75,9 @@ impl SumCount {
 
 /// One event's contribution to an order-based window, ordered so that `reduce` sees the
 /// smallest value first and, for `latest`, the greatest (timestamp, id) last.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum WindowValue {
     /// min / max.
     Number(Decimal9),
@@ -83,7 +97,11 @@ pub struct UsageUpdates {
 }
 
 /// Folds accepted events into window updates; `sign` is +1 to add them, -1 to retract.
-pub fn pre_aggregate<'a>(events: impl IntoIterator<Item = &'a DecodedEvent>, config: &Config, sign: i64) -> UsageUpdates {
+pub fn pre_aggregate<'a>(
+    events: impl IntoIterator<Item = &'a DecodedEvent>,
+    config: &Config,
+    sign: i64,
+) -> UsageUpdates {
     let mut additive: FxHashMap<WindowKey, SumCount> = FxHashMap::default();
     let mut values: FxHashMap<(WindowKey, WindowValue), isize> = FxHashMap::default();
     for decoded in events {
@@ -105,10 +123,15 @@ pub fn pre_aggregate<'a>(events: impl IntoIterator<Item = &'a DecodedEvent>, con
                         ReadingValue::Scalar(_) => Decimal9::ZERO,
                     };
                     let v = if sign < 0 { -v } else { v };
-                    additive.entry(key).or_default().plus_equals(&SumCount { sum: v, count: sign });
+                    additive.entry(key).or_default().plus_equals(&SumCount {
+                        sum: v,
+                        count: sign,
+                    });
                 } else {
                     let value = match (&r.value, meter.aggregation) {
-                        (ReadingValue::Number(v), Aggregation::Latest) => WindowValue::Latest(e.timestamp, e.id.clone(), *v),
+                        (ReadingValue::Number(v), Aggregation::Latest) => {
+                            WindowValue::Latest(e.timestamp, e.id.clone(), *v)
+                        }
                         (ReadingValue::Number(v), _) => WindowValue::Number(*v),
                         (ReadingValue::Scalar(s), _) => WindowValue::Scalar(s.clone()),
                     };
@@ -188,8 +211,16 @@ windows = ["hour"]
                 properties: None,
             },
             readings: vec![
-                Reading { meter: 0, dimensions: "{}".into(), value: value.clone() },
-                Reading { meter: 1, dimensions: "{}".into(), value },
+                Reading {
+                    meter: 0,
+                    dimensions: "{}".into(),
+                    value: value.clone(),
+                },
+                Reading {
+                    meter: 1,
+                    dimensions: "{}".into(),
+                    value,
+                },
             ],
         }
     }
@@ -199,9 +230,23 @@ windows = ["hour"]
         let h = om_model::time::HOUR;
         let events = [event("a", 10, 5), event("b", 20, 7), event("c", h + 1, 1)];
         let u = pre_aggregate(&events, &config(), 1);
-        let hour0 = u.additive.iter().find(|(k, _)| k.size == WindowSize::Hour && k.start == 0).unwrap();
-        assert_eq!(hour0.1, SumCount { sum: Decimal9::from_int(12), count: 2 });
-        let day = u.additive.iter().find(|(k, _)| k.size == WindowSize::Day).unwrap();
+        let hour0 = u
+            .additive
+            .iter()
+            .find(|(k, _)| k.size == WindowSize::Hour && k.start == 0)
+            .unwrap();
+        assert_eq!(
+            hour0.1,
+            SumCount {
+                sum: Decimal9::from_int(12),
+                count: 2
+            }
+        );
+        let day = u
+            .additive
+            .iter()
+            .find(|(k, _)| k.size == WindowSize::Day)
+            .unwrap();
         assert_eq!(day.1.count, 3);
         assert_eq!(u.values.len(), 3);
         let retract = pre_aggregate(&events[..1], &config(), -1);
@@ -210,13 +255,32 @@ windows = ["hour"]
 
     #[test]
     fn folds_each_order_based_aggregation() {
-        let (a, b, c) = (WindowValue::Number(Decimal9::from_int(1)), WindowValue::Number(Decimal9::from_int(5)), WindowValue::Latest(9, "z".into(), Decimal9::from_int(3)));
+        let (a, b, c) = (
+            WindowValue::Number(Decimal9::from_int(1)),
+            WindowValue::Number(Decimal9::from_int(5)),
+            WindowValue::Latest(9, "z".into(), Decimal9::from_int(3)),
+        );
         let input = [(&a, 2), (&b, 1)];
-        assert_eq!(fold_values(Aggregation::Min, &input), (Decimal9::from_int(1), 3));
-        assert_eq!(fold_values(Aggregation::Max, &input), (Decimal9::from_int(5), 3));
-        assert_eq!(fold_values(Aggregation::UniqueCount, &input), (Decimal9::from_int(2), 3));
-        assert_eq!(fold_values(Aggregation::Latest, &[(&c, 1)]), (Decimal9::from_int(3), 1));
-        let avg = SumCount { sum: Decimal9::from_int(10), count: 3 };
+        assert_eq!(
+            fold_values(Aggregation::Min, &input),
+            (Decimal9::from_int(1), 3)
+        );
+        assert_eq!(
+            fold_values(Aggregation::Max, &input),
+            (Decimal9::from_int(5), 3)
+        );
+        assert_eq!(
+            fold_values(Aggregation::UniqueCount, &input),
+            (Decimal9::from_int(2), 3)
+        );
+        assert_eq!(
+            fold_values(Aggregation::Latest, &[(&c, 1)]),
+            (Decimal9::from_int(3), 1)
+        );
+        let avg = SumCount {
+            sum: Decimal9::from_int(10),
+            count: 3,
+        };
         assert_eq!(avg.value(Aggregation::Avg).to_string(), "3.333333333");
     }
 }

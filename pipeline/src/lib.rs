@@ -1,1 +1,29 @@
-//! placeholder
+//! `openmonetize`: the job. Config loading, the timely workers and their epochs, the
+//! operators that write and commit tables, and the commands of the CLI.
+//!
+//! One event's path: [`run`] reads its slice of the input for an epoch and decodes it
+//! (`om_sources`), sends dedup probes through the dedup dataflow, judges lateness
+//! (`om_operators`), writes the accepted, rejected and late records of the epoch, and
+//! feeds window updates into the usage dataflow ([`dataflow`]), whose sink rewrites the
+//! changed `usage_windows` partitions; the committer on worker 0 then writes the epoch's
+//! commit record.
+
+pub mod dataflow;
+pub mod demo;
+pub mod run;
+
+pub use run::{RunOptions, RunSummary, run};
+
+/// Loads a config file, or the built-in default when `path` is `None`.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<om_model::Config> {
+    use anyhow::Context;
+    match path {
+        None => Ok(om_model::Config::builtin()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?;
+            om_model::Config::from_toml(&text)
+                .with_context(|| format!("in config file {}", p.display()))
+        }
+    }
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! `om-sinks`: the output tables on object storage.
+//!
+//! Transport and format are separate: [`store`] resolves a `--data` URL to an
+//! `object_store` (local path, `file://`, `memory://`), [`encode`] turns records into
+//! Arrow batches, [`parquet`] writes a batch as one Parquet object. [`usage_table`] holds
+//! the current state of `usage_windows` and knows which partitions an epoch changed;
+//! [`commit`] is the atomic commit record that makes an epoch's files visible together.
+
+pub mod commit;
+pub mod encode;
+pub mod error;
+pub mod parquet;
+pub mod store;
+pub mod usage_table;
+
+pub use commit::{CommitRecord, FileChange, Manifest};
+pub use error::{Error, Result};
+pub use store::DataStore;

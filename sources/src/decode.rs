@@ -61,10 +61,14 @@ impl<'a> Members<'a> {
             return None;
         }
         if let Ok(m) = serde_json::from_str::<BTreeMap<&'a str, &'a RawValue>>(raw.get()) {
-            return Some(Members(m.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect()));
+            return Some(Members(
+                m.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect(),
+            ));
         }
         let m: BTreeMap<String, &'a RawValue> = serde_json::from_str(raw.get()).ok()?;
-        Some(Members(m.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect()))
+        Some(Members(
+            m.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
+        ))
     }
 
     fn get(&self, key: &str) -> Option<&'a RawValue> {
@@ -91,11 +95,19 @@ impl Decoder {
 
     /// Decodes one record.
     pub fn decode(&self, bytes: &[u8]) -> Result<DecodedEvent, Rejection> {
-        let reject = |reason: String| Rejection { tenant_id: None, event_id: None, reason };
+        let reject = |reason: String| Rejection {
+            tenant_id: None,
+            event_id: None,
+            reason,
+        };
         if bytes.len() > MAX_RECORD_BYTES {
-            return Err(reject(format!("record of {} bytes exceeds the 1 MiB limit", bytes.len())));
+            return Err(reject(format!(
+                "record of {} bytes exceeds the 1 MiB limit",
+                bytes.len()
+            )));
         }
-        let text = std::str::from_utf8(bytes).map_err(|e| reject(format!("not valid UTF-8: {e}")))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| reject(format!("not valid UTF-8: {e}")))?;
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(reject("empty record".into()));
@@ -103,31 +115,57 @@ impl Decoder {
         if !trimmed.starts_with('{') {
             return Err(reject("not a JSON object".into()));
         }
-        let env: Envelope<'_> = serde_json::from_str(trimmed).map_err(|e| reject(format!("invalid JSON: {e}")))?;
+        let env: Envelope<'_> =
+            serde_json::from_str(trimmed).map_err(|e| reject(format!("invalid JSON: {e}")))?;
         let cloud = env.specversion.is_some();
 
         let id = required_string(env.id, "id").map_err(reject)?;
         if id.len() > 256 {
-            return Err(reject(format!("field id is {} bytes long (1..256 allowed)", id.len())));
+            return Err(reject(format!(
+                "field id is {} bytes long (1..256 allowed)",
+                id.len()
+            )));
         }
         let tenant_id = match env.tenant_id {
             None => "default".to_string(),
             Some(raw) if raw.get() == "null" => "default".to_string(),
-            Some(raw) => string_of(raw).filter(|s| !s.is_empty()).ok_or_else(|| {
-                Rejection { tenant_id: None, event_id: Some(id.clone()), reason: "field tenant_id must be a non-empty string".into() }
-            })?,
+            Some(raw) => string_of(raw)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Rejection {
+                    tenant_id: None,
+                    event_id: Some(id.clone()),
+                    reason: "field tenant_id must be a non-empty string".into(),
+                })?,
         };
-        let with_ids = |reason: String| Rejection { tenant_id: Some(tenant_id.clone()), event_id: Some(id.clone()), reason };
+        let with_ids = |reason: String| Rejection {
+            tenant_id: Some(tenant_id.clone()),
+            event_id: Some(id.clone()),
+            reason,
+        };
 
         if cloud {
             let version = string_of(env.specversion.expect("checked")).unwrap_or_default();
             if version != "1.0" {
-                return Err(with_ids(format!("CloudEvents specversion `{version}` is not supported (only 1.0)")));
+                return Err(with_ids(format!(
+                    "CloudEvents specversion `{version}` is not supported (only 1.0)"
+                )));
             }
         }
-        let (customer_raw, customer_name) = if cloud { (env.subject, "subject") } else { (env.customer_id, "customer_id") };
-        let (type_raw, type_name) = if cloud { (env.ce_type, "type") } else { (env.event_type, "event_type") };
-        let (time_raw, time_name) = if cloud { (env.time, "time") } else { (env.timestamp, "timestamp") };
+        let (customer_raw, customer_name) = if cloud {
+            (env.subject, "subject")
+        } else {
+            (env.customer_id, "customer_id")
+        };
+        let (type_raw, type_name) = if cloud {
+            (env.ce_type, "type")
+        } else {
+            (env.event_type, "event_type")
+        };
+        let (time_raw, time_name) = if cloud {
+            (env.time, "time")
+        } else {
+            (env.timestamp, "timestamp")
+        };
         let props_raw = if cloud { env.data } else { env.properties };
         let props_name = if cloud { "data" } else { "properties" };
 
@@ -141,13 +179,22 @@ impl Decoder {
         let properties = match props_raw {
             None => None,
             Some(raw) if raw.get() == "null" => None,
-            Some(raw) => Some(Members::parse(raw).ok_or_else(|| with_ids(format!("field {props_name} must be a JSON object")))?),
+            Some(raw) => Some(
+                Members::parse(raw)
+                    .ok_or_else(|| with_ids(format!("field {props_name} must be a JSON object")))?,
+            ),
         };
 
         let mut readings = Vec::new();
         for (index, meter) in self.config.meters_for(&event_type) {
             let found = lookup(meter.value.segments(), env.value, properties.as_ref());
-            let meter_err = |what: &str| with_ids(format!("meter {}: {} {what}", meter.name, meter.value.as_str()));
+            let meter_err = |what: &str| {
+                with_ids(format!(
+                    "meter {}: {} {what}",
+                    meter.name,
+                    meter.value.as_str()
+                ))
+            };
             let value = if meter.value.segments() == ["value"] && found.is_none() {
                 ReadingValue::Number(value)
             } else {
@@ -169,7 +216,11 @@ impl Decoder {
                     Some(raw) => match string_of(raw) {
                         Some(s) => push_json_string(&mut dimensions, &s),
                         None if raw.get().starts_with(['{', '[']) => {
-                            return Err(with_ids(format!("meter {}: group_by {dim} at {} must be a scalar", meter.name, path.as_str())));
+                            return Err(with_ids(format!(
+                                "meter {}: group_by {dim} at {} must be a scalar",
+                                meter.name,
+                                path.as_str()
+                            )));
                         }
                         None => dimensions.push_str(raw.get()),
                     },
@@ -177,7 +228,11 @@ impl Decoder {
                 }
             }
             dimensions.push('}');
-            readings.push(Reading { meter: index as u16, dimensions, value });
+            readings.push(Reading {
+                meter: index as u16,
+                dimensions,
+                value,
+            });
         }
 
         let event = Event {
@@ -187,14 +242,20 @@ impl Decoder {
             event_type,
             timestamp,
             value,
-            properties: props_raw.filter(|r| r.get() != "null").map(|r| r.get().to_string()),
+            properties: props_raw
+                .filter(|r| r.get() != "null")
+                .map(|r| r.get().to_string()),
         };
         Ok(DecodedEvent { event, readings })
     }
 }
 
 /// Follows a value path (`["properties", "a", "b"]`) through the event.
-fn lookup<'a>(segments: &[String], value: Option<&'a RawValue>, properties: Option<&Members<'a>>) -> Option<&'a RawValue> {
+fn lookup<'a>(
+    segments: &[String],
+    value: Option<&'a RawValue>,
+    properties: Option<&Members<'a>>,
+) -> Option<&'a RawValue> {
     match segments.split_first()? {
         (root, []) if root == "value" => value.filter(|v| v.get() != "null"),
         (root, rest) if root == "properties" => {
@@ -225,7 +286,10 @@ fn required_string(raw: Option<&RawValue>, name: &str) -> Result<String, String>
     match string_of(raw) {
         Some(s) if !s.is_empty() => Ok(s),
         Some(_) => Err(format!("field {name} must not be empty")),
-        None => Err(format!("field {name} must be a string, found {}", kind_of(raw))),
+        None => Err(format!(
+            "field {name} must be a string, found {}",
+            kind_of(raw)
+        )),
     }
 }
 
@@ -244,13 +308,21 @@ fn parse_time(raw: Option<&RawValue>, name: &str) -> Result<i64, String> {
     let raw = raw.ok_or_else(|| format!("missing field {name}"))?;
     let text = raw.get();
     if let Some(s) = string_of(raw) {
-        return time::parse_rfc3339(&s).ok_or_else(|| format!("field {name} `{s}` is not an RFC 3339 timestamp (e.g. 2024-01-15T10:30:00Z)"));
+        return time::parse_rfc3339(&s).ok_or_else(|| {
+            format!("field {name} `{s}` is not an RFC 3339 timestamp (e.g. 2024-01-15T10:30:00Z)")
+        });
     }
     if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-        let ms: i64 = text.parse().map_err(|_| format!("field {name} {text} is out of range"))?;
-        return time::from_epoch_millis(ms).ok_or_else(|| format!("field {name} {text} is outside 1970..9999 as epoch milliseconds"));
+        let ms: i64 = text
+            .parse()
+            .map_err(|_| format!("field {name} {text} is out of range"))?;
+        return time::from_epoch_millis(ms).ok_or_else(|| {
+            format!("field {name} {text} is outside 1970..9999 as epoch milliseconds")
+        });
     }
-    Err(format!("field {name} must be an RFC 3339 string or integer epoch milliseconds, found {text}"))
+    Err(format!(
+        "field {name} must be an RFC 3339 string or integer epoch milliseconds, found {text}"
+    ))
 }
 
 /// Reads a non-negative exact decimal from a JSON number or decimal string.
@@ -258,7 +330,9 @@ fn number_of(raw: &RawValue) -> Result<Decimal9, String> {
     let text = raw.get();
     let digits: Cow<'_, str> = match string_of(raw) {
         Some(s) => Cow::Owned(s),
-        None if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) => Cow::Borrowed(text),
+        None if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) => {
+            Cow::Borrowed(text)
+        }
         None => return Err(format!("must be a number, found {}", kind_of(raw))),
     };
     let d = Decimal9::parse(digits.trim()).map_err(|e| e.to_string())?;
@@ -282,7 +356,9 @@ fn scalar_of(raw: &RawValue) -> Result<String, &'static str> {
         Some(b'{' | b'[') => Err("must be a scalar, found an object or array"),
         Some(b'n') => Err("is null"),
         Some(b't' | b'f') => Ok(text.to_string()),
-        _ => Ok(Decimal9::parse(text).map(|d| d.to_string()).unwrap_or_else(|_| text.to_string())),
+        _ => Ok(Decimal9::parse(text)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| text.to_string())),
     }
 }
 
@@ -308,7 +384,10 @@ mod tests {
     use super::*;
 
     fn decoder() -> Decoder {
-        let path = format!("{}/../../shared/golden/small/config.toml", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../shared/golden/small/config.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
         Decoder::new(Config::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap())
     }
 
@@ -323,11 +402,18 @@ mod tests {
  "properties": {"provider": "openai", "model": "gpt-4o", "input_tokens": 1200, "output_tokens": 310, "latency_ms": 20}}"#;
         let d = decoder().decode(line.as_bytes()).unwrap();
         assert_eq!(d.event.tenant_id, "acme");
-        assert_eq!(d.event.timestamp, time::parse_rfc3339("2024-01-15T10:30:00Z").unwrap());
+        assert_eq!(
+            d.event.timestamp,
+            time::parse_rfc3339("2024-01-15T10:30:00Z").unwrap()
+        );
         let input = d.readings.iter().find(|r| r.meter == 1).unwrap();
         assert_eq!(input.dimensions, r#"{"model":"gpt-4o"}"#);
         assert_eq!(input.value, ReadingValue::Number(Decimal9::from_int(1200)));
-        assert_eq!(d.readings.len(), 3, "input_tokens, output_tokens, min_latency");
+        assert_eq!(
+            d.readings.len(),
+            3,
+            "input_tokens, output_tokens, min_latency"
+        );
     }
 
     #[test]
@@ -349,7 +435,10 @@ mod tests {
         let d = decoder().decode(line.as_bytes()).unwrap();
         assert_eq!(d.event.customer_id, "cust_9");
         assert_eq!(d.event.event_type, "ai_generation");
-        assert_eq!(d.event.timestamp, time::parse_rfc3339("2024-01-15T09:30:00Z").unwrap());
+        assert_eq!(
+            d.event.timestamp,
+            time::parse_rfc3339("2024-01-15T09:30:00Z").unwrap()
+        );
         assert!(d.event.properties.unwrap().contains("gpt-4o"));
     }
 
@@ -367,21 +456,66 @@ mod tests {
             ("", "empty record"),
             ("[1, 2, 3]", "not a JSON object"),
             ("{\"id\": \"bad1\", \"customer_id\": ", "invalid JSON"),
-            (r#"{"id":"x","event_type":"api_call","timestamp":"2026-10-26T04:51:16Z"}"#, "missing field customer_id"),
-            (r#"{"customer_id":"c","event_type":"api_call","timestamp":"2026-10-26T04:51:16Z"}"#, "missing field id"),
-            (r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":"yesterday"}"#, "not an RFC 3339"),
-            (r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1.5}"#, "integer epoch milliseconds"),
-            (r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":-5}"#, "negative"),
-            (r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":"1.0000000001"}"#, "more than 9 fractional digits"),
-            (r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":1e18}"#, "out of range"),
-            (r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":true}"#, "must be a number"),
-            (r#"{"id":"x","customer_id":7,"event_type":"api_call","timestamp":1}"#, "customer_id must be a string"),
-            (r#"{"id":"","customer_id":"c","event_type":"api_call","timestamp":1}"#, "id must not be empty"),
-            (r#"{"id":"x","customer_id":"c","event_type":"ai_generation","timestamp":1,"properties":{"model":"m","output_tokens":1,"latency_ms":1}}"#, "meter input_tokens: $.properties.input_tokens is missing"),
-            (r#"{"id":"x","customer_id":"c","event_type":"ai_generation","timestamp":1,"properties":{"input_tokens":"lots","output_tokens":1,"latency_ms":1}}"#, "meter input_tokens"),
-            (r#"{"id":"x","customer_id":"c","event_type":"seat","timestamp":1,"properties":{"user_id":{"a":1},"tier":"1"}}"#, "meter active_users"),
-            (r#"{"id":"x","customer_id":"c","event_type":"t","timestamp":1,"properties":[1]}"#, "properties must be a JSON object"),
-            (r#"{"id":"x","id":"y","customer_id":"c","event_type":"t","timestamp":1}"#, "duplicate field"),
+            (
+                r#"{"id":"x","event_type":"api_call","timestamp":"2026-10-26T04:51:16Z"}"#,
+                "missing field customer_id",
+            ),
+            (
+                r#"{"customer_id":"c","event_type":"api_call","timestamp":"2026-10-26T04:51:16Z"}"#,
+                "missing field id",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":"yesterday"}"#,
+                "not an RFC 3339",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1.5}"#,
+                "integer epoch milliseconds",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":-5}"#,
+                "negative",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":"1.0000000001"}"#,
+                "more than 9 fractional digits",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":1e18}"#,
+                "out of range",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"api_call","timestamp":1,"value":true}"#,
+                "must be a number",
+            ),
+            (
+                r#"{"id":"x","customer_id":7,"event_type":"api_call","timestamp":1}"#,
+                "customer_id must be a string",
+            ),
+            (
+                r#"{"id":"","customer_id":"c","event_type":"api_call","timestamp":1}"#,
+                "id must not be empty",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"ai_generation","timestamp":1,"properties":{"model":"m","output_tokens":1,"latency_ms":1}}"#,
+                "meter input_tokens: $.properties.input_tokens is missing",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"ai_generation","timestamp":1,"properties":{"input_tokens":"lots","output_tokens":1,"latency_ms":1}}"#,
+                "meter input_tokens",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"seat","timestamp":1,"properties":{"user_id":{"a":1},"tier":"1"}}"#,
+                "meter active_users",
+            ),
+            (
+                r#"{"id":"x","customer_id":"c","event_type":"t","timestamp":1,"properties":[1]}"#,
+                "properties must be a JSON object",
+            ),
+            (
+                r#"{"id":"x","id":"y","customer_id":"c","event_type":"t","timestamp":1}"#,
+                "duplicate field",
+            ),
         ];
         for (line, want) in cases {
             let got = reason(line);
@@ -395,7 +529,9 @@ mod tests {
     fn unique_count_accepts_any_scalar_canonically() {
         let d = decoder();
         let read = |user: &str| {
-            let line = format!(r#"{{"id":"x","customer_id":"c","event_type":"seat","timestamp":1,"properties":{{"user_id":{user},"tier":"1"}}}}"#);
+            let line = format!(
+                r#"{{"id":"x","customer_id":"c","event_type":"seat","timestamp":1,"properties":{{"user_id":{user},"tier":"1"}}}}"#
+            );
             d.decode(line.as_bytes()).unwrap().readings[0].value.clone()
         };
         assert_eq!(read("2"), read("2.0"));

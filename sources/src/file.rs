@@ -30,8 +30,15 @@ impl JsonlFile {
         // An empty file cannot be mapped on every platform; it simply has no lines.
         // SAFETY: the file is only read; a concurrent writer truncating it is outside the
         // contract of a file source (same as any reader of a file being rewritten).
-        let map = if len == 0 { None } else { Some(unsafe { Mmap::map(&file)? }) };
-        Ok(JsonlFile { path: path.to_path_buf(), map })
+        let map = if len == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file)? })
+        };
+        Ok(JsonlFile {
+            path: path.to_path_buf(),
+            map,
+        })
     }
 
     /// The path it was opened from.

@@ -77,7 +77,13 @@ impl Generator {
     /// A generator for `opts`.
     pub fn new(opts: GenOptions) -> Self {
         let rng = SmallRng::seed_from_u64(opts.seed);
-        Generator { opts, rng, produced: 0, recent: Vec::new(), summary: GenSummary::default() }
+        Generator {
+            opts,
+            rng,
+            produced: 0,
+            recent: Vec::new(),
+            summary: GenSummary::default(),
+        }
     }
 
     /// What has been produced so far.
@@ -102,7 +108,8 @@ impl Generator {
             return true;
         }
         let span = self.opts.days.max(1) as i64 * DAY;
-        let nominal = self.opts.start + (n as i128 * span as i128 / self.opts.events.max(1) as i128) as i64;
+        let nominal =
+            self.opts.start + (n as i128 * span as i128 / self.opts.events.max(1) as i128) as i64;
         let roll: u32 = self.rng.random_range(0..10_000);
         let delay = if roll < 2 {
             self.summary.very_late += 1;
@@ -119,7 +126,11 @@ impl Generator {
             ((u * u * u) * self.opts.customers.max(1) as f64) as u32
         };
         let tenant = if c % 5 == 0 { "acme" } else { "default" };
-        let _ = write!(out, "{{\"id\":\"evt_{:x}_{n}\",\"tenant_id\":\"{tenant}\",\"customer_id\":\"cust_{c:05}\",", self.opts.seed);
+        let _ = write!(
+            out,
+            "{{\"id\":\"evt_{:x}_{n}\",\"tenant_id\":\"{tenant}\",\"customer_id\":\"cust_{c:05}\",",
+            self.opts.seed
+        );
         if n % 2 == 0 {
             let _ = write!(out, "\"timestamp\":\"{}\",", format_micros(t));
         } else {
@@ -137,13 +148,24 @@ impl Generator {
             );
         } else if kind < 90 {
             let endpoint = ENDPOINTS[self.rng.random_range(0..ENDPOINTS.len())];
-            let _ = write!(out, "\"event_type\":\"api_call\",\"value\":1,\"properties\":{{\"endpoint\":\"{endpoint}\"}}}}");
+            let _ = write!(
+                out,
+                "\"event_type\":\"api_call\",\"value\":1,\"properties\":{{\"endpoint\":\"{endpoint}\"}}}}"
+            );
         } else if kind < 95 {
             let gb = self.rng.random_range(1..500_000);
-            let _ = write!(out, "\"event_type\":\"storage\",\"value\":\"{}.{:03}\"}}", gb / 1000, gb % 1000);
+            let _ = write!(
+                out,
+                "\"event_type\":\"storage\",\"value\":\"{}.{:03}\"}}",
+                gb / 1000,
+                gb % 1000
+            );
         } else {
             let user = self.rng.random_range(0..50);
-            let _ = write!(out, "\"event_type\":\"seat\",\"properties\":{{\"user_id\":\"u{user}\"}}}}");
+            let _ = write!(
+                out,
+                "\"event_type\":\"seat\",\"properties\":{{\"user_id\":\"u{user}\"}}}}"
+            );
         }
         if self.recent.len() < 64 {
             self.recent.push(out.clone());
@@ -173,7 +195,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_and_every_line_decodes() {
-        let opts = GenOptions { events: 5_000, customers: 50, ..GenOptions::default() };
+        let opts = GenOptions {
+            events: 5_000,
+            customers: 50,
+            ..GenOptions::default()
+        };
         let mut a = Vec::new();
         let summary = Generator::new(opts.clone()).write_all(&mut a).unwrap();
         let mut b = Vec::new();
@@ -183,7 +209,9 @@ mod tests {
         assert!(summary.duplicates > 0);
         let decoder = Decoder::new(om_model::Config::builtin());
         for line in a.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            decoder.decode(line).unwrap_or_else(|e| panic!("{}: {}", String::from_utf8_lossy(line), e.reason));
+            decoder
+                .decode(line)
+                .unwrap_or_else(|e| panic!("{}: {}", String::from_utf8_lossy(line), e.reason));
         }
     }
 }

@@ -1,0 +1,446 @@
+//! `openmonetize run` on a file source: the timely workers and their epoch loop.
+//!
+//! The file is cut into epochs of `epoch_bytes`; each worker reads its own contiguous
+//! slice of every epoch, so byte offsets give one global arrival order. Per epoch, each
+//! worker: decodes its slice; sends dedup probes and waits for the verdicts of the whole
+//! epoch; judges lateness; writes its accepted, rejected and late records as Parquet;
+//! feeds window updates into the usage dataflow. Worker 0 commits each epoch once every
+//! worker's files for it are written.
+
+use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
+use anyhow::{Context, bail};
+use differential_dataflow::AsCollection;
+use om_model::{Config, LateRecord, Micros, RejectedRecord, SourcePosition, WindowKey};
+use om_operators::dedup::dedup;
+use om_operators::lateness::late_reason;
+use om_operators::windowed_usage::window_values;
+use om_operators::{
+    Candidate, DedupProbe, SumCount, Verdict, WindowValue, classify, pre_aggregate,
+};
+use om_sinks::commit::{CommitRecord, FileEntry};
+use om_sinks::{DataStore, FileChange};
+use om_sources::file::JsonlFile;
+use om_sources::{Decoder, decode::MAX_RECORD_BYTES};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Concat, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle};
+
+/// A timely input of `D` records.
+type Input<D> = InputHandle<u64, CapacityContainerBuilder<Vec<D>>>;
+
+/// Default bytes of input per epoch.
+pub const DEFAULT_EPOCH_BYTES: u64 = 64 << 20;
+
+/// Options of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The validated configuration.
+    pub config: Config,
+    /// The JSONL events file.
+    pub events: PathBuf,
+    /// Where the tables go (`--data`).
+    pub data: String,
+    /// Number of timely workers.
+    pub workers: usize,
+    /// Input bytes per epoch.
+    pub epoch_bytes: u64,
+    /// Print progress lines to stderr.
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// The last commit record.
+    pub commit: CommitRecord,
+    /// Wall time.
+    pub elapsed: std::time::Duration,
+    /// Input bytes read.
+    pub bytes: u64,
+}
+
+/// Runs the job over a file until its end, then returns the final commit.
+pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
+    if opts.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let start = Instant::now();
+    let file = Arc::new(
+        JsonlFile::open(&opts.events)
+            .with_context(|| format!("opening events file {}", opts.events.display()))?,
+    );
+    let store = DataStore::open(&opts.data)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Some(prev) = runtime.block_on(CommitRecord::latest(&store))? {
+        bail!(
+            "{} already holds tables (commit of epoch {}); use an empty location, or delete it to start over",
+            opts.data,
+            prev.epoch
+        );
+    }
+    let handle = runtime.handle().clone();
+    let bytes = file.len();
+    let opts = Arc::new(opts);
+    let guards = timely::execute(timely::Config::process(opts.workers), {
+        let opts = Arc::clone(&opts);
+        move |worker| run_worker(worker, &opts, &file, &store, &handle)
+    })
+    .map_err(|e| anyhow::anyhow!("starting workers: {e}"))?;
+    let mut commit = None;
+    for result in guards.join() {
+        match result {
+            Ok(Some(c)) => commit = Some(c),
+            Ok(None) => {}
+            Err(e) => bail!("a worker failed: {e}"),
+        }
+    }
+    drop(runtime);
+    let commit = commit.context("worker 0 committed nothing")?;
+    Ok(RunSummary {
+        commit,
+        elapsed: start.elapsed(),
+        bytes,
+    })
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    opts: &RunOptions,
+    file: &JsonlFile,
+    store: &DataStore,
+    runtime: &tokio::runtime::Handle,
+) -> Option<CommitRecord> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let config = &opts.config;
+    let decoder = Decoder::new(config.clone());
+    let source_name = format!("file:{}", file.path().display());
+    let sources = vec![source_name.clone()];
+    let lateness = config.pipeline.allowed_lateness;
+
+    let info = Rc::new(RefCell::new(EpochInfo::default()));
+    let last_commit = Rc::new(RefCell::new(None));
+    let verdicts: Rc<RefCell<BTreeMap<u64, Vec<Verdict>>>> = Rc::default();
+
+    // Dataflow 1: dedup probes out, verdicts back to the worker that read the event.
+    let mut probe_input: Input<DedupProbe> = InputHandle::new();
+    let dedup_probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let verdicts = Rc::clone(&verdicts);
+        let horizon = config.pipeline.dedup_horizon;
+        dedup(probe_input.to_stream(scope), horizon, peers as u32)
+            .unary_frontier(Exchange::new(|v: &Verdict| v.target() as u64), "OM: CollectVerdicts", move |_cap, _info| {
+                move |(input, _frontier), _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+                    input.for_each(|cap, data| {
+                        let t = *cap.retain_least(0).expect("capability for its time").time();
+                        verdicts.borrow_mut().entry(t).or_default().append(data);
+                    });
+                }
+            })
+            .probe_with(&dedup_probe);
+    });
+
+    // Dataflow 2: window updates -> usage sink; file changes + counts -> committer.
+    let mut additive_input: Input<(WindowKey, SumCount)> = InputHandle::new();
+    let mut values_input: Input<((WindowKey, WindowValue), u64, isize)> = InputHandle::new();
+    let mut meta_input: Input<Meta> = InputHandle::new();
+    let usage_probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let aggregations: Vec<_> = config.meters.iter().map(|m| m.aggregation).collect();
+        let rows = window_values(
+            values_input.to_stream(scope).as_collection(),
+            aggregations.clone(),
+        );
+        let sink_cfg = UsageSinkConfig {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            meters: config.meters.iter().map(|m| m.name.clone()).collect(),
+            aggregations,
+            allowed_lateness: lateness,
+            worker: index,
+        };
+        let files = usage_sink(
+            additive_input.to_stream(scope),
+            rows.inner,
+            sink_cfg,
+            Rc::clone(&info),
+        );
+        committer(
+            files.concat(meta_input.to_stream(scope)),
+            store.clone(),
+            runtime.clone(),
+            Rc::clone(&last_commit),
+        )
+        .probe_with(&usage_probe);
+    });
+
+    let epoch_bytes = opts.epoch_bytes.max(1);
+    let epochs = file.len().div_ceil(epoch_bytes).max(1);
+    let boundary = |e: u64, w: usize| -> u64 {
+        let base = e * epoch_bytes;
+        (base + epoch_bytes * w as u64 / peers as u64).min(file.len())
+    };
+    let mut watermark: Option<Micros> = None;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut total_accepted = 0u64;
+
+    for epoch in 0..epochs {
+        let (from, to) = (boundary(epoch, index), boundary(epoch, index + 1));
+        let ingested_at = chrono::Utc::now().timestamp_micros();
+
+        // Decode this worker's slice.
+        let mut candidates = Vec::new();
+        let mut rejected = Vec::new();
+        for (offset, line) in file.lines_in(from, to) {
+            let position = SourcePosition {
+                source: 0,
+                partition: 0,
+                offset,
+            };
+            match decoder.decode(line) {
+                Ok(decoded) => candidates.push(Candidate {
+                    pos: offset,
+                    position,
+                    decoded,
+                }),
+                Err(r) => rejected.push(RejectedRecord {
+                    tenant_id: r.tenant_id,
+                    event_id: r.event_id,
+                    raw: lossy_truncated(line),
+                    reason: r.reason,
+                    position,
+                }),
+            }
+        }
+
+        // Dedup round trip for the whole epoch.
+        for c in &candidates {
+            let e = &c.decoded.event;
+            probe_input.send(DedupProbe {
+                key: DedupProbe::key_of(&e.tenant_id, &e.id),
+                pos: c.pos,
+                chunk: index as u32,
+                ts: e.timestamp,
+            });
+        }
+        probe_input.advance_to(epoch + 1);
+        while dedup_probe.less_equal(&epoch) {
+            worker.step();
+        }
+        let mut duplicates = HashSet::new();
+        let mut chunk_max = BTreeMap::new();
+        for v in verdicts.borrow_mut().remove(&epoch).unwrap_or_default() {
+            match v {
+                Verdict::Duplicate { pos, .. } => {
+                    duplicates.insert(pos);
+                }
+                Verdict::ChunkMax { chunk, max_ts, .. } => {
+                    let m = chunk_max.entry(chunk).or_insert(max_ts);
+                    *m = (*m).max(max_ts);
+                }
+            }
+        }
+
+        // Lateness.
+        let out = classify(
+            candidates,
+            &duplicates,
+            &chunk_max,
+            index as u32,
+            watermark,
+            lateness,
+        );
+        watermark = out.watermark;
+        info.borrow_mut().watermarks.insert(epoch, watermark);
+        let duplicate_count = out.duplicates.len() as u64;
+        for c in out.duplicates {
+            let e = c.decoded.event;
+            rejected.push(RejectedRecord {
+                reason: format!(
+                    "duplicate: id {} was already accepted for tenant {}",
+                    e.id, e.tenant_id
+                ),
+                raw: normalized_json(&e),
+                tenant_id: Some(e.tenant_id),
+                event_id: Some(e.id),
+                position: c.position,
+            });
+        }
+        let late: Vec<LateRecord> = out
+            .late
+            .into_iter()
+            .map(|(c, w)| {
+                let e = c.decoded.event;
+                LateRecord {
+                    reason: late_reason(e.timestamp, w, lateness),
+                    raw: normalized_json(&e),
+                    timestamp: e.timestamp,
+                    watermark: w,
+                    tenant_id: e.tenant_id,
+                    event_id: e.id,
+                    customer_id: e.customer_id,
+                    position: c.position,
+                }
+            })
+            .collect();
+
+        // Window updates into the usage dataflow; keep at most two epochs in flight.
+        while usage_probe.less_than(&epoch.saturating_sub(1)) {
+            worker.step();
+        }
+        let updates = pre_aggregate(out.accepted.iter().map(|c| &c.decoded), config, 1);
+        for u in updates.additive {
+            additive_input.send(u);
+        }
+        for (kv, diff) in updates.values {
+            values_input.send((kv, epoch, diff));
+        }
+
+        // This worker's append-only tables for the epoch.
+        let write = |table: &str,
+                     batch: anyhow::Result<arrow_batch::RecordBatch>,
+                     rows: usize|
+         -> Option<FileChange> {
+            if rows == 0 {
+                return None;
+            }
+            let batch = batch.expect("records match their schema");
+            let slot = format!("e{epoch:06}-w{index}");
+            let path = format!("{table}/{slot}.parquet");
+            runtime
+                .block_on(om_sinks::parquet::write(store, &path, &batch))
+                .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+            Some(FileChange {
+                table: table.into(),
+                slot,
+                file: Some(FileEntry {
+                    path,
+                    rows: rows as u64,
+                }),
+            })
+        };
+        let accepted = out.accepted.len();
+        let events_batch = om_sinks::encode::events(
+            out.accepted.iter().map(|c| (&c.decoded.event, &c.position)),
+            ingested_at,
+            &sources,
+        );
+        let changes = [
+            write("events", events_batch.map_err(Into::into), accepted),
+            write(
+                "rejected_events",
+                om_sinks::encode::rejected(&rejected, ingested_at, &sources).map_err(Into::into),
+                rejected.len(),
+            ),
+            write(
+                "late_events",
+                om_sinks::encode::late(&late, ingested_at, &sources).map_err(Into::into),
+                late.len(),
+            ),
+        ];
+        for c in changes.into_iter().flatten() {
+            meta_input.send(Meta::File(c));
+        }
+        meta_input.send(Meta::Stats {
+            accepted: accepted as u64,
+            rejected: rejected.len() as u64,
+            duplicates: duplicate_count,
+            late: late.len() as u64,
+            watermark,
+            source: (source_name.clone(), boundary(epoch, peers)),
+        });
+        additive_input.advance_to(epoch + 1);
+        values_input.advance_to(epoch + 1);
+        meta_input.advance_to(epoch + 1);
+        total_accepted += accepted as u64;
+
+        if opts.progress
+            && index == 0
+            && (last_report.elapsed().as_secs_f64() >= 1.0 || epoch + 1 == epochs)
+        {
+            last_report = Instant::now();
+            let read = boundary(epoch, peers);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "epoch {}/{epochs}: {:.0}% of input, {:.1} MB/s, worker 0 accepted {total_accepted}, watermark {}",
+                epoch + 1,
+                100.0 * read as f64 / file.len().max(1) as f64,
+                read as f64 / secs / 1e6,
+                watermark
+                    .map(om_model::time::format_micros)
+                    .unwrap_or_else(|| "none".into()),
+            );
+        }
+    }
+    drop(probe_input);
+    drop(additive_input);
+    drop(values_input);
+    drop(meta_input);
+    while !usage_probe.done() || !dedup_probe.done() {
+        worker.step();
+    }
+    last_commit.borrow_mut().take()
+}
+
+mod arrow_batch {
+    pub use arrow_array::RecordBatch;
+}
+
+/// The raw payload of a rejected line: lossy UTF-8, at most 1 MiB.
+fn lossy_truncated(line: &[u8]) -> String {
+    let cut = &line[..line.len().min(MAX_RECORD_BYTES)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+/// An accepted-shaped event as normalized JSON (RFC 3339 time, decimal-string value),
+/// replayable as input.
+fn normalized_json(e: &om_model::Event) -> String {
+    let mut s = String::with_capacity(128 + e.properties.as_ref().map_or(0, String::len));
+    let field = |s: &mut String, name: &str, v: &str| {
+        s.push('"');
+        s.push_str(name);
+        s.push_str("\":");
+        om_sources::decode::push_json_string(s, v);
+    };
+    s.push('{');
+    field(&mut s, "id", &e.id);
+    s.push(',');
+    field(&mut s, "tenant_id", &e.tenant_id);
+    s.push(',');
+    field(&mut s, "customer_id", &e.customer_id);
+    s.push(',');
+    field(&mut s, "event_type", &e.event_type);
+    s.push(',');
+    field(
+        &mut s,
+        "timestamp",
+        &om_model::time::format_micros(e.timestamp),
+    );
+    s.push(',');
+    field(
+        &mut s,
+        "value",
+        e.value
+            .to_string()
+            .trim_end_matches('0')
+            .trim_end_matches('.'),
+    );
+    if let Some(p) = &e.properties {
+        s.push_str(",\"properties\":");
+        s.push_str(p);
+    }
+    s.push('}');
+    s
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `openmonetize` binary and library: golden cases, worker
+//! counts, and a property test against a naive model.
+
+mod integration {
+    pub mod common;
+    mod golden;
+    mod model_check;
+    mod workers;
+}

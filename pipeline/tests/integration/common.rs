@@ -1,0 +1,75 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The shared golden directory beside the repository.
+pub fn golden_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/golden")
+        .join(case)
+}
+
+/// Runs the `openmonetize` binary; panics with its output when it fails.
+pub fn openmonetize(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
+        .args(args)
+        .output()
+        .expect("run openmonetize");
+    assert!(
+        out.status.success(),
+        "openmonetize {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs the job over a golden case's events into `data`.
+pub fn run_case(case: &str, data: &Path, workers: usize, epoch_bytes: u64) {
+    let dir = golden_dir(case);
+    let events = format!("file:{}", dir.join("events.jsonl").display());
+    let config = dir.join("config.toml");
+    openmonetize(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--events",
+        &events,
+        "--data",
+        data.to_str().unwrap(),
+        "--workers",
+        &workers.to_string(),
+        "--epoch-bytes",
+        &epoch_bytes.to_string(),
+        "--quiet",
+    ]);
+}
+
+/// Query result as CSV rows (header first).
+pub fn query_csv(data: &Path, sql: &str) -> Vec<Vec<String>> {
+    let text = openmonetize(&[
+        "query",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    parse_csv(&text)
+}
+
+/// Parses CSV text into rows.
+pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.expect("valid csv").iter().map(str::to_string).collect())
+        .collect()
+}
+
+/// The usage_windows columns of the golden files, in golden format.
+pub const USAGE_SQL: &str = "SELECT tenant_id, customer_id, meter, dimensions, window_size, \
+    to_char(window_start, '%Y-%m-%dT%H:%M:%S') AS window_start, value, events FROM usage_windows \
+    ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start";

@@ -1,0 +1,96 @@
+//! Golden cases: `run` then `query` reproduce `expected/usage_windows.csv` exactly and
+//! the accepted / rejected / late counts of `expected/counts.json`.
+
+use super::common::{USAGE_SQL, golden_dir, parse_csv, query_csv, run_case};
+use std::collections::BTreeSet;
+
+fn check_case(case: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_case(case, &data, 2, 64 << 20);
+
+    let got = query_csv(&data, USAGE_SQL);
+    let expected = parse_csv(
+        &std::fs::read_to_string(golden_dir(case).join("expected/usage_windows.csv")).unwrap(),
+    );
+    assert_eq!(got[0], expected[0], "header");
+    let got_rows: BTreeSet<_> = got[1..].iter().cloned().collect();
+    let want_rows: BTreeSet<_> = expected[1..].iter().cloned().collect();
+    assert_eq!(
+        got_rows.len(),
+        got.len() - 1,
+        "usage_windows has duplicate rows"
+    );
+    let missing: Vec<_> = want_rows.difference(&got_rows).take(5).collect();
+    let extra: Vec<_> = got_rows.difference(&want_rows).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{case}: missing {missing:?}\nextra {extra:?}"
+    );
+    assert_eq!(got_rows.len(), want_rows.len());
+
+    let counts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden_dir(case).join("expected/counts.json")).unwrap(),
+    )
+    .unwrap();
+    let got = query_csv(
+        &data,
+        "SELECT (SELECT COUNT(*) FROM events) AS accepted, (SELECT COUNT(*) FROM rejected_events) AS rejected, \
+         (SELECT COUNT(*) FROM late_events) AS late, \
+         (SELECT to_char(MAX(timestamp), '%Y-%m-%dT%H:%M:%S') FROM events) AS watermark",
+    );
+    assert_eq!(got[1][0], counts["accepted"].to_string(), "accepted");
+    assert_eq!(got[1][1], counts["rejected"].to_string(), "rejected");
+    assert_eq!(got[1][2], counts["late"].to_string(), "late");
+    assert_eq!(
+        got[1][3],
+        counts["watermark"].as_str().unwrap(),
+        "watermark"
+    );
+}
+
+#[test]
+fn golden_small() {
+    check_case("small");
+}
+
+#[test]
+fn golden_medium() {
+    check_case("medium");
+}
+
+#[test]
+fn every_rejected_line_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_case("medium", &data, 1, 64 << 20);
+    let rows = query_csv(
+        &data,
+        "SELECT reason, raw FROM rejected_events WHERE reason = '' OR raw = ''",
+    );
+    assert_eq!(
+        rows.len(),
+        1,
+        "rejections without a reason or payload: {rows:?}"
+    );
+    let reasons = query_csv(
+        &data,
+        "SELECT DISTINCT regexp_replace(reason, '[:`].*', '') AS r FROM rejected_events ORDER BY r",
+    );
+    let reasons: Vec<&str> = reasons[1..].iter().map(|r| r[0].trim()).collect();
+    for want in [
+        "duplicate",
+        "invalid JSON",
+        "missing field customer_id",
+        "missing field id",
+        "not a JSON object",
+        "meter api_calls",
+        "meter input_tokens",
+        "field timestamp",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.starts_with(want)),
+            "no `{want}` among {reasons:?}"
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! The tables do not depend on the number of workers nor on how the input is cut into
+//! epochs.
+
+use super::common::{query_csv, run_case};
+
+const TABLE_SQL: [&str; 4] = [
+    super::common::USAGE_SQL,
+    "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties, source_offset FROM events ORDER BY source_offset",
+    "SELECT tenant_id, event_id, raw, reason, source_offset FROM rejected_events ORDER BY source_offset",
+    "SELECT tenant_id, event_id, customer_id, timestamp, watermark, raw, reason, source_offset FROM late_events ORDER BY source_offset",
+];
+
+fn tables(workers: usize, epoch_bytes: u64) -> Vec<Vec<Vec<String>>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_case("medium", &data, workers, epoch_bytes);
+    let mut out: Vec<_> = TABLE_SQL.iter().map(|sql| query_csv(&data, sql)).collect();
+    out.push(query_csv(
+        &data,
+        "SELECT COUNT(*), SUM(CASE WHEN is_final THEN 1 ELSE 0 END) FROM usage_windows",
+    ));
+    out
+}
+
+#[test]
+fn same_tables_with_one_and_two_workers_and_any_epoch_size() {
+    let one = tables(1, 64 << 20);
+    assert!(one[0].len() > 1000, "usage_windows is not trivially empty");
+    let two = tables(2, 64 << 20);
+    assert_eq!(one, two, "--workers 1 vs --workers 2");
+    let two_small_epochs = tables(2, 16 << 10);
+    assert_eq!(one, two_small_epochs, "one epoch vs 16 KiB epochs");
+}
