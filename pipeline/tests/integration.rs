@@ -5,5 +5,6 @@ mod integration {
     pub mod common;
     mod golden;
     mod model_check;
+    mod parquet_interop;
     mod workers;
 }
