@@ -1,1 +1,141 @@
-fn main() {}
+//! `om-bench`: end-to-end benchmarks of OpenMonetize.
+//!
+//! Workload `file-usage`: generate N synthetic AI/SaaS usage events (default 10 million
+//! over 10,000 customers, 7 days) as JSONL once, then run the whole file pipeline
+//! (decode, dedup, lateness, windowed usage in differential dataflow, Parquet commit of
+//! all four tables) with the built-in config, once per worker count. Each run happens in
+//! a fresh child process so its peak RSS is its own. Prints CSV:
+//! `workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib`.
+//!
+//! Run with: `cargo run --release -p om-bench -- --events 10000000 --workers 1,2`
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use om_sources::generator::{GenOptions, Generator};
+use openmonetize::run::{DEFAULT_EPOCH_BYTES, RunOptions, run};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "End-to-end benchmark: events file -> usage_windows -> Parquet")]
+struct Args {
+    /// Number of events.
+    #[arg(long, default_value_t = 10_000_000, env = "OM_BENCH_EVENTS")]
+    events: u64,
+    /// Number of customers.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u32,
+    /// Worker counts to measure, comma separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Work directory (the generated file is kept and reused).
+    #[arg(long, default_value = "/tmp/om-bench")]
+    dir: PathBuf,
+    /// Input bytes per epoch.
+    #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
+    epoch_bytes: u64,
+    /// Internal: run once in this process and print one CSV row.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    let events = args
+        .dir
+        .join(format!("events-{}-{}.jsonl", args.events, args.customers));
+    if args.child {
+        let workers = args.workers[0];
+        let data = args.dir.join(format!("data-w{workers}"));
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        let start = Instant::now();
+        let summary = run(RunOptions {
+            config: om_model::Config::builtin(),
+            events: events.clone(),
+            data: data.to_string_lossy().into_owned(),
+            workers,
+            epoch_bytes: args.epoch_bytes,
+            progress: false,
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        let c = &summary.commit.counts;
+        let records = c.accepted + c.rejected + c.late;
+        if records != args.events {
+            bail!("read {records} records, expected {}", args.events);
+        }
+        println!(
+            "file-usage,{},{},{workers},{secs:.3},{:.0},{:.0}",
+            args.events,
+            args.customers,
+            args.events as f64 / secs,
+            peak_rss_mib()
+        );
+        return Ok(());
+    }
+    if !events.exists() {
+        eprintln!(
+            "generating {} events for {} customers into {} ...",
+            args.events,
+            args.customers,
+            events.display()
+        );
+        let tmp = events.with_extension("tmp");
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        Generator::new(GenOptions {
+            events: args.events,
+            customers: args.customers,
+            ..GenOptions::default()
+        })
+        .write_all(&mut w)?;
+        w.flush()?;
+        drop(w);
+        std::fs::rename(&tmp, &events)?;
+    }
+    let size = std::fs::metadata(&events)?.len();
+    eprintln!("input: {} ({:.0} MB)", events.display(), size as f64 / 1e6);
+    println!("workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib");
+    let me = std::env::current_exe()?;
+    for &workers in &args.workers {
+        let out = Command::new(&me)
+            .args([
+                "--child",
+                "--events",
+                &args.events.to_string(),
+                "--customers",
+                &args.customers.to_string(),
+            ])
+            .args([
+                "--workers",
+                &workers.to_string(),
+                "--epoch-bytes",
+                &args.epoch_bytes.to_string(),
+            ])
+            .arg("--dir")
+            .arg(&args.dir)
+            .output()
+            .context("running the measured child")?;
+        if !out.status.success() {
+            bail!(
+                "run with {workers} workers failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}

@@ -69,6 +69,9 @@ pub struct UsageSinkConfig {
 
 type RowChange = ((WindowKey, (Decimal9, i64)), u64, isize);
 
+/// One epoch's updates held until the epoch is complete.
+type PendingEpoch = (Capability<u64>, Vec<(WindowKey, SumCount)>, Vec<RowChange>);
+
 /// The usage sink: applies additive deltas and order-based row changes to this worker's
 /// share of `usage_windows`, and at the end of each epoch rewrites the partitions that
 /// changed or became final. Emits the resulting file changes.
@@ -82,10 +85,7 @@ pub fn usage_sink<'s>(
     let pact_r = Exchange::new(|((k, _), _, _): &RowChange| customer_route(k));
     additive.binary_frontier(rows, pact_a, pact_r, "OM: UsageSink", move |_cap, _info| {
         let mut table = UsageTable::new(cfg.aggregations.clone(), cfg.allowed_lateness);
-        let mut pending: BTreeMap<
-            u64,
-            (Capability<u64>, Vec<(WindowKey, SumCount)>, Vec<RowChange>),
-        > = BTreeMap::new();
+        let mut pending: BTreeMap<u64, PendingEpoch> = BTreeMap::new();
         move |(in_a, frontier_a), (in_r, frontier_r), output| {
             in_a.for_each(|cap, data| {
                 let cap = cap.retain_least(0).expect("capability for its time");

@@ -200,7 +200,7 @@ impl Decoder {
             } else {
                 let raw = found.ok_or_else(|| meter_err("is missing"))?;
                 if meter.aggregation == Aggregation::UniqueCount {
-                    ReadingValue::Scalar(scalar_of(raw).map_err(|e| meter_err(e))?)
+                    ReadingValue::Scalar(scalar_of(raw).map_err(&meter_err)?)
                 } else {
                     ReadingValue::Number(number_of(raw).map_err(|e| meter_err(&e))?)
                 }

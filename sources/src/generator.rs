@@ -131,7 +131,7 @@ impl Generator {
             "{{\"id\":\"evt_{:x}_{n}\",\"tenant_id\":\"{tenant}\",\"customer_id\":\"cust_{c:05}\",",
             self.opts.seed
         );
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let _ = write!(out, "\"timestamp\":\"{}\",", format_micros(t));
         } else {
             let _ = write!(out, "\"timestamp\":{},", t / 1000);

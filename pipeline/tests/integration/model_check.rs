@@ -72,7 +72,7 @@ struct Spec {
 
 fn line(i: usize, s: &Spec, base: i64) -> String {
     let ts = base + s.minutes * MINUTE;
-    let time = if i % 2 == 0 {
+    let time = if i.is_multiple_of(2) {
         format!("\"{}\"", format_micros(ts))
     } else {
         (ts / 1000).to_string()
@@ -152,6 +152,9 @@ fn stream() -> impl Strategy<Value = Vec<String>> {
         })
 }
 
+/// (tenant, customer, meter, dimensions, size, start) of the model's windows.
+type ModelKey = (String, String, u16, String, WindowSize, i64);
+
 type Row = (String, String, String, String, String, i64, String, i64);
 
 /// The naive model: one event at a time, exactly as DESIGN.md section 3 reads.
@@ -159,10 +162,7 @@ fn model(lines: &[String], config: &Config) -> BTreeSet<Row> {
     let decoder = Decoder::new(config.clone());
     let mut seen = HashSet::new();
     let mut watermark: Option<i64> = None;
-    let mut windows: BTreeMap<
-        (String, String, u16, String, WindowSize, i64),
-        Vec<(i64, String, ReadingValue)>,
-    > = BTreeMap::new();
+    let mut windows: BTreeMap<ModelKey, Vec<(i64, String, ReadingValue)>> = BTreeMap::new();
     for l in lines {
         let Ok(d) = decoder.decode(l.as_bytes()) else {
             continue;
