@@ -2,6 +2,7 @@
 //! counts, and a property test against a naive model.
 
 mod integration {
+    mod cli;
     pub mod common;
     mod golden;
     mod model_check;
