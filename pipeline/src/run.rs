@@ -444,3 +444,32 @@ fn normalized_json(e: &om_model::Event) -> String {
     s.push('}');
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalized_json_replays_as_the_same_event() {
+        let decoder = Decoder::new(Config::builtin());
+        let line = br#"{"id":"e\"1","tenant_id":"acme","customer_id":"c1","event_type":"ai_generation","timestamp":1705314600123,"value":"2.50","properties":{"model":"gpt-4o","input_tokens":5,"output_tokens":7,"latency_ms":9,"provider":"openai"}}"#;
+        let first = decoder.decode(line).unwrap();
+        let again = decoder
+            .decode(normalized_json(&first.event).as_bytes())
+            .unwrap();
+        assert_eq!(first, again);
+        for v in ["0", "10", "100", "0.5", "12.000000001"] {
+            let mut e = first.event.clone();
+            e.value = om_model::Decimal9::parse(v).unwrap();
+            let back = decoder.decode(normalized_json(&e).as_bytes()).unwrap();
+            assert_eq!(back.event.value, e.value, "{v}");
+        }
+    }
+
+    #[test]
+    fn rejected_payloads_are_capped_at_one_mib() {
+        let big = vec![b'x'; MAX_RECORD_BYTES + 10];
+        assert_eq!(lossy_truncated(&big).len(), MAX_RECORD_BYTES);
+        assert_eq!(lossy_truncated(b"{bad \xff}"), "{bad \u{fffd}}");
+    }
+}
