@@ -12,7 +12,7 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use om_sources::generator::{GenOptions, Generator};
-use openmonetize::run::{DEFAULT_EPOCH_BYTES, RunOptions, run};
+use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, run};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             data: data.to_string_lossy().into_owned(),
             workers,
             epoch_bytes: args.epoch_bytes,
+            commit_every: DEFAULT_COMMIT_EVERY,
             progress: false,
         })?;
         let secs = start.elapsed().as_secs_f64();

@@ -12,7 +12,9 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
-use om_model::{Aggregation, Config, Decimal9, DecodedEvent, Micros, ReadingValue, WindowKey};
+use om_model::{
+    Aggregation, Config, Decimal9, DecodedEvent, Micros, ReadingValue, WindowKey, WindowSize,
+};
 use rustc_hash::FxHashMap;
 
 /// Running sum and count of a window: the difference type of additive meters.
@@ -96,27 +98,43 @@ pub struct UsageUpdates {
     pub values: Vec<((WindowKey, WindowValue), isize)>,
 }
 
+/// A window key borrowing its strings from the events of the epoch.
+type BorrowedKey<'a> = (&'a str, &'a str, u16, &'a str, WindowSize, Micros);
+
+fn owned((tenant, customer, meter, dims, size, start): BorrowedKey<'_>) -> WindowKey {
+    WindowKey {
+        tenant_id: tenant.to_string(),
+        customer_id: customer.to_string(),
+        meter,
+        dimensions: dims.to_string(),
+        size,
+        start,
+    }
+}
+
 /// Folds accepted events into window updates; `sign` is +1 to add them, -1 to retract.
+/// Keys borrow from the events while folding, so strings are copied once per distinct
+/// window, not once per event.
 pub fn pre_aggregate<'a>(
     events: impl IntoIterator<Item = &'a DecodedEvent>,
     config: &Config,
     sign: i64,
 ) -> UsageUpdates {
-    let mut additive: FxHashMap<WindowKey, SumCount> = FxHashMap::default();
-    let mut values: FxHashMap<(WindowKey, WindowValue), isize> = FxHashMap::default();
+    let mut additive: FxHashMap<BorrowedKey<'a>, SumCount> = FxHashMap::default();
+    let mut values: FxHashMap<(BorrowedKey<'a>, WindowValue), isize> = FxHashMap::default();
     for decoded in events {
         let e = &decoded.event;
         for r in &decoded.readings {
             let meter = &config.meters[r.meter as usize];
             for &size in &meter.windows {
-                let key = WindowKey {
-                    tenant_id: e.tenant_id.clone(),
-                    customer_id: e.customer_id.clone(),
-                    meter: r.meter,
-                    dimensions: r.dimensions.clone(),
+                let key = (
+                    e.tenant_id.as_str(),
+                    e.customer_id.as_str(),
+                    r.meter,
+                    r.dimensions.as_str(),
                     size,
-                    start: size.start(e.timestamp),
-                };
+                    size.start(e.timestamp),
+                );
                 if meter.aggregation.is_additive() {
                     let v = match &r.value {
                         ReadingValue::Number(v) => *v,
@@ -141,8 +159,16 @@ pub fn pre_aggregate<'a>(
         }
     }
     UsageUpdates {
-        additive: additive.into_iter().filter(|(_, d)| !d.is_zero()).collect(),
-        values: values.into_iter().filter(|(_, d)| *d != 0).collect(),
+        additive: additive
+            .into_iter()
+            .filter(|(_, d)| !d.is_zero())
+            .map(|(k, d)| (owned(k), d))
+            .collect(),
+        values: values
+            .into_iter()
+            .filter(|(_, d)| *d != 0)
+            .map(|((k, v), d)| ((owned(k), v), d))
+            .collect(),
     }
 }
 

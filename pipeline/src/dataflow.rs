@@ -12,7 +12,6 @@ use std::rc::Rc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
 
 /// Per-epoch facts the driver loop shares with the operators of its worker.
@@ -20,6 +19,8 @@ use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
 pub struct EpochInfo {
     /// Watermark after each epoch (identical on every worker).
     pub watermarks: BTreeMap<u64, Option<Micros>>,
+    /// Epochs that end with a commit (identical on every worker).
+    pub commits: std::collections::BTreeSet<u64>,
 }
 
 /// Records for the committer on worker 0.
@@ -70,11 +71,14 @@ pub struct UsageSinkConfig {
 type RowChange = ((WindowKey, (Decimal9, i64)), u64, isize);
 
 /// One epoch's updates held until the epoch is complete.
-type PendingEpoch = (Capability<u64>, Vec<(WindowKey, SumCount)>, Vec<RowChange>);
+type PendingEpoch = (Vec<(WindowKey, SumCount)>, Vec<RowChange>);
 
 /// The usage sink: applies additive deltas and order-based row changes to this worker's
-/// share of `usage_windows`, and at the end of each epoch rewrites the partitions that
-/// changed or became final. Emits the resulting file changes.
+/// share of `usage_windows` epoch by epoch, and at each commit epoch rewrites the
+/// partitions that changed or became final since the last commit. Emits the resulting
+/// file changes at the commit epoch. It holds a capability of its own, because a commit
+/// epoch may bring no update to this worker and still have to write what earlier epochs
+/// changed.
 pub fn usage_sink<'s>(
     additive: StreamVec<'s, u64, (WindowKey, SumCount)>,
     rows: StreamVec<'s, u64, RowChange>,
@@ -83,47 +87,57 @@ pub fn usage_sink<'s>(
 ) -> StreamVec<'s, u64, Meta> {
     let pact_a = Exchange::new(|(k, _): &(WindowKey, SumCount)| customer_route(k));
     let pact_r = Exchange::new(|((k, _), _, _): &RowChange| customer_route(k));
-    additive.binary_frontier(rows, pact_a, pact_r, "OM: UsageSink", move |_cap, _info| {
+    additive.binary_frontier(rows, pact_a, pact_r, "OM: UsageSink", move |cap, _info| {
+        let mut cap = Some(cap);
         let mut table = UsageTable::new(cfg.aggregations.clone(), cfg.allowed_lateness);
         let mut pending: BTreeMap<u64, PendingEpoch> = BTreeMap::new();
+        let mut next_commit_from = 0u64;
         move |(in_a, frontier_a), (in_r, frontier_r), output| {
             in_a.for_each(|cap, data| {
-                let cap = cap.retain_least(0).expect("capability for its time");
-                pending
-                    .entry(*cap.time())
-                    .or_insert_with(|| (cap, Vec::new(), Vec::new()))
-                    .1
-                    .append(data);
+                let t = *cap.retain_least(0).expect("capability for its time").time();
+                pending.entry(t).or_default().0.append(data);
             });
-            in_r.for_each(|cap, data| {
-                // A row change may carry a time later than its message's capability.
-                let cap = cap.retain_least(0).expect("capability for its time");
+            in_r.for_each(|_cap, data| {
+                // A row change carries its own time, which may follow its message's.
                 for change in data.drain(..) {
-                    let t = change.1;
-                    pending
-                        .entry(t)
-                        .or_insert_with(|| (cap.delayed(&t), Vec::new(), Vec::new()))
-                        .2
-                        .push(change);
+                    pending.entry(change.1).or_default().1.push(change);
                 }
             });
-            while let Some(entry) = pending.first_entry() {
-                let t = *entry.key();
+            loop {
+                let next_update = pending.keys().next().copied();
+                let next_commit = info
+                    .borrow()
+                    .commits
+                    .range(next_commit_from..)
+                    .next()
+                    .copied();
+                let Some(t) = next_update.into_iter().chain(next_commit).min() else {
+                    break;
+                };
                 if frontier_a.less_equal(&t) || frontier_r.less_equal(&t) {
                     break;
                 }
-                let (cap, adds, row_changes) = entry.remove();
-                for (key, d) in adds {
-                    table.add(key, d.sum, d.count);
+                if let Some((adds, row_changes)) = pending.remove(&t) {
+                    for (key, d) in adds {
+                        table.add(key, d.sum, d.count);
+                    }
+                    // Retractions first, so a row replaced within one epoch ends up set.
+                    let (minus, plus): (Vec<_>, Vec<_>) =
+                        row_changes.into_iter().partition(|c| c.2 < 0);
+                    for ((key, (value, events)), _, diff) in minus.into_iter().chain(plus) {
+                        table.set_row(key, value, events, diff);
+                    }
                 }
-                // Retractions first, so a row replaced within one epoch ends up set.
-                let (minus, plus): (Vec<_>, Vec<_>) =
-                    row_changes.into_iter().partition(|c| c.2 < 0);
-                for ((key, (value, events)), _, diff) in minus.into_iter().chain(plus) {
-                    table.set_row(key, value, events, diff);
+                if next_commit != Some(t) {
+                    continue;
                 }
+                next_commit_from = t + 1;
                 let watermark = info.borrow().watermarks.get(&t).copied().flatten();
-                let mut session = output.session(&cap);
+                let at = cap
+                    .as_ref()
+                    .expect("held until the inputs are done")
+                    .delayed(&t);
+                let mut session = output.session(&at);
                 for p in table.take_partitions_to_write(watermark) {
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
                     let rows = table.rows(&p, watermark);
@@ -146,18 +160,34 @@ pub fn usage_sink<'s>(
                     }));
                 }
             }
+            let lowest = frontier_a
+                .frontier()
+                .iter()
+                .chain(frontier_r.frontier().iter())
+                .min()
+                .copied();
+            match lowest {
+                Some(t) => {
+                    if let Some(c) = cap.as_mut() {
+                        c.downgrade(&t);
+                    }
+                }
+                None => cap = None,
+            }
         }
     })
 }
 
 /// The committer: gathers every worker's file changes and counts for an epoch on worker
-/// 0 and, once the epoch is complete everywhere, writes its commit record. `last` holds
-/// the newest record written.
+/// 0 and, once the epoch is complete everywhere and it is a commit epoch, writes the
+/// commit record covering it and the epochs since the previous commit. `last` holds the
+/// newest record written.
 pub fn committer<'s>(
     meta: StreamVec<'s, u64, Meta>,
     store: DataStore,
     runtime: tokio::runtime::Handle,
     last: Rc<RefCell<Option<CommitRecord>>>,
+    info: Rc<RefCell<EpochInfo>>,
 ) -> StreamVec<'s, u64, ()> {
     meta.unary_frontier(Exchange::new(|_: &Meta| 0), "OM: Committer", move |_cap, _info| {
         let mut record = CommitRecord::default();
@@ -198,6 +228,9 @@ pub fn committer<'s>(
                 record.counts.late += counts.late;
                 record.watermark_micros = watermark;
                 record.watermark = watermark.map(om_model::time::format_micros);
+                if !info.borrow().commits.contains(&t) {
+                    continue;
+                }
                 record.committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 runtime.block_on(record.write(&store)).unwrap_or_else(|e| panic!("committing epoch {t}: {e}"));
                 *last.borrow_mut() = Some(record.clone());

@@ -1,7 +1,7 @@
 //! `openmonetize demo`: generate sample events, run the whole pipeline on the built-in
 //! config into a local directory, and show what came out, with no Kafka and no config.
 
-use crate::run::{DEFAULT_EPOCH_BYTES, RunOptions, run};
+use crate::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, run};
 use anyhow::Context;
 use om_queries::{Format, QueryEngine, format};
 use om_sources::generator::{GenOptions, Generator};
@@ -62,6 +62,7 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
         data: data_url.clone(),
         workers: opts.workers,
         epoch_bytes: DEFAULT_EPOCH_BYTES,
+        commit_every: DEFAULT_COMMIT_EVERY,
         progress: false,
     })?;
     let c = &result.commit.counts;

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use openmonetize::demo::{DemoOptions, demo};
-use openmonetize::run::{DEFAULT_EPOCH_BYTES, RunOptions, run};
+use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, run};
 use std::path::PathBuf;
 
 /// OpenMonetize: usage metering and monetization for AI and SaaS.
@@ -56,9 +56,12 @@ enum Command {
         /// Timely worker threads.
         #[arg(long, default_value_t = default_workers())]
         workers: usize,
-        /// Input bytes per epoch (each epoch is committed atomically).
+        /// Input bytes per epoch (the unit of dedup, lateness and window updates).
         #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
         epoch_bytes: u64,
+        /// Commit the tables every this many epochs, and after the last one.
+        #[arg(long, default_value_t = DEFAULT_COMMIT_EVERY)]
+        commit_every: u64,
         /// Suppress progress lines.
         #[arg(long)]
         quiet: bool,
@@ -123,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             data,
             workers,
             epoch_bytes,
+            commit_every,
             quiet,
         } => {
             if commands.is_some() {
@@ -143,6 +147,7 @@ fn main() -> anyhow::Result<()> {
                 data: data.clone(),
                 workers,
                 epoch_bytes,
+                commit_every,
                 progress: !quiet,
             })?;
             let c = &summary.commit.counts;

@@ -37,7 +37,10 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 type Input<D> = InputHandle<u64, CapacityContainerBuilder<Vec<D>>>;
 
 /// Default bytes of input per epoch.
-pub const DEFAULT_EPOCH_BYTES: u64 = 64 << 20;
+pub const DEFAULT_EPOCH_BYTES: u64 = 32 << 20;
+
+/// Default number of epochs per commit.
+pub const DEFAULT_COMMIT_EVERY: u64 = 8;
 
 /// Options of one run.
 #[derive(Clone, Debug)]
@@ -52,6 +55,9 @@ pub struct RunOptions {
     pub workers: usize,
     /// Input bytes per epoch.
     pub epoch_bytes: u64,
+    /// Commit every this many epochs (and after the last one). Between commits the usage
+    /// sink only accumulates, so a partition is rewritten once per commit.
+    pub commit_every: u64,
     /// Print progress lines to stderr.
     pub progress: bool,
 }
@@ -181,6 +187,7 @@ fn run_worker(
             store.clone(),
             runtime.clone(),
             Rc::clone(&last_commit),
+            Rc::clone(&info),
         )
         .probe_with(&usage_probe);
     });
@@ -263,7 +270,13 @@ fn run_worker(
             lateness,
         );
         watermark = out.watermark;
-        info.borrow_mut().watermarks.insert(epoch, watermark);
+        {
+            let mut info = info.borrow_mut();
+            info.watermarks.insert(epoch, watermark);
+            if (epoch + 1) % opts.commit_every.max(1) == 0 || epoch + 1 == epochs {
+                info.commits.insert(epoch);
+            }
+        }
         let duplicate_count = out.duplicates.len() as u64;
         for c in out.duplicates {
             let e = c.decoded.event;

@@ -1,7 +1,8 @@
 //! The current state of `usage_windows` on one worker, partitioned for rewriting.
 //!
-//! Rows are grouped into partitions of (window size, UTC day of the window start); a
-//! month window lives in the partition of the 1st. Each epoch the worker applies its
+//! Rows are grouped into partitions of (window size, UTC hour of the window start) for
+//! minute and hour windows, and (window size, UTC day of the window start) for day and
+//! month windows (a month window lives in the partition of the 1st). Each epoch the worker applies its
 //! consolidated window updates, and rewrites only the partitions that changed, or whose
 //! rows became final because the watermark moved (`is_final`: window_end <=
 //! watermark - allowed_lateness, after which no accepted event can change the window).
@@ -9,7 +10,7 @@
 //! a corrected window replaces its old row in what readers see.
 
 use crate::encode::UsageRow;
-use om_model::time::DAY;
+use om_model::time::{DAY, HOUR};
 use om_model::{Aggregation, Decimal9, Micros, WindowKey, WindowSize};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
@@ -40,13 +41,20 @@ pub type PartitionKey = (WindowSize, Micros);
 
 /// The partition a window belongs to.
 pub fn partition_of(key: &WindowKey) -> PartitionKey {
-    (key.size, key.start - key.start.rem_euclid(DAY))
+    let span = match key.size {
+        WindowSize::Minute | WindowSize::Hour => HOUR,
+        WindowSize::Day | WindowSize::Month => DAY,
+    };
+    (key.size, key.start - key.start.rem_euclid(span))
 }
 
-/// Path segment of a partition, e.g. `hour/2026-10-26`.
+/// Path segment of a partition, e.g. `hour/2026-10-26T05` or `day/2026-10-26`.
 pub fn partition_path(p: &PartitionKey) -> String {
-    let day = om_model::time::format_micros(p.1);
-    format!("{}/{}", p.0.as_str(), &day[..10])
+    let t = om_model::time::format_micros(p.1);
+    match p.0 {
+        WindowSize::Minute | WindowSize::Hour => format!("{}/{}", p.0.as_str(), &t[..13]),
+        WindowSize::Day | WindowSize::Month => format!("{}/{}", p.0.as_str(), &t[..10]),
+    }
 }
 
 #[derive(Debug, Default)]

@@ -27,6 +27,17 @@ pub fn openmonetize(args: &[&str]) -> String {
 
 /// Runs the job over a golden case's events into `data`.
 pub fn run_case(case: &str, data: &Path, workers: usize, epoch_bytes: u64) {
+    run_case_committing(case, data, workers, epoch_bytes, 1);
+}
+
+/// As `run_case`, committing every `commit_every` epochs.
+pub fn run_case_committing(
+    case: &str,
+    data: &Path,
+    workers: usize,
+    epoch_bytes: u64,
+    commit_every: u64,
+) {
     let dir = golden_dir(case);
     let events = format!("file:{}", dir.join("events.jsonl").display());
     let config = dir.join("config.toml");
@@ -42,6 +53,8 @@ pub fn run_case(case: &str, data: &Path, workers: usize, epoch_bytes: u64) {
         &workers.to_string(),
         "--epoch-bytes",
         &epoch_bytes.to_string(),
+        "--commit-every",
+        &commit_every.to_string(),
         "--quiet",
     ]);
 }

@@ -237,7 +237,13 @@ fn model(lines: &[String], config: &Config) -> BTreeSet<Row> {
         .collect()
 }
 
-fn pipeline(lines: &[String], config: &Config, workers: usize, epoch_bytes: u64) -> BTreeSet<Row> {
+fn pipeline(
+    lines: &[String],
+    config: &Config,
+    workers: usize,
+    epoch_bytes: u64,
+    commit_every: u64,
+) -> BTreeSet<Row> {
     static RUN: AtomicU64 = AtomicU64::new(0);
     let tmp = tempfile::tempdir().unwrap();
     let events = tmp.path().join("events.jsonl");
@@ -252,6 +258,7 @@ fn pipeline(lines: &[String], config: &Config, workers: usize, epoch_bytes: u64)
         data: data.clone(),
         workers,
         epoch_bytes,
+        commit_every,
         progress: false,
     })
     .unwrap();
@@ -289,10 +296,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn usage_windows_match_the_naive_model(lines in stream(), workers in 1usize..=2, epoch in prop::sample::select(vec![150u64, 700, 4096, 1 << 20])) {
+    fn usage_windows_match_the_naive_model(lines in stream(), workers in 1usize..=2, epoch in prop::sample::select(vec![150u64, 700, 4096, 1 << 20]), commit_every in 1u64..4) {
         let config = Config::from_toml(CONFIG).unwrap();
         let want = model(&lines, &config);
-        let got = pipeline(&lines, &config, workers, epoch);
+        let got = pipeline(&lines, &config, workers, epoch, commit_every);
         prop_assert_eq!(got, want);
     }
 }
@@ -326,5 +333,5 @@ fn the_model_sees_late_and_duplicate_events() {
         calls, 2,
         "the too-late event and the duplicate are not counted"
     );
-    assert_eq!(pipeline(&lines, &config, 2, 100), want);
+    assert_eq!(pipeline(&lines, &config, 2, 100, 1), want);
 }

@@ -1,7 +1,7 @@
 //! The tables do not depend on the number of workers nor on how the input is cut into
 //! epochs.
 
-use super::common::{query_csv, run_case};
+use super::common::{query_csv, run_case_committing};
 
 const TABLE_SQL: [&str; 4] = [
     super::common::USAGE_SQL,
@@ -10,10 +10,10 @@ const TABLE_SQL: [&str; 4] = [
     "SELECT tenant_id, event_id, customer_id, timestamp, watermark, raw, reason, source_offset FROM late_events ORDER BY source_offset",
 ];
 
-fn tables(workers: usize, epoch_bytes: u64) -> Vec<Vec<Vec<String>>> {
+fn tables(workers: usize, epoch_bytes: u64, commit_every: u64) -> Vec<Vec<Vec<String>>> {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    run_case("medium", &data, workers, epoch_bytes);
+    run_case_committing("medium", &data, workers, epoch_bytes, commit_every);
     let mut out: Vec<_> = TABLE_SQL.iter().map(|sql| query_csv(&data, sql)).collect();
     out.push(query_csv(
         &data,
@@ -24,10 +24,15 @@ fn tables(workers: usize, epoch_bytes: u64) -> Vec<Vec<Vec<String>>> {
 
 #[test]
 fn same_tables_with_one_and_two_workers_and_any_epoch_size() {
-    let one = tables(1, 64 << 20);
+    let one = tables(1, 64 << 20, 1);
     assert!(one[0].len() > 1000, "usage_windows is not trivially empty");
-    let two = tables(2, 64 << 20);
+    let two = tables(2, 64 << 20, 1);
     assert_eq!(one, two, "--workers 1 vs --workers 2");
-    let two_small_epochs = tables(2, 16 << 10);
+    let two_small_epochs = tables(2, 16 << 10, 1);
     assert_eq!(one, two_small_epochs, "one epoch vs 16 KiB epochs");
+    let batched_commits = tables(2, 8 << 10, 5);
+    assert_eq!(
+        one, batched_commits,
+        "8 KiB epochs committed five at a time"
+    );
 }
