@@ -69,6 +69,16 @@ impl Aggregation {
             Aggregation::Sum | Aggregation::Count | Aggregation::Avg
         )
     }
+
+    /// The value of an additive window from its running sum and count: the sum, the
+    /// count, or sum / count rounded half-even (avg). Meaningless for other aggregations.
+    pub fn additive_value(self, sum: Decimal9, count: i64) -> Decimal9 {
+        match self {
+            Aggregation::Count => Decimal9::from_int(count),
+            Aggregation::Avg if count != 0 => sum.div_count_half_even(count),
+            _ => sum,
+        }
+    }
 }
 
 /// A JSON path into an event such as `$.properties.input_tokens`, stored as its segments.

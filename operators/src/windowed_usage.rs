@@ -67,11 +67,7 @@ impl Abelian for SumCount {
 impl SumCount {
     /// The window's value for an additive aggregation.
     pub fn value(&self, aggregation: Aggregation) -> Decimal9 {
-        match aggregation {
-            Aggregation::Count => Decimal9::from_int(self.count),
-            Aggregation::Avg if self.count != 0 => self.sum.div_count_half_even(self.count),
-            _ => self.sum,
-        }
+        aggregation.additive_value(self.sum, self.count)
     }
 }
 

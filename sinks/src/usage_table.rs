@@ -173,10 +173,10 @@ impl UsageTable {
             .iter()
             .map(|(key, state)| {
                 let (value, events) = match *state {
-                    WindowState::Additive { sum, count } => {
-                        let sc = om_value(aggregations[key.meter as usize], sum, count);
-                        (sc, count)
-                    }
+                    WindowState::Additive { sum, count } => (
+                        aggregations[key.meter as usize].additive_value(sum, count),
+                        count,
+                    ),
                     WindowState::Row { value, events } => (value, events),
                 };
                 UsageRow {
@@ -189,14 +189,6 @@ impl UsageTable {
             .collect();
         rows.sort_unstable_by(|a, b| a.key.cmp(b.key));
         rows
-    }
-}
-
-fn om_value(aggregation: Aggregation, sum: Decimal9, count: i64) -> Decimal9 {
-    match aggregation {
-        Aggregation::Count => Decimal9::from_int(count),
-        Aggregation::Avg if count != 0 => sum.div_count_half_even(count),
-        _ => sum,
     }
 }
 
