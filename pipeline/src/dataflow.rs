@@ -3,7 +3,7 @@
 
 use om_model::{Aggregation, Decimal9, Micros, WindowKey};
 use om_operators::SumCount;
-use om_sinks::commit::{CommitRecord, Counts, FileEntry};
+use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::usage_table::{UsageTable, partition_path};
 use om_sinks::{DataStore, FileChange};
 use std::cell::RefCell;
@@ -203,17 +203,16 @@ pub fn committer<'s>(
                     break;
                 }
                 let metas = entry.remove();
-                let mut counts = Counts::default();
                 let mut watermark = record.watermark_micros;
                 let mut changes = Vec::new();
                 for m in metas {
                     match m {
                         Meta::File(c) => changes.push(c),
                         Meta::Stats { accepted, rejected, duplicates, late, watermark: w, source } => {
-                            counts.accepted += accepted;
-                            counts.rejected += rejected;
-                            counts.duplicates += duplicates;
-                            counts.late += late;
+                            record.counts.accepted += accepted;
+                            record.counts.rejected += rejected;
+                            record.counts.duplicates += duplicates;
+                            record.counts.late += late;
                             watermark = watermark.max(w);
                             let offset = record.sources.entry(source.0).or_insert(0);
                             *offset = (*offset).max(source.1);
@@ -222,10 +221,6 @@ pub fn committer<'s>(
                 }
                 record.epoch = t;
                 record.apply(changes);
-                record.counts.accepted += counts.accepted;
-                record.counts.rejected += counts.rejected;
-                record.counts.duplicates += counts.duplicates;
-                record.counts.late += counts.late;
                 record.watermark_micros = watermark;
                 record.watermark = watermark.map(om_model::time::format_micros);
                 if !info.borrow().commits.contains(&t) {

@@ -323,7 +323,7 @@ fn run_worker(
 
         // This worker's append-only tables for the epoch.
         let write = |table: &str,
-                     batch: anyhow::Result<arrow_batch::RecordBatch>,
+                     batch: om_sinks::Result<om_sinks::encode::RecordBatch>,
                      rows: usize|
          -> Option<FileChange> {
             if rows == 0 {
@@ -351,15 +351,15 @@ fn run_worker(
             &sources,
         );
         let changes = [
-            write("events", events_batch.map_err(Into::into), accepted),
+            write("events", events_batch, accepted),
             write(
                 "rejected_events",
-                om_sinks::encode::rejected(&rejected, ingested_at, &sources).map_err(Into::into),
+                om_sinks::encode::rejected(&rejected, ingested_at, &sources),
                 rejected.len(),
             ),
             write(
                 "late_events",
-                om_sinks::encode::late(&late, ingested_at, &sources).map_err(Into::into),
+                om_sinks::encode::late(&late, ingested_at, &sources),
                 late.len(),
             ),
         ];
@@ -405,10 +405,6 @@ fn run_worker(
         worker.step();
     }
     last_commit.borrow_mut().take()
-}
-
-mod arrow_batch {
-    pub use arrow_array::RecordBatch;
 }
 
 /// The raw payload of a rejected line: lossy UTF-8, at most 1 MiB.

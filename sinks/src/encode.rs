@@ -5,7 +5,7 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use arrow::record_batch::RecordBatch;
+pub use arrow::record_batch::RecordBatch;
 use om_model::schema::{self, DECIMAL};
 use om_model::{Decimal9, Event, LateRecord, Micros, RejectedRecord, SourcePosition, WindowKey};
 use std::sync::Arc;
