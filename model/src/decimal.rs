@@ -88,6 +88,13 @@ impl Decimal9 {
     pub fn parse(text: &str) -> Result<Self, DecimalError> {
         let err = || DecimalError::Syntax(text.to_string());
         let bytes = text.as_bytes();
+        // Fast path: a plain integer below 10^18 (token counts, byte sizes, ...).
+        if (1..=18).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_digit) {
+            let int = bytes
+                .iter()
+                .fold(0i128, |acc, &b| acc * 10 + (b - b'0') as i128);
+            return Ok(Decimal9(int * SCALE));
+        }
         let (negative, rest) = match bytes.first() {
             Some(b'-') => (true, &bytes[1..]),
             Some(b'+') => (false, &bytes[1..]),

@@ -22,9 +22,82 @@ const MAX_MILLIS: i64 = 253_402_300_799_999;
 /// Parses an RFC 3339 timestamp (any offset) to UTC microseconds; digits below the
 /// microsecond are truncated.
 pub fn parse_rfc3339(text: &str) -> Option<Micros> {
+    if let Some(t) = parse_utc_fast(text) {
+        return Some(t);
+    }
     let t = DateTime::parse_from_rfc3339(text).ok()?;
     let micros = t.timestamp_micros();
     (micros >= 0).then_some(micros)
+}
+
+/// The common form `YYYY-MM-DDTHH:MM:SS[.fraction]Z` without chrono; `None` for anything
+/// else (other offsets, leap seconds, invalid dates), which goes the general way.
+fn parse_utc_fast(text: &str) -> Option<Micros> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as i64)
+        })
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let micros = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=9).contains(&frac.len()) => {
+            let mut m = 0i64;
+            for i in 0..6 {
+                let c = frac.get(i).copied().unwrap_or(b'0');
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                m = m * 10 + (c - b'0') as i64;
+            }
+            if !frac.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            m
+        }
+        _ => return None,
+    };
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) {
+        return None;
+    }
+    if day < 1 || day > month_days[month as usize - 1] || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (civil-from-days, inverted).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * MINUTE + second * SECOND + micros)
 }
 
 /// Converts integer epoch milliseconds, accepting 1970-01-01 through 9999-12-31.
@@ -154,6 +227,41 @@ pub fn parse_duration(text: &str) -> Option<Micros> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_utc_parsing_agrees_with_chrono() {
+        let chrono_parse = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|d| d.timestamp_micros())
+                .filter(|m| *m >= 0)
+        };
+        let mut cases = vec![
+            "1970-01-01T00:00:00Z".to_string(),
+            "2024-02-29T23:59:59.999999999Z".into(),
+            "2023-02-29T00:00:00Z".into(),
+            "2024-13-01T00:00:00Z".into(),
+            "2024-01-01T24:00:00Z".into(),
+            "2024-01-01T00:00:60Z".into(),
+            "2024-01-01T00:00:00.Z".into(),
+            "2024-01-01T00:00:00.1234567890Z".into(),
+            "2024-01-01T00:00:00.5+01:00".into(),
+            "2024-01-01t00:00:00z".into(),
+            "9999-12-31T23:59:59.999999Z".into(),
+            "2100-02-29T00:00:00Z".into(),
+            "2000-02-29T12:34:56.7Z".into(),
+        ];
+        for y in [1970, 1999, 2000, 2024, 2026, 2100, 2400] {
+            for m in 1..=12 {
+                for d in [1, 28, 29, 30, 31] {
+                    cases.push(format!("{y:04}-{m:02}-{d:02}T13:07:59.000123Z"));
+                }
+            }
+        }
+        for c in &cases {
+            assert_eq!(parse_rfc3339(c), chrono_parse(c), "{c}");
+        }
+    }
 
     #[test]
     fn parses_offsets_to_utc() {

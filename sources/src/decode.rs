@@ -2,11 +2,12 @@
 //! accepted-event candidate with its meter readings, or a rejection with a specific
 //! reason (DESIGN.md 2.1). Never panics on input; numbers are read from their text.
 
+use crate::json;
 use om_model::{Aggregation, Config, Decimal9, DecodedEvent, Event, Reading, ReadingValue, time};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Largest accepted record: 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -52,28 +53,146 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// A JSON object's members, keys borrowed when they hold no escapes.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// The envelope's fields as raw JSON texts.
+#[derive(Default)]
+struct Fields<'a> {
+    id: Option<&'a str>,
+    tenant_id: Option<&'a str>,
+    customer_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    timestamp: Option<&'a str>,
+    value: Option<&'a str>,
+    properties: Option<&'a str>,
+    specversion: Option<&'a str>,
+    subject: Option<&'a str>,
+    ce_type: Option<&'a str>,
+    time: Option<&'a str>,
+    data: Option<&'a str>,
+}
 
-impl<'a> Members<'a> {
-    fn parse(raw: &'a RawValue) -> Option<Self> {
-        if !raw.get().starts_with('{') {
+impl<'a> From<Envelope<'a>> for Fields<'a> {
+    fn from(e: Envelope<'a>) -> Self {
+        let get = |r: Option<&'a RawValue>| r.map(RawValue::get);
+        Fields {
+            id: get(e.id),
+            tenant_id: get(e.tenant_id),
+            customer_id: get(e.customer_id),
+            event_type: get(e.event_type),
+            timestamp: get(e.timestamp),
+            value: get(e.value),
+            properties: get(e.properties),
+            specversion: get(e.specversion),
+            subject: get(e.subject),
+            ce_type: get(e.ce_type),
+            time: get(e.time),
+            data: get(e.data),
+        }
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The fast path: one validating pass of [`json::object_members`]. `None` when the
+    /// record is not valid JSON, repeats a field we read, or has a key with escapes; the
+    /// caller then takes serde_json's way, which yields the precise error.
+    fn scan(text: &'a str, members: &mut Vec<json::Member>) -> Option<Self> {
+        if !json::object_members(text, members) {
             return None;
         }
-        if let Ok(m) = serde_json::from_str::<BTreeMap<&'a str, &'a RawValue>>(raw.get()) {
-            return Some(Members(
-                m.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect(),
-            ));
+        let mut f = Fields::default();
+        for (k, v) in members.iter() {
+            let key = &text[k.start + 1..k.end - 1];
+            let slot = match key {
+                "id" => &mut f.id,
+                "tenant_id" => &mut f.tenant_id,
+                "customer_id" => &mut f.customer_id,
+                "event_type" => &mut f.event_type,
+                "timestamp" => &mut f.timestamp,
+                "value" => &mut f.value,
+                "properties" => &mut f.properties,
+                "specversion" => &mut f.specversion,
+                "subject" => &mut f.subject,
+                "type" => &mut f.ce_type,
+                "time" => &mut f.time,
+                "data" => &mut f.data,
+                _ if key.contains('\\') => return None,
+                _ => continue,
+            };
+            if slot.replace(&text[v.clone()]).is_some() {
+                return None;
+            }
         }
-        let m: BTreeMap<String, &'a RawValue> = serde_json::from_str(raw.get()).ok()?;
-        Some(Members(
-            m.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
-        ))
+        Some(f)
     }
+}
 
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+/// An event decoded in place: its strings borrow from the record unless they hold JSON
+/// escapes. [`Decoder::decode_ref`] returns it with its readings in a [`Scratch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Tenant, `default` when absent.
+    pub tenant_id: Cow<'a, str>,
+    /// Idempotency key.
+    pub id: Cow<'a, str>,
+    /// Customer.
+    pub customer_id: Cow<'a, str>,
+    /// Event type.
+    pub event_type: Cow<'a, str>,
+    /// Event time, UTC microseconds.
+    pub timestamp: i64,
+    /// `value`, default 1.
+    pub value: Decimal9,
+    /// The `properties` object (CloudEvents `data`) as its JSON text, if present.
+    pub properties: Option<&'a str>,
+}
+
+impl EventRef<'_> {
+    /// The owned event.
+    pub fn to_event(&self) -> Event {
+        Event {
+            tenant_id: self.tenant_id.to_string(),
+            id: self.id.to_string(),
+            customer_id: self.customer_id.to_string(),
+            event_type: self.event_type.to_string(),
+            timestamp: self.timestamp,
+            value: self.value,
+            properties: self.properties.map(str::to_string),
+        }
     }
+}
+
+/// One meter's reading of an event decoded in place; texts live in [`Scratch::text`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadingRef {
+    /// Index into `Config::meters`.
+    pub meter: u16,
+    /// Canonical JSON of the group-by dimensions, as a range of [`Scratch::text`].
+    pub dimensions: Range<usize>,
+    /// The value.
+    pub value: ValueRef,
+}
+
+/// A reading's value: a number, or (unique_count) canonical scalar text as a range of
+/// [`Scratch::text`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueRef {
+    /// A number.
+    Number(Decimal9),
+    /// Canonical scalar text.
+    Scalar(Range<usize>),
+}
+
+/// Buffers reused from one record to the next, so decoding allocates nothing per event
+/// unless a string holds escapes.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Dimension and scalar texts of the readings.
+    pub text: String,
+    /// The readings of the last decoded event.
+    pub readings: Vec<ReadingRef>,
+    /// Members of the record's top-level object.
+    top: Vec<json::Member>,
+    /// Members of the properties object: (key, value) ranges into it.
+    members: Vec<(Range<usize>, Range<usize>)>,
 }
 
 /// Decodes records against one configuration.
@@ -93,8 +212,36 @@ impl Decoder {
         &self.config
     }
 
-    /// Decodes one record.
+    /// Decodes one record into an owned event with its readings.
     pub fn decode(&self, bytes: &[u8]) -> Result<DecodedEvent, Rejection> {
+        let mut scratch = Scratch::default();
+        let event = self.decode_ref(bytes, &mut scratch)?.to_event();
+        let text = |r: &Range<usize>| scratch.text[r.clone()].to_string();
+        let readings = scratch
+            .readings
+            .iter()
+            .map(|r| Reading {
+                meter: r.meter,
+                dimensions: text(&r.dimensions),
+                value: match &r.value {
+                    ValueRef::Number(d) => ReadingValue::Number(*d),
+                    ValueRef::Scalar(s) => ReadingValue::Scalar(text(s)),
+                },
+            })
+            .collect();
+        Ok(DecodedEvent { event, readings })
+    }
+
+    /// Decodes one record in place: strings borrow from `bytes`, readings go to
+    /// `scratch` (cleared first).
+    pub fn decode_ref<'a>(
+        &self,
+        bytes: &'a [u8],
+        scratch: &mut Scratch,
+    ) -> Result<EventRef<'a>, Rejection> {
+        scratch.text.clear();
+        scratch.readings.clear();
+        scratch.members.clear();
         let reject = |reason: String| Rejection {
             tenant_id: None,
             event_id: None,
@@ -115,79 +262,79 @@ impl Decoder {
         if !trimmed.starts_with('{') {
             return Err(reject("not a JSON object".into()));
         }
-        let env: Envelope<'_> =
-            serde_json::from_str(trimmed).map_err(|e| reject(format!("invalid JSON: {e}")))?;
+        let env = match Fields::scan(trimmed, &mut scratch.top) {
+            Some(fields) => fields,
+            None => serde_json::from_str::<Envelope<'a>>(trimmed)
+                .map(Fields::from)
+                .map_err(|e| reject(format!("invalid JSON: {e}")))?,
+        };
+        let raw = |r: Option<&'a str>| r;
         let cloud = env.specversion.is_some();
 
-        let id = required_string(env.id, "id").map_err(reject)?;
+        let id = required_string(raw(env.id), "id").map_err(reject)?;
         if id.len() > 256 {
             return Err(reject(format!(
                 "field id is {} bytes long (1..256 allowed)",
                 id.len()
             )));
         }
-        let tenant_id = match env.tenant_id {
-            None => "default".to_string(),
-            Some(raw) if raw.get() == "null" => "default".to_string(),
+        let tenant_id = match raw(env.tenant_id) {
+            None | Some("null") => Cow::Borrowed("default"),
             Some(raw) => string_of(raw)
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Rejection {
                     tenant_id: None,
-                    event_id: Some(id.clone()),
+                    event_id: Some(id.to_string()),
                     reason: "field tenant_id must be a non-empty string".into(),
                 })?,
         };
         let with_ids = |reason: String| Rejection {
-            tenant_id: Some(tenant_id.clone()),
-            event_id: Some(id.clone()),
+            tenant_id: Some(tenant_id.to_string()),
+            event_id: Some(id.to_string()),
             reason,
         };
 
-        if cloud {
-            let version = string_of(env.specversion.expect("checked")).unwrap_or_default();
+        if let Some(version) = raw(env.specversion) {
+            let version = string_of(version).unwrap_or_default();
             if version != "1.0" {
                 return Err(with_ids(format!(
                     "CloudEvents specversion `{version}` is not supported (only 1.0)"
                 )));
             }
         }
-        let (customer_raw, customer_name) = if cloud {
-            (env.subject, "subject")
-        } else {
-            (env.customer_id, "customer_id")
+        let pick = |plain: Option<&'a str>, ce: Option<&'a str>, p: &'static str, c| {
+            if cloud { (raw(ce), c) } else { (raw(plain), p) }
         };
-        let (type_raw, type_name) = if cloud {
-            (env.ce_type, "type")
-        } else {
-            (env.event_type, "event_type")
-        };
-        let (time_raw, time_name) = if cloud {
-            (env.time, "time")
-        } else {
-            (env.timestamp, "timestamp")
-        };
-        let props_raw = if cloud { env.data } else { env.properties };
-        let props_name = if cloud { "data" } else { "properties" };
+        let (customer_raw, customer_name) =
+            pick(env.customer_id, env.subject, "customer_id", "subject");
+        let (type_raw, type_name) = pick(env.event_type, env.ce_type, "event_type", "type");
+        let (time_raw, time_name) = pick(env.timestamp, env.time, "timestamp", "time");
+        let (props_raw, props_name) = pick(env.properties, env.data, "properties", "data");
 
         let customer_id = required_string(customer_raw, customer_name).map_err(with_ids)?;
         let event_type = required_string(type_raw, type_name).map_err(with_ids)?;
         let timestamp = parse_time(time_raw, time_name).map_err(with_ids)?;
-        let value = match env.value {
+        let value_raw = raw(env.value);
+        let value = match value_raw {
             None => Decimal9::ONE,
             Some(raw) => number_of(raw).map_err(|e| with_ids(format!("field value {e}")))?,
         };
-        let properties = match props_raw {
-            None => None,
-            Some(raw) if raw.get() == "null" => None,
-            Some(raw) => Some(
-                Members::parse(raw)
-                    .ok_or_else(|| with_ids(format!("field {props_name} must be a JSON object")))?,
-            ),
-        };
+        let properties = props_raw.filter(|r| *r != "null");
+        if let Some(p) = properties {
+            if !p.starts_with('{') {
+                return Err(with_ids(format!(
+                    "field {props_name} must be a JSON object"
+                )));
+            }
+            scan_members(p, &mut scratch.members);
+        }
+        let props = properties.map(|p| Object {
+            text: p,
+            members: &scratch.members,
+        });
 
-        let mut readings = Vec::new();
         for (index, meter) in self.config.meters_for(&event_type) {
-            let found = lookup(meter.value.segments(), env.value, properties.as_ref());
+            let found = lookup(meter.value.segments(), value_raw, props.as_ref());
             let meter_err = |what: &str| {
                 with_ids(format!(
                     "meter {}: {} {what}",
@@ -196,92 +343,208 @@ impl Decoder {
                 ))
             };
             let value = if meter.value.segments() == ["value"] && found.is_none() {
-                ReadingValue::Number(value)
+                ValueRef::Number(value)
             } else {
                 let raw = found.ok_or_else(|| meter_err("is missing"))?;
                 if meter.aggregation == Aggregation::UniqueCount {
-                    ReadingValue::Scalar(scalar_of(raw).map_err(&meter_err)?)
+                    let from = scratch.text.len();
+                    push_scalar(&mut scratch.text, raw).map_err(&meter_err)?;
+                    ValueRef::Scalar(from..scratch.text.len())
                 } else {
-                    ReadingValue::Number(number_of(raw).map_err(|e| meter_err(&e))?)
+                    ValueRef::Number(number_of(raw).map_err(|e| meter_err(&e))?)
                 }
             };
-            let mut dimensions = String::from("{");
+            let from = scratch.text.len();
+            let dims = &mut scratch.text;
+            dims.push('{');
             for (n, (dim, path)) in meter.group_by.iter().enumerate() {
                 if n > 0 {
-                    dimensions.push(',');
+                    dims.push(',');
                 }
-                push_json_string(&mut dimensions, dim);
-                dimensions.push(':');
-                match lookup(path.segments(), env.value, properties.as_ref()) {
+                push_json_string(dims, dim);
+                dims.push(':');
+                match lookup(path.segments(), value_raw, props.as_ref()) {
                     Some(raw) => match string_of(raw) {
-                        Some(s) => push_json_string(&mut dimensions, &s),
-                        None if raw.get().starts_with(['{', '[']) => {
+                        Some(s) => push_json_string(dims, &s),
+                        None if raw.starts_with(['{', '[']) => {
                             return Err(with_ids(format!(
                                 "meter {}: group_by {dim} at {} must be a scalar",
                                 meter.name,
                                 path.as_str()
                             )));
                         }
-                        None => dimensions.push_str(raw.get()),
+                        None => dims.push_str(raw),
                     },
-                    None => dimensions.push_str("null"),
+                    None => dims.push_str("null"),
                 }
             }
-            dimensions.push('}');
-            readings.push(Reading {
+            dims.push('}');
+            scratch.readings.push(ReadingRef {
                 meter: index as u16,
-                dimensions,
+                dimensions: from..scratch.text.len(),
                 value,
             });
         }
 
-        let event = Event {
+        Ok(EventRef {
             tenant_id,
             id,
             customer_id,
             event_type,
             timestamp,
             value,
-            properties: props_raw
-                .filter(|r| r.get() != "null")
-                .map(|r| r.get().to_string()),
-        };
-        Ok(DecodedEvent { event, readings })
+            properties,
+        })
+    }
+}
+
+/// A JSON object's text with its members' (key, value) ranges.
+struct Object<'a, 'm> {
+    text: &'a str,
+    members: &'m [(Range<usize>, Range<usize>)],
+}
+
+impl<'a> Object<'a, '_> {
+    /// The raw JSON of member `key`; the last one wins if a key repeats.
+    fn get(&self, key: &str) -> Option<&'a str> {
+        let text = self.text.as_bytes();
+        self.members
+            .iter()
+            .rev()
+            .find(|(k, _)| {
+                // Quick reject on length: a key with escapes is longer than its text.
+                let raw = &text[k.clone()];
+                if raw.len() < key.len() + 2 {
+                    return false;
+                }
+                if raw.len() == key.len() + 2 && &raw[1..raw.len() - 1] == key.as_bytes() {
+                    return true;
+                }
+                raw.contains(&b'\\') && key_is(&self.text[k.clone()], key)
+            })
+            .map(|(_, v)| &self.text[v.clone()])
+    }
+}
+
+/// Whether the raw JSON string `raw` (with quotes) holds `key`.
+fn key_is(raw: &str, key: &str) -> bool {
+    let inner = &raw[1..raw.len() - 1];
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).is_ok_and(|k| k == key)
+    } else {
+        inner == key
+    }
+}
+
+/// Splits the text of a JSON object, already validated by serde_json, into its members.
+fn scan_members(obj: &str, out: &mut Vec<(Range<usize>, Range<usize>)>) {
+    out.clear();
+    let b = obj.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // End (exclusive) of the JSON string starting at the quote at `i`.
+    let string_end = |mut i: usize| {
+        i += 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => i += 2,
+                b'"' => return i + 1,
+                _ => i += 1,
+            }
+        }
+        b.len()
+    };
+    let mut i = skip_ws(1);
+    while i < b.len() && b[i] == b'"' {
+        let key_end = string_end(i);
+        let key = i..key_end;
+        i = skip_ws(key_end);
+        i = skip_ws(i + 1); // the colon
+        let start = i;
+        match b.get(i) {
+            Some(b'"') => i = string_end(i),
+            Some(b'{' | b'[') => {
+                let mut depth = 0usize;
+                while i < b.len() {
+                    match b[i] {
+                        b'"' => {
+                            i = string_end(i);
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            _ => {
+                while i < b.len() && !matches!(b[i], b',' | b'}') && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+            }
+        }
+        out.push((key, start..i));
+        i = skip_ws(i);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(i + 1);
+        }
     }
 }
 
 /// Follows a value path (`["properties", "a", "b"]`) through the event.
 fn lookup<'a>(
     segments: &[String],
-    value: Option<&'a RawValue>,
-    properties: Option<&Members<'a>>,
-) -> Option<&'a RawValue> {
+    value: Option<&'a str>,
+    properties: Option<&Object<'a, '_>>,
+) -> Option<&'a str> {
     match segments.split_first()? {
-        (root, []) if root == "value" => value.filter(|v| v.get() != "null"),
+        (root, []) if root == "value" => value.filter(|v| *v != "null"),
         (root, rest) if root == "properties" => {
             let (first, deeper) = rest.split_first()?;
             let mut current = properties?.get(first)?;
+            let mut members = Vec::new();
             for seg in deeper {
-                current = Members::parse(current)?.get(seg)?;
+                if !current.starts_with('{') {
+                    return None;
+                }
+                scan_members(current, &mut members);
+                current = Object {
+                    text: current,
+                    members: &members,
+                }
+                .get(seg)?;
             }
-            (current.get() != "null").then_some(current)
+            (current != "null").then_some(current)
         }
         _ => None,
     }
 }
 
-fn string_of(raw: &RawValue) -> Option<String> {
-    let text = raw.get();
-    if !text.starts_with('"') {
+/// The text of a JSON string, borrowed when it holds no escapes; `None` for other kinds.
+fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.starts_with('"') || raw.len() < 2 {
         return None;
     }
-    serde_json::from_str::<&str>(text)
-        .map(str::to_string)
-        .or_else(|_| serde_json::from_str::<String>(text))
-        .ok()
+    let inner = &raw[1..raw.len() - 1];
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
 }
 
-fn required_string(raw: Option<&RawValue>, name: &str) -> Result<String, String> {
+fn required_string<'a>(raw: Option<&'a str>, name: &str) -> Result<Cow<'a, str>, String> {
     let raw = raw.ok_or_else(|| format!("missing field {name}"))?;
     match string_of(raw) {
         Some(s) if !s.is_empty() => Ok(s),
@@ -293,8 +556,8 @@ fn required_string(raw: Option<&RawValue>, name: &str) -> Result<String, String>
     }
 }
 
-fn kind_of(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
+fn kind_of(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
         Some(b'{') => "an object",
         Some(b'[') => "an array",
         Some(b'"') => "a string",
@@ -304,10 +567,9 @@ fn kind_of(raw: &RawValue) -> &'static str {
     }
 }
 
-fn parse_time(raw: Option<&RawValue>, name: &str) -> Result<i64, String> {
-    let raw = raw.ok_or_else(|| format!("missing field {name}"))?;
-    let text = raw.get();
-    if let Some(s) = string_of(raw) {
+fn parse_time(raw: Option<&str>, name: &str) -> Result<i64, String> {
+    let text = raw.ok_or_else(|| format!("missing field {name}"))?;
+    if let Some(s) = string_of(text) {
         return time::parse_rfc3339(&s).ok_or_else(|| {
             format!("field {name} `{s}` is not an RFC 3339 timestamp (e.g. 2024-01-15T10:30:00Z)")
         });
@@ -326,14 +588,13 @@ fn parse_time(raw: Option<&RawValue>, name: &str) -> Result<i64, String> {
 }
 
 /// Reads a non-negative exact decimal from a JSON number or decimal string.
-fn number_of(raw: &RawValue) -> Result<Decimal9, String> {
-    let text = raw.get();
-    let digits: Cow<'_, str> = match string_of(raw) {
-        Some(s) => Cow::Owned(s),
+fn number_of(text: &str) -> Result<Decimal9, String> {
+    let digits: Cow<'_, str> = match string_of(text) {
+        Some(s) => s,
         None if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) => {
             Cow::Borrowed(text)
         }
-        None => return Err(format!("must be a number, found {}", kind_of(raw))),
+        None => return Err(format!("must be a number, found {}", kind_of(text))),
     };
     let d = Decimal9::parse(digits.trim()).map_err(|e| e.to_string())?;
     if d.is_negative() {
@@ -342,28 +603,37 @@ fn number_of(raw: &RawValue) -> Result<Decimal9, String> {
     Ok(d)
 }
 
-/// Canonical text of a JSON scalar for unique_count: strings as JSON strings, numbers as
-/// exact decimals when they are (so `2` and `2.0` are one value), booleans as themselves.
-fn scalar_of(raw: &RawValue) -> Result<String, &'static str> {
-    let text = raw.get();
+/// Appends the canonical text of a JSON scalar for unique_count: strings as JSON strings,
+/// numbers as exact decimals when they are (so `2` and `2.0` are one value), booleans as
+/// themselves.
+fn push_scalar(out: &mut String, text: &str) -> Result<(), &'static str> {
     match text.as_bytes().first() {
         Some(b'"') => {
-            let s = string_of(raw).ok_or("is not a valid string")?;
-            let mut out = String::with_capacity(s.len() + 2);
-            push_json_string(&mut out, &s);
-            Ok(out)
+            let s = string_of(text).ok_or("is not a valid string")?;
+            push_json_string(out, &s);
         }
-        Some(b'{' | b'[') => Err("must be a scalar, found an object or array"),
-        Some(b'n') => Err("is null"),
-        Some(b't' | b'f') => Ok(text.to_string()),
-        _ => Ok(Decimal9::parse(text)
-            .map(|d| d.to_string())
-            .unwrap_or_else(|_| text.to_string())),
+        Some(b'{' | b'[') => return Err("must be a scalar, found an object or array"),
+        Some(b'n') => return Err("is null"),
+        Some(b't' | b'f') => out.push_str(text),
+        _ => match Decimal9::parse(text) {
+            Ok(d) => {
+                use std::fmt::Write as _;
+                write!(out, "{d}").expect("writing to a String");
+            }
+            Err(_) => out.push_str(text),
+        },
     }
+    Ok(())
 }
 
 /// Appends `s` as a JSON string literal.
 pub fn push_json_string(out: &mut String, s: &str) {
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in s.chars() {
         match c {

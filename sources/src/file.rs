@@ -66,7 +66,7 @@ impl JsonlFile {
         let end = (end as usize).min(bytes.len());
         let mut pos = start as usize;
         if pos > 0 && pos <= bytes.len() && bytes[pos - 1] != b'\n' {
-            pos = match memchr(b'\n', &bytes[pos..]) {
+            pos = match memchr::memchr(b'\n', &bytes[pos..]) {
                 Some(i) => pos + i + 1,
                 None => bytes.len(),
             };
@@ -74,7 +74,7 @@ impl JsonlFile {
         std::iter::from_fn(move || {
             while pos < end {
                 let line_start = pos;
-                let line_end = match memchr(b'\n', &bytes[pos..]) {
+                let line_end = match memchr::memchr(b'\n', &bytes[pos..]) {
                     Some(i) => pos + i,
                     None => bytes.len(),
                 };
@@ -90,10 +90,6 @@ impl JsonlFile {
             None
         })
     }
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

@@ -5,5 +5,6 @@
 pub mod decode;
 pub mod file;
 pub mod generator;
+pub mod json;
 
 pub use decode::{Decoder, Rejection};
