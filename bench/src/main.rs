@@ -37,6 +37,10 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
     epoch_bytes: u64,
     /// Internal: run once in this process and print one CSV row.
+    /// Another om-bench binary (e.g. built from an earlier commit) to run on the same
+    /// input right before this one, for before/after ratios from one run.
+    #[arg(long)]
+    compare_with: Option<PathBuf>,
     #[arg(long, hide = true)]
     child: bool,
 }
@@ -108,35 +112,41 @@ fn main() -> anyhow::Result<()> {
     }
     let size = std::fs::metadata(&events)?.len();
     eprintln!("input: {} ({:.0} MB)", events.display(), size as f64 / 1e6);
-    println!("workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib");
+    println!("code,workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib");
     let me = std::env::current_exe()?;
+    let mut binaries = vec![("current", me)];
+    if let Some(baseline) = &args.compare_with {
+        binaries.insert(0, ("baseline", baseline.clone()));
+    }
     for &workers in &args.workers {
-        let out = Command::new(&me)
-            .args([
-                "--child",
-                "--events",
-                &args.events.to_string(),
-                "--customers",
-                &args.customers.to_string(),
-            ])
-            .args([
-                "--workers",
-                &workers.to_string(),
-                "--epoch-bytes",
-                &args.epoch_bytes.to_string(),
-            ])
-            .arg("--dir")
-            .arg(&args.dir)
-            .output()
-            .context("running the measured child")?;
-        if !out.status.success() {
-            bail!(
-                "run with {workers} workers failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        for (code, exe) in &binaries {
+            let out = Command::new(exe)
+                .args([
+                    "--child",
+                    "--events",
+                    &args.events.to_string(),
+                    "--customers",
+                    &args.customers.to_string(),
+                ])
+                .args([
+                    "--workers",
+                    &workers.to_string(),
+                    "--epoch-bytes",
+                    &args.epoch_bytes.to_string(),
+                ])
+                .arg("--dir")
+                .arg(&args.dir)
+                .output()
+                .context("running the measured child")?;
+            if !out.status.success() {
+                bail!(
+                    "{code} run with {workers} workers failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            print!("{code},{}", String::from_utf8_lossy(&out.stdout));
+            std::io::stdout().flush()?;
         }
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        std::io::stdout().flush()?;
     }
     Ok(())
 }

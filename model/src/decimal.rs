@@ -231,6 +231,12 @@ impl std::ops::Sub for Decimal9 {
     }
 }
 
+impl std::ops::SubAssign for Decimal9 {
+    fn sub_assign(&mut self, other: Self) {
+        *self = *self - other;
+    }
+}
+
 impl std::ops::Neg for Decimal9 {
     type Output = Decimal9;
     fn neg(self) -> Self {

@@ -104,19 +104,19 @@ pub struct LateRecord {
     pub position: SourcePosition,
 }
 
-/// The identity of one `usage_windows` row.
+/// The identity of one `usage_windows` row, in integers: the customer's and the
+/// dimensions' fingerprints (`crate::fingerprint`), the meter's index, the window. Its
+/// order (customer first) is the row order of the partition files.
 #[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct WindowKey {
-    /// Tenant.
-    pub tenant_id: String,
-    /// Customer.
-    pub customer_id: String,
+    /// Fingerprint of (tenant, customer).
+    pub customer: u64,
     /// Index into `Config::meters`.
     pub meter: u16,
-    /// Canonical dimensions JSON.
-    pub dimensions: String,
+    /// Fingerprint of the canonical dimensions JSON.
+    pub dimensions: u64,
     /// Window size.
     pub size: WindowSize,
     /// Window start, UTC microseconds.

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod decimal;
 pub mod event;
+pub mod fingerprint;
 pub mod schema;
 pub mod time;
 

@@ -11,33 +11,23 @@
 use om_model::Micros;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 /// One accepted-candidate's claim on its dedup key.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DedupProbe {
-    /// `tenant_id` and `id` joined by a NUL byte.
-    pub key: String,
+    /// `om_model::fingerprint::idempotency_key(tenant_id, id)`.
+    pub key: u128,
     /// Global arrival order.
     pub pos: u64,
     /// The chunk (reading worker) it came from.
     pub chunk: u32,
     /// Event time.
     pub ts: Micros,
-}
-
-impl DedupProbe {
-    /// The dedup key of an event.
-    pub fn key_of(tenant_id: &str, id: &str) -> String {
-        let mut key = String::with_capacity(tenant_id.len() + id.len() + 1);
-        key.push_str(tenant_id);
-        key.push('\0');
-        key.push_str(id);
-        key
-    }
 }
 
 /// The owner's answer, routed to worker `target()`.
@@ -74,7 +64,7 @@ impl Verdict {
 /// The keys one owner remembers.
 #[derive(Debug)]
 pub struct DedupState {
-    seen: FxHashMap<String, Micros>,
+    seen: FxHashMap<u128, Micros>,
     horizon: Micros,
     max_ts: Option<Micros>,
     swept_at: Micros,
@@ -110,15 +100,17 @@ impl DedupState {
         probes.sort_unstable_by_key(|p| p.pos);
         let mut duplicates = Vec::new();
         let mut chunk_max: BTreeMap<u32, Micros> = BTreeMap::new();
+        self.seen.reserve(probes.len());
         for p in probes {
-            if self.seen.contains_key(&p.key) {
-                duplicates.push((p.chunk, p.pos));
-                continue;
+            match self.seen.entry(p.key) {
+                Entry::Occupied(_) => duplicates.push((p.chunk, p.pos)),
+                Entry::Vacant(slot) => {
+                    slot.insert(p.ts);
+                    let m = chunk_max.entry(p.chunk).or_insert(p.ts);
+                    *m = (*m).max(p.ts);
+                    self.max_ts = Some(self.max_ts.map_or(p.ts, |m| m.max(p.ts)));
+                }
             }
-            let m = chunk_max.entry(p.chunk).or_insert(p.ts);
-            *m = (*m).max(p.ts);
-            self.max_ts = Some(self.max_ts.map_or(p.ts, |m| m.max(p.ts)));
-            self.seen.insert(p.key, p.ts);
         }
         self.evict();
         (duplicates, chunk_max)
@@ -143,7 +135,7 @@ pub fn dedup<'s>(
     horizon: Micros,
     peers: u32,
 ) -> StreamVec<'s, u64, Verdict> {
-    let pact = Exchange::new(|p: &DedupProbe| crate::route_hash(&p.key));
+    let pact = Exchange::new(|p: &DedupProbe| p.key as u64);
     probes.unary_frontier(pact, "OM: Dedup", move |_cap, _info| {
         let mut state = DedupState::new(horizon);
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DedupProbe>)> = BTreeMap::new();
@@ -187,7 +179,7 @@ mod tests {
 
     fn probe(key: &str, pos: u64, chunk: u32, ts: Micros) -> DedupProbe {
         DedupProbe {
-            key: key.into(),
+            key: om_model::fingerprint::idempotency_key("t", key),
             pos,
             chunk,
             ts,

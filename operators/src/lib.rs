@@ -2,18 +2,20 @@
 //!
 //! Ingest runs per epoch: [`dedup`] decides the first occurrence of each (tenant, id)
 //! in arrival order, [`lateness`] judges each event against the watermark, and
-//! [`windowed_usage`] turns accepted events into window updates that differential
-//! dataflow maintains incrementally, so late and out-of-order events correct their
-//! windows.
+//! [`windowed_usage`] folds accepted events' readings into per-window state on the
+//! worker owning the customer, so late and out-of-order events correct their windows.
+//! [`names`] carries the texts behind the fingerprints that key that state.
 #![deny(missing_docs)]
 
 pub mod dedup;
 pub mod lateness;
+pub mod names;
 pub mod windowed_usage;
 
 pub use dedup::{DedupProbe, DedupState, Verdict};
-pub use lateness::{Candidate, Classified, classify};
-pub use windowed_usage::{SumCount, UsageUpdates, WindowValue, pre_aggregate};
+pub use lateness::{Fate, classify, late_reason};
+pub use names::{Collision, NameCache, NameRecord, Names};
+pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageState, WindowRow};
 
 /// A stable 64-bit hash (FxHash) used to route records to workers.
 pub fn route_hash<H: std::hash::Hash + ?Sized>(value: &H) -> u64 {

@@ -1,308 +1,480 @@
-//! Windowed usage: accepted events -> per-window aggregates, for all seven aggregations
-//! over minute/hour/day/month windows with group-by dimensions (DESIGN.md section 3).
+//! Windowed usage: meter readings of accepted events -> per-window aggregates, for all
+//! seven aggregations over minute/hour/day/month windows with group-by dimensions
+//! (DESIGN.md section 3), maintained incrementally.
 //!
-//! Two differential collections carry the updates of one epoch, pre-aggregated on the
-//! worker that read the events:
-//! - additive meters (sum, count, avg) as `(WindowKey, ())` with the [`SumCount`] diff, a
-//!   commutative group: an out-of-order event simply adds to its window, a retraction
-//!   subtracts; the usage sink accumulates the consolidated updates per window;
-//! - order-based meters (min, max, unique_count, latest) as `(WindowKey, WindowValue)`
-//!   multiset updates, reduced by [`window_values`] into one `(value, events)` per window.
-//!   Differential's `reduce` keeps the multiset, so a late smaller value lowers a min.
+//! Readers turn each accepted event's readings into [`ReadingUpdate`]s (+1; a retraction
+//! would be -1) and route them by customer, so one worker owns every window of a
+//! customer. The owner folds each update into the state of the reading's windows
+//! ([`UsageState::apply`]); out-of-order events simply land in older windows, whose rows
+//! are then rewritten. Each window keeps what its aggregation needs to stay exact under
+//! retractions:
+//! - sum, count, avg: the running sum and count (a commutative group);
+//! - min, max: the multiset of values;
+//! - unique_count: the multiset of value fingerprints;
+//! - latest: the values by (timestamp, id).
+//!
+//! State is grouped into partitions (`usage_windows` files): minute and hour windows by
+//! the UTC hour of their start, day and month windows by the UTC day of their start (a
+//! month window lives in the partition of the 1st). A window is final when
+//! `window_end <= watermark - allowed_lateness`: no accepted event can change it any
+//! more. A partition is rewritten when it changed or when some of its windows became
+//! final; once all its windows are final and written, its state is dropped, so memory
+//! holds only windows that can still change.
 
-use differential_dataflow::VecCollection;
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
-use om_model::{
-    Aggregation, Config, Decimal9, DecodedEvent, Micros, ReadingValue, WindowKey, WindowSize,
-};
+use om_model::time::{DAY, HOUR};
+use om_model::{Aggregation, Decimal9, Micros, WindowKey, WindowSize};
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Running sum and count of a window: the difference type of additive meters.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub struct SumCount {
-    /// Sum of values.
-    pub sum: Decimal9,
-    /// Number of events.
-    pub count: i64,
-}
-
-impl IsZero for SumCount {
-    fn is_zero(&self) -> bool {
-        self.count == 0 && self.sum == Decimal9::ZERO
-    }
-}
-
-impl Semigroup for SumCount {
-    fn plus_equals(&mut self, rhs: &Self) {
-        self.sum += rhs.sum;
-        self.count += rhs.count;
-    }
-}
-
-impl Monoid for SumCount {
-    fn zero() -> Self {
-        SumCount::default()
-    }
-}
-
-impl Abelian for SumCount {
-    fn negate(&mut self) {
-        self.sum = -self.sum;
-        self.count = -self.count;
-    }
-}
-
-impl SumCount {
-    /// The window's value for an additive aggregation.
-    pub fn value(&self, aggregation: Aggregation) -> Decimal9 {
-        aggregation.additive_value(self.sum, self.count)
-    }
-}
-
-/// One event's contribution to an order-based window, ordered so that `reduce` sees the
-/// smallest value first and, for `latest`, the greatest (timestamp, id) last.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum WindowValue {
-    /// min / max.
+/// The value one event contributes to a window.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UpdateValue {
+    /// sum, count, avg, min, max.
     Number(Decimal9),
-    /// unique_count: canonical scalar text.
-    Scalar(String),
-    /// latest: (timestamp, id, value).
-    Latest(Micros, String, Decimal9),
+    /// unique_count: fingerprint of the canonical scalar text.
+    Scalar(u128),
+    /// latest: the value with the event's id, which breaks ties of timestamps.
+    Latest(Decimal9, Box<str>),
 }
 
-/// One epoch's window updates from one worker.
-#[derive(Debug, Default)]
-pub struct UsageUpdates {
-    /// Additive meters: sum/count deltas per window.
-    pub additive: Vec<(WindowKey, SumCount)>,
-    /// Order-based meters: value multiplicity deltas per window.
-    pub values: Vec<((WindowKey, WindowValue), isize)>,
+/// One meter reading of one event, on its way to the worker owning the customer.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadingUpdate {
+    /// Fingerprint of (tenant, customer): the routing key.
+    pub customer: u64,
+    /// Fingerprint of the dimensions.
+    pub dimensions: u64,
+    /// Event time.
+    pub timestamp: Micros,
+    /// Meter index.
+    pub meter: u16,
+    /// +1 to add the event, -1 to retract it.
+    pub diff: i64,
+    /// The value read.
+    pub value: UpdateValue,
 }
 
-/// A window key borrowing its strings from the events of the epoch.
-type BorrowedKey<'a> = (&'a str, &'a str, u16, &'a str, WindowSize, Micros);
+/// What a window keeps to stay exact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WindowState {
+    /// sum, count, avg.
+    Additive {
+        /// Sum of values.
+        sum: Decimal9,
+        /// Number of events.
+        count: i64,
+    },
+    /// min, max: value -> multiplicity.
+    Extremes(BTreeMap<Decimal9, i64>),
+    /// unique_count: value fingerprint -> multiplicity, and the number of events.
+    Distinct(FxHashMap<u128, i64>, i64),
+    /// latest: (timestamp, id) -> (value, multiplicity).
+    Latest(BTreeMap<(Micros, Box<str>), (Decimal9, i64)>),
+}
 
-fn owned((tenant, customer, meter, dims, size, start): BorrowedKey<'_>) -> WindowKey {
-    WindowKey {
-        tenant_id: tenant.to_string(),
-        customer_id: customer.to_string(),
-        meter,
-        dimensions: dims.to_string(),
-        size,
-        start,
+impl WindowState {
+    fn new(aggregation: Aggregation) -> Self {
+        match aggregation {
+            Aggregation::Sum | Aggregation::Count | Aggregation::Avg => WindowState::Additive {
+                sum: Decimal9::ZERO,
+                count: 0,
+            },
+            Aggregation::Min | Aggregation::Max => WindowState::Extremes(BTreeMap::new()),
+            Aggregation::UniqueCount => WindowState::Distinct(FxHashMap::default(), 0),
+            Aggregation::Latest => WindowState::Latest(BTreeMap::new()),
+        }
+    }
+
+    fn apply(&mut self, timestamp: Micros, value: &UpdateValue, diff: i64) {
+        match (self, value) {
+            (WindowState::Additive { sum, count }, UpdateValue::Number(v)) => {
+                if diff > 0 {
+                    *sum += *v;
+                } else {
+                    *sum -= *v;
+                }
+                *count += diff;
+            }
+            (WindowState::Extremes(values), UpdateValue::Number(v)) => {
+                let n = values.entry(*v).or_insert(0);
+                *n += diff;
+                if *n == 0 {
+                    values.remove(v);
+                }
+            }
+            (WindowState::Distinct(values, events), UpdateValue::Scalar(fp)) => {
+                *events += diff;
+                let n = values.entry(*fp).or_insert(0);
+                *n += diff;
+                if *n == 0 {
+                    values.remove(fp);
+                }
+            }
+            (WindowState::Latest(values), UpdateValue::Latest(v, id)) => {
+                let slot = values.entry((timestamp, id.clone())).or_insert((*v, 0));
+                slot.1 += diff;
+                if slot.1 == 0 {
+                    values.remove(&(timestamp, id.clone()));
+                }
+            }
+            (state, value) => {
+                panic!("window state {state:?} cannot take update {value:?}: meter config mismatch")
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            WindowState::Additive { count, .. } => *count == 0,
+            WindowState::Extremes(v) => v.is_empty(),
+            WindowState::Distinct(_, events) => *events == 0,
+            WindowState::Latest(v) => v.is_empty(),
+        }
+    }
+
+    /// The window's (value, events).
+    pub fn value(&self, aggregation: Aggregation) -> (Decimal9, i64) {
+        match self {
+            WindowState::Additive { sum, count } => {
+                (aggregation.additive_value(*sum, *count), *count)
+            }
+            WindowState::Extremes(values) => {
+                let events = values.values().sum();
+                let pick = if aggregation == Aggregation::Min {
+                    values.keys().next()
+                } else {
+                    values.keys().next_back()
+                };
+                (pick.copied().unwrap_or(Decimal9::ZERO), events)
+            }
+            WindowState::Distinct(values, events) => {
+                (Decimal9::from_int(values.len() as i64), *events)
+            }
+            WindowState::Latest(values) => {
+                let events = values.values().map(|(_, n)| n).sum();
+                let value = values.values().next_back().map_or(Decimal9::ZERO, |v| v.0);
+                (value, events)
+            }
+        }
     }
 }
 
-/// Folds accepted events into window updates; `sign` is +1 to add them, -1 to retract.
-/// Keys borrow from the events while folding, so strings are copied once per distinct
-/// window, not once per event.
-pub fn pre_aggregate<'a>(
-    events: impl IntoIterator<Item = &'a DecodedEvent>,
-    config: &Config,
-    sign: i64,
-) -> UsageUpdates {
-    let mut additive: FxHashMap<BorrowedKey<'a>, SumCount> = FxHashMap::default();
-    let mut values: FxHashMap<(BorrowedKey<'a>, WindowValue), isize> = FxHashMap::default();
-    for decoded in events {
-        let e = &decoded.event;
-        for r in &decoded.readings {
-            let meter = &config.meters[r.meter as usize];
-            for &size in &meter.windows {
-                let key = (
-                    e.tenant_id.as_str(),
-                    e.customer_id.as_str(),
-                    r.meter,
-                    r.dimensions.as_str(),
-                    size,
-                    size.start(e.timestamp),
-                );
-                if meter.aggregation.is_additive() {
-                    let v = match &r.value {
-                        ReadingValue::Number(v) => *v,
-                        ReadingValue::Scalar(_) => Decimal9::ZERO,
-                    };
-                    let v = if sign < 0 { -v } else { v };
-                    additive.entry(key).or_default().plus_equals(&SumCount {
-                        sum: v,
-                        count: sign,
-                    });
-                } else {
-                    let value = match (&r.value, meter.aggregation) {
-                        (ReadingValue::Number(v), Aggregation::Latest) => {
-                            WindowValue::Latest(e.timestamp, e.id.clone(), *v)
-                        }
-                        (ReadingValue::Number(v), _) => WindowValue::Number(*v),
-                        (ReadingValue::Scalar(s), _) => WindowValue::Scalar(s.clone()),
-                    };
-                    *values.entry((key, value)).or_default() += sign as isize;
+/// A partition of `usage_windows`: (window size, UTC hour or day of the window start).
+pub type PartitionKey = (WindowSize, Micros);
+
+/// The partition a window belongs to.
+pub fn partition_of(size: WindowSize, start: Micros) -> PartitionKey {
+    let span = match size {
+        WindowSize::Minute | WindowSize::Hour => HOUR,
+        WindowSize::Day | WindowSize::Month => DAY,
+    };
+    (size, start - start.rem_euclid(span))
+}
+
+/// The object path fragment of a partition, e.g. `hour/2026-11-01T05` or `day/2026-11-01`.
+pub fn partition_path(p: &PartitionKey) -> String {
+    let t = om_model::time::format_micros(p.1);
+    match p.0 {
+        WindowSize::Minute | WindowSize::Hour => format!("{}/{}", p.0.as_str(), &t[..13]),
+        WindowSize::Day | WindowSize::Month => format!("{}/{}", p.0.as_str(), &t[..10]),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Partition {
+    windows: FxHashMap<WindowKey, WindowState>,
+    /// Changed since it was last written.
+    dirty: bool,
+    /// Earliest end among windows that were not final when it was last written.
+    first_open_end: Option<Micros>,
+}
+
+/// One `usage_windows` row of a partition being written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowRow {
+    /// The window.
+    pub key: WindowKey,
+    /// Its value.
+    pub value: Decimal9,
+    /// Number of events in it.
+    pub events: i64,
+    /// True once no accepted event can change it.
+    pub is_final: bool,
+}
+
+/// One worker's share of the window state.
+#[derive(Debug)]
+pub struct UsageState {
+    aggregations: Vec<Aggregation>,
+    windows: Vec<Vec<WindowSize>>,
+    allowed_lateness: Micros,
+    partitions: FxHashMap<PartitionKey, Partition>,
+    /// Partitions whose windows all became final and were written: dropped from memory.
+    retired: BTreeSet<PartitionKey>,
+}
+
+impl UsageState {
+    /// Empty state for meters with these aggregations and window sizes (by meter index).
+    pub fn new(
+        aggregations: Vec<Aggregation>,
+        windows: Vec<Vec<WindowSize>>,
+        allowed_lateness: Micros,
+    ) -> Self {
+        UsageState {
+            aggregations,
+            windows,
+            allowed_lateness,
+            partitions: FxHashMap::default(),
+            retired: BTreeSet::new(),
+        }
+    }
+
+    /// Folds one reading into each window of its meter.
+    pub fn apply(&mut self, u: &ReadingUpdate) {
+        let aggregation = self.aggregations[u.meter as usize];
+        for &size in &self.windows[u.meter as usize] {
+            let start = size.start(u.timestamp);
+            let p = partition_of(size, start);
+            debug_assert!(
+                !self.retired.contains(&p),
+                "an update for a final window: lateness was not enforced"
+            );
+            let part = self.partitions.entry(p).or_default();
+            part.dirty = true;
+            let key = WindowKey {
+                customer: u.customer,
+                meter: u.meter,
+                dimensions: u.dimensions,
+                size,
+                start,
+            };
+            match part.windows.entry(key) {
+                Entry::Occupied(mut o) => {
+                    o.get_mut().apply(u.timestamp, &u.value, u.diff);
+                    if o.get().is_empty() {
+                        o.remove();
+                    }
+                }
+                Entry::Vacant(v) => {
+                    let mut state = WindowState::new(aggregation);
+                    state.apply(u.timestamp, &u.value, u.diff);
+                    if !state.is_empty() {
+                        v.insert(state);
+                    }
                 }
             }
         }
     }
-    UsageUpdates {
-        additive: additive
-            .into_iter()
-            .filter(|(_, d)| !d.is_zero())
-            .map(|(k, d)| (owned(k), d))
-            .collect(),
-        values: values
-            .into_iter()
-            .filter(|(_, d)| *d != 0)
-            .map(|((k, v), d)| ((owned(k), v), d))
-            .collect(),
+
+    /// Windows held in memory.
+    pub fn len(&self) -> usize {
+        self.partitions.values().map(|p| p.windows.len()).sum()
     }
-}
 
-/// The value and event count of one order-based window from its value multiset
-/// (sorted ascending, with positive multiplicities).
-pub fn fold_values(aggregation: Aggregation, input: &[(&WindowValue, isize)]) -> (Decimal9, i64) {
-    let events: i64 = input.iter().map(|(_, n)| *n as i64).sum();
-    let number = |v: &WindowValue| match v {
-        WindowValue::Number(d) | WindowValue::Latest(_, _, d) => *d,
-        WindowValue::Scalar(_) => Decimal9::ZERO,
-    };
-    let value = match aggregation {
-        Aggregation::Min => number(input[0].0),
-        Aggregation::UniqueCount => Decimal9::from_int(input.len() as i64),
-        _ => number(input[input.len() - 1].0),
-    };
-    (value, events)
-}
+    /// Whether no window is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 
-/// Reduces order-based window updates to one `(value, events)` row per window.
-/// `aggregations[m]` is the aggregation of meter `m`.
-pub fn window_values<'s>(
-    values: VecCollection<'s, u64, (WindowKey, WindowValue), isize>,
-    aggregations: Vec<Aggregation>,
-) -> VecCollection<'s, u64, (WindowKey, (Decimal9, i64)), isize> {
-    values.reduce_named("OM: WindowValues", move |key: &WindowKey, input, output| {
-        output.push((fold_values(aggregations[key.meter as usize], input), 1));
-    })
+    /// The partitions to rewrite at a commit with this watermark: those that changed,
+    /// and those with windows that became final since they were last written. Sorted.
+    pub fn partitions_to_write(&mut self, watermark: Option<Micros>) -> Vec<PartitionKey> {
+        let final_before = watermark.map(|w| w - self.allowed_lateness);
+        let mut out: Vec<PartitionKey> = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, part)| {
+                part.dirty
+                    || part
+                        .first_open_end
+                        .zip(final_before)
+                        .is_some_and(|(end, f)| end <= f)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The rows of partition `p` as of `watermark`, sorted by window key, and marks it
+    /// written. A partition whose windows are all final is dropped from memory after
+    /// this; an empty partition yields no rows (its file is to be removed).
+    pub fn take_rows(&mut self, p: &PartitionKey, watermark: Option<Micros>) -> Vec<WindowRow> {
+        let final_before = watermark.map(|w| w - self.allowed_lateness);
+        let Some(part) = self.partitions.get_mut(p) else {
+            return Vec::new();
+        };
+        let is_final = |key: &WindowKey| final_before.is_some_and(|f| key.size.end(key.start) <= f);
+        let aggregations = &self.aggregations;
+        let mut rows: Vec<WindowRow> = part
+            .windows
+            .iter()
+            .map(|(key, state)| {
+                let (value, events) = state.value(aggregations[key.meter as usize]);
+                WindowRow {
+                    key: *key,
+                    value,
+                    events,
+                    is_final: is_final(key),
+                }
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.key);
+        part.dirty = false;
+        part.first_open_end = rows
+            .iter()
+            .filter(|r| !r.is_final)
+            .map(|r| r.key.size.end(r.key.start))
+            .min();
+        if part.first_open_end.is_none() {
+            self.partitions.remove(p);
+            if !rows.is_empty() {
+                self.retired.insert(*p);
+            }
+        }
+        rows
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use om_model::{Event, Reading, WindowSize};
+    use om_model::time::HOUR;
 
-    fn config() -> Config {
-        Config::from_toml(
-            r#"
-[[meters]]
-name = "tokens"
-event_type = "gen"
-aggregation = "sum"
-value = "$.properties.n"
-windows = ["hour", "day"]
-[[meters]]
-name = "low"
-event_type = "gen"
-aggregation = "min"
-value = "$.properties.n"
-windows = ["hour"]
-"#,
-        )
-        .unwrap()
-    }
-
-    fn event(id: &str, ts: Micros, n: i64) -> DecodedEvent {
-        let value = ReadingValue::Number(Decimal9::from_int(n));
-        DecodedEvent {
-            event: Event {
-                tenant_id: "t".into(),
-                id: id.into(),
-                customer_id: "c".into(),
-                event_type: "gen".into(),
-                timestamp: ts,
-                value: Decimal9::ONE,
-                properties: None,
-            },
-            readings: vec![
-                Reading {
-                    meter: 0,
-                    dimensions: "{}".into(),
-                    value: value.clone(),
-                },
-                Reading {
-                    meter: 1,
-                    dimensions: "{}".into(),
-                    value,
-                },
-            ],
+    fn update(meter: u16, ts: Micros, value: UpdateValue, diff: i64) -> ReadingUpdate {
+        ReadingUpdate {
+            customer: 7,
+            dimensions: 1,
+            timestamp: ts,
+            meter,
+            diff,
+            value,
         }
     }
 
-    #[test]
-    fn pre_aggregation_sums_within_windows() {
-        let h = om_model::time::HOUR;
-        let events = [event("a", 10, 5), event("b", 20, 7), event("c", h + 1, 1)];
-        let u = pre_aggregate(&events, &config(), 1);
-        let hour0 = u
-            .additive
-            .iter()
-            .find(|(k, _)| k.size == WindowSize::Hour && k.start == 0)
-            .unwrap();
-        assert_eq!(
-            hour0.1,
-            SumCount {
-                sum: Decimal9::from_int(12),
-                count: 2
+    fn n(v: i64) -> UpdateValue {
+        UpdateValue::Number(Decimal9::from_int(v))
+    }
+
+    fn state() -> UsageState {
+        use Aggregation::*;
+        let aggs = vec![Sum, Avg, Min, Max, UniqueCount, Latest, Count];
+        let windows = vec![vec![WindowSize::Hour, WindowSize::Day]; aggs.len()];
+        UsageState::new(aggs, windows, 2 * HOUR)
+    }
+
+    fn values(
+        s: &mut UsageState,
+        size: WindowSize,
+        watermark: Option<Micros>,
+    ) -> Vec<(u16, String, i64, bool)> {
+        let mut out = Vec::new();
+        for p in s.partitions_to_write(watermark) {
+            for r in s.take_rows(&p, watermark) {
+                if r.key.size == size {
+                    out.push((r.key.meter, r.value.to_string(), r.events, r.is_final));
+                }
             }
-        );
-        let day = u
-            .additive
-            .iter()
-            .find(|(k, _)| k.size == WindowSize::Day)
-            .unwrap();
-        assert_eq!(day.1.count, 3);
-        assert_eq!(u.values.len(), 3);
-        let retract = pre_aggregate(&events[..1], &config(), -1);
-        assert!(retract.additive.iter().all(|(_, d)| d.count == -1));
+        }
+        out.sort();
+        out
     }
 
     #[test]
-    fn folds_each_order_based_aggregation() {
-        let (a, b, c) = (
-            WindowValue::Number(Decimal9::from_int(1)),
-            WindowValue::Number(Decimal9::from_int(5)),
-            WindowValue::Latest(9, "z".into(), Decimal9::from_int(3)),
-        );
-        let input = [(&a, 2), (&b, 1)];
+    fn every_aggregation_folds_and_retracts_exactly() {
+        let mut s = state();
+        for (ts, v) in [(10, 5), (20, 1), (30, 5)] {
+            for m in [0, 1, 2, 3, 6] {
+                s.apply(&update(m, ts, n(v), 1));
+            }
+            s.apply(&update(4, ts, UpdateValue::Scalar(v as u128), 1));
+            s.apply(&update(
+                5,
+                ts,
+                UpdateValue::Latest(Decimal9::from_int(v), format!("e{v}").into()),
+                1,
+            ));
+        }
+        let hour = values(&mut s, WindowSize::Hour, Some(100));
+        let got: Vec<(u16, &str, i64)> = hour
+            .iter()
+            .map(|(m, v, e, _)| (*m, v.as_str(), *e))
+            .collect();
         assert_eq!(
-            fold_values(Aggregation::Min, &input),
-            (Decimal9::from_int(1), 3)
+            got,
+            vec![
+                (0, "11.000000000", 3),
+                (1, "3.666666667", 3),
+                (2, "1.000000000", 3),
+                (3, "5.000000000", 3),
+                (4, "2.000000000", 3),
+                (5, "5.000000000", 3),
+                (6, "3.000000000", 3),
+            ]
         );
+        // Retract the event at ts 10 (value 5): min stays 1, max stays 5 (ts 30),
+        // unique keeps both values, latest still the ts-30 event.
+        for m in [0, 1, 2, 3, 6] {
+            s.apply(&update(m, 10, n(5), -1));
+        }
+        s.apply(&update(4, 10, UpdateValue::Scalar(5), -1));
+        s.apply(&update(
+            5,
+            10,
+            UpdateValue::Latest(Decimal9::from_int(5), "e5".into()),
+            -1,
+        ));
+        let hour = values(&mut s, WindowSize::Hour, Some(100));
+        let got: Vec<(u16, &str, i64)> = hour
+            .iter()
+            .map(|(m, v, e, _)| (*m, v.as_str(), *e))
+            .collect();
         assert_eq!(
-            fold_values(Aggregation::Max, &input),
-            (Decimal9::from_int(5), 3)
+            got,
+            vec![
+                (0, "6.000000000", 2),
+                (1, "3.000000000", 2),
+                (2, "1.000000000", 2),
+                (3, "5.000000000", 2),
+                (4, "2.000000000", 2),
+                (5, "5.000000000", 2),
+                (6, "2.000000000", 2),
+            ]
         );
+    }
+
+    #[test]
+    fn final_partitions_are_written_once_more_then_dropped() {
+        let mut s = state();
+        s.apply(&update(0, 10, n(5), 1));
+        let parts = s.partitions_to_write(Some(10));
+        assert_eq!(parts.len(), 2, "hour and day partitions");
+        for p in &parts {
+            assert!(s.take_rows(p, Some(10)).iter().all(|r| !r.is_final));
+        }
+        // Nothing changed, nothing became final: nothing to write.
+        assert!(s.partitions_to_write(Some(HOUR)).is_empty());
+        // The hour window ends at 1h; final once the watermark passes 1h + 2h lateness.
+        let parts = s.partitions_to_write(Some(3 * HOUR));
+        assert_eq!(parts, vec![(WindowSize::Hour, 0)]);
+        let rows = s.take_rows(&parts[0], Some(3 * HOUR));
+        assert!(rows[0].is_final);
         assert_eq!(
-            fold_values(Aggregation::UniqueCount, &input),
-            (Decimal9::from_int(2), 3)
+            s.len(),
+            1,
+            "the final hour window left memory; the day window stays"
         );
-        assert_eq!(
-            fold_values(Aggregation::Latest, &[(&c, 1)]),
-            (Decimal9::from_int(3), 1)
-        );
-        let avg = SumCount {
-            sum: Decimal9::from_int(10),
-            count: 3,
-        };
-        assert_eq!(avg.value(Aggregation::Avg).to_string(), "3.333333333");
+        assert!(s.partitions_to_write(Some(4 * HOUR)).is_empty());
+    }
+
+    #[test]
+    fn a_window_emptied_by_retraction_disappears() {
+        let mut s = state();
+        s.apply(&update(0, 10, n(5), 1));
+        s.apply(&update(0, 10, n(5), -1));
+        assert!(s.is_empty());
+        let parts = s.partitions_to_write(Some(10));
+        assert!(parts.iter().all(|p| s.take_rows(p, Some(10)).is_empty()));
     }
 }

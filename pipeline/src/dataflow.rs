@@ -1,10 +1,11 @@
 //! The timely operators that turn window updates into `usage_windows` files and epochs
 //! into commit records.
 
-use om_model::{Aggregation, Decimal9, Micros, WindowKey};
-use om_operators::SumCount;
+use om_model::{Aggregation, Micros, WindowSize};
+use om_operators::windowed_usage::partition_path;
+use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
 use om_sinks::commit::{CommitRecord, FileEntry};
-use om_sinks::usage_table::{UsageTable, partition_path};
+use om_sinks::encode::{RecordBatch, UsageRow};
 use om_sinks::{DataStore, FileChange};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -45,12 +46,6 @@ pub enum Meta {
     },
 }
 
-/// Routes window updates by (tenant, customer), so one worker owns all windows of a
-/// customer.
-fn customer_route(key: &WindowKey) -> u64 {
-    om_operators::route_hash(&(&key.tenant_id, &key.customer_id))
-}
-
 /// What the usage sink needs to write files.
 #[derive(Clone, Debug)]
 pub struct UsageSinkConfig {
@@ -62,46 +57,46 @@ pub struct UsageSinkConfig {
     pub meters: Vec<String>,
     /// Meter aggregations by index.
     pub aggregations: Vec<Aggregation>,
+    /// Meter window sizes by index.
+    pub windows: Vec<Vec<WindowSize>>,
     /// Lateness bound, for `is_final`.
     pub allowed_lateness: Micros,
     /// This worker's index.
     pub worker: usize,
 }
 
-type RowChange = ((WindowKey, (Decimal9, i64)), u64, isize);
-
-/// One epoch's updates held until the epoch is complete.
-type PendingEpoch = (Vec<(WindowKey, SumCount)>, Vec<RowChange>);
-
-/// The usage sink: applies additive deltas and order-based row changes to this worker's
-/// share of `usage_windows` epoch by epoch, and at each commit epoch rewrites the
-/// partitions that changed or became final since the last commit. Emits the resulting
-/// file changes at the commit epoch. It holds a capability of its own, because a commit
-/// epoch may bring no update to this worker and still have to write what earlier epochs
-/// changed.
+/// The usage sink: owns the window state of the customers routed to this worker. Epoch
+/// by epoch, in time order, it records the names that arrived and folds the reading
+/// updates into [`UsageState`]; at each commit epoch it rewrites the partitions that
+/// changed or became final since the last commit and emits the file changes. It holds a
+/// capability of its own, because a commit epoch may bring no update to this worker and
+/// still have to write what earlier epochs changed.
 pub fn usage_sink<'s>(
-    additive: StreamVec<'s, u64, (WindowKey, SumCount)>,
-    rows: StreamVec<'s, u64, RowChange>,
+    updates: StreamVec<'s, u64, ReadingUpdate>,
+    names: StreamVec<'s, u64, NameRecord>,
     cfg: UsageSinkConfig,
     info: Rc<RefCell<EpochInfo>>,
 ) -> StreamVec<'s, u64, Meta> {
-    let pact_a = Exchange::new(|(k, _): &(WindowKey, SumCount)| customer_route(k));
-    let pact_r = Exchange::new(|((k, _), _, _): &RowChange| customer_route(k));
-    additive.binary_frontier(rows, pact_a, pact_r, "OM: UsageSink", move |cap, _info| {
+    let pact_u = Exchange::new(|u: &ReadingUpdate| u.customer);
+    let pact_n = Exchange::new(NameRecord::route);
+    updates.binary_frontier(names, pact_u, pact_n, "OM: UsageSink", move |cap, _info| {
         let mut cap = Some(cap);
-        let mut table = UsageTable::new(cfg.aggregations.clone(), cfg.allowed_lateness);
-        let mut pending: BTreeMap<u64, PendingEpoch> = BTreeMap::new();
+        let mut state = UsageState::new(
+            cfg.aggregations.clone(),
+            cfg.windows.clone(),
+            cfg.allowed_lateness,
+        );
+        let mut known = Names::default();
+        let mut pending: BTreeMap<u64, (Vec<ReadingUpdate>, Vec<NameRecord>)> = BTreeMap::new();
         let mut next_commit_from = 0u64;
-        move |(in_a, frontier_a), (in_r, frontier_r), output| {
-            in_a.for_each(|cap, data| {
+        move |(in_u, frontier_u), (in_n, frontier_n), output| {
+            in_u.for_each(|cap, data| {
                 let t = *cap.retain_least(0).expect("capability for its time").time();
                 pending.entry(t).or_default().0.append(data);
             });
-            in_r.for_each(|_cap, data| {
-                // A row change carries its own time, which may follow its message's.
-                for change in data.drain(..) {
-                    pending.entry(change.1).or_default().1.push(change);
-                }
+            in_n.for_each(|cap, data| {
+                let t = *cap.retain_least(0).expect("capability for its time").time();
+                pending.entry(t).or_default().1.append(data);
             });
             loop {
                 let next_update = pending.keys().next().copied();
@@ -114,18 +109,15 @@ pub fn usage_sink<'s>(
                 let Some(t) = next_update.into_iter().chain(next_commit).min() else {
                     break;
                 };
-                if frontier_a.less_equal(&t) || frontier_r.less_equal(&t) {
+                if frontier_u.less_equal(&t) || frontier_n.less_equal(&t) {
                     break;
                 }
-                if let Some((adds, row_changes)) = pending.remove(&t) {
-                    for (key, d) in adds {
-                        table.add(key, d.sum, d.count);
+                if let Some((updates, names)) = pending.remove(&t) {
+                    for n in names {
+                        known.register(n).unwrap_or_else(|e| panic!("{e}"));
                     }
-                    // Retractions first, so a row replaced within one epoch ends up set.
-                    let (minus, plus): (Vec<_>, Vec<_>) =
-                        row_changes.into_iter().partition(|c| c.2 < 0);
-                    for ((key, (value, events)), _, diff) in minus.into_iter().chain(plus) {
-                        table.set_row(key, value, events, diff);
+                    for u in &updates {
+                        state.apply(u);
                     }
                 }
                 if next_commit != Some(t) {
@@ -138,21 +130,20 @@ pub fn usage_sink<'s>(
                     .expect("held until the inputs are done")
                     .delayed(&t);
                 let mut session = output.session(&at);
-                for p in table.take_partitions_to_write(watermark) {
+                for p in state.partitions_to_write(watermark) {
+                    let rows = state.take_rows(&p, watermark);
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
-                    let rows = table.rows(&p, watermark);
-                    let file = if rows.is_empty() {
-                        None
-                    } else {
-                        let n = rows.len() as u64;
-                        let batch = om_sinks::encode::usage_windows(rows.into_iter(), &cfg.meters)
-                            .expect("usage rows match the schema");
+                    let file = (!rows.is_empty()).then(|| {
                         let path = format!("usage_windows/{slot}-e{t:06}.parquet");
+                        let batch = encode_usage(&rows, &known, &cfg.meters);
                         cfg.runtime
                             .block_on(om_sinks::parquet::write(&cfg.store, &path, &batch))
                             .unwrap_or_else(|e| panic!("writing {path}: {e}"));
-                        Some(FileEntry { path, rows: n })
-                    };
+                        FileEntry {
+                            path,
+                            rows: rows.len() as u64,
+                        }
+                    });
                     session.give(Meta::File(FileChange {
                         table: "usage_windows".into(),
                         slot,
@@ -160,10 +151,10 @@ pub fn usage_sink<'s>(
                     }));
                 }
             }
-            let lowest = frontier_a
+            let lowest = frontier_u
                 .frontier()
                 .iter()
-                .chain(frontier_r.frontier().iter())
+                .chain(frontier_n.frontier().iter())
                 .min()
                 .copied();
             match lowest {
@@ -176,6 +167,30 @@ pub fn usage_sink<'s>(
             }
         }
     })
+}
+
+/// A partition's rows as a `usage_windows` batch, with the names behind the fingerprints.
+fn encode_usage(rows: &[WindowRow], names: &Names, meters: &[String]) -> RecordBatch {
+    let usage_row = |r: &WindowRow| {
+        let (tenant_id, customer_id) = names
+            .customer_of(r.key.customer)
+            .expect("a customer's name arrives before its updates");
+        UsageRow {
+            tenant_id,
+            customer_id,
+            meter: &meters[r.key.meter as usize],
+            dimensions: names
+                .dimensions_of(r.key.dimensions)
+                .expect("dimensions' text arrives before their updates"),
+            size: r.key.size,
+            start: r.key.start,
+            value: r.value,
+            events: r.events,
+            is_final: r.is_final,
+        }
+    };
+    om_sinks::encode::usage_windows(rows.iter().map(usage_row))
+        .expect("usage rows match the schema")
 }
 
 /// The committer: gathers every worker's file changes and counts for an epoch on worker

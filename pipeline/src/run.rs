@@ -9,23 +9,26 @@
 
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
 use anyhow::{Context, bail};
-use differential_dataflow::AsCollection;
-use om_model::{Config, LateRecord, Micros, RejectedRecord, SourcePosition, WindowKey};
+use om_model::{
+    Aggregation, Config, LateRecord, Micros, RejectedRecord, SourcePosition, fingerprint,
+};
 use om_operators::dedup::dedup;
-use om_operators::lateness::late_reason;
-use om_operators::windowed_usage::window_values;
 use om_operators::{
-    Candidate, DedupProbe, SumCount, Verdict, WindowValue, classify, pre_aggregate,
+    DedupProbe, Fate, NameCache, NameRecord, ReadingUpdate, UpdateValue, Verdict, classify,
+    late_reason,
 };
 use om_sinks::commit::{CommitRecord, FileEntry};
+use om_sinks::encode::{EventColumns, EventsBuilder};
 use om_sinks::{DataStore, FileChange};
+use om_sources::Decoder;
+use om_sources::decode::{MAX_RECORD_BYTES, Scratch, ValueRef};
 use om_sources::file::JsonlFile;
-use om_sources::{Decoder, decode::MAX_RECORD_BYTES};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -98,20 +101,32 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let handle = runtime.handle().clone();
     let bytes = file.len();
     let opts = Arc::new(opts);
+    let failed = Arc::new(AtomicBool::new(false));
     let guards = timely::execute(timely::Config::process(opts.workers), {
         let opts = Arc::clone(&opts);
-        move |worker| run_worker(worker, &opts, &file, &store, &handle)
+        let failed = Arc::clone(&failed);
+        move |worker| {
+            let _flag = FailFlag(&failed);
+            run_worker(worker, &opts, &file, &store, &handle, &failed)
+        }
     })
     .map_err(|e| anyhow::anyhow!("starting workers: {e}"))?;
     let mut commit = None;
+    let mut errors = Vec::new();
     for result in guards.join() {
         match result {
-            Ok(Some(c)) => commit = Some(c),
-            Ok(None) => {}
-            Err(e) => bail!("a worker failed: {e}"),
+            Ok(Ok(Some(c))) => commit = Some(c),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(panic) => errors.push(anyhow::anyhow!("{panic}")),
         }
     }
     drop(runtime);
+    // A worker that stopped because another failed reports `Aborted`; show the cause.
+    errors.sort_by_key(|e| e.is::<Aborted>());
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e.context("the job failed"));
+    }
     let commit = commit.context("worker 0 committed nothing")?;
     Ok(RunSummary {
         commit,
@@ -120,13 +135,75 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     })
 }
 
+/// Raised on every other worker when one worker fails.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped because another worker failed")]
+struct Aborted;
+
+/// Sets the shared failure flag when its worker unwinds from a panic or returns an error,
+/// so the other workers stop instead of waiting for it forever.
+struct FailFlag<'a>(&'a AtomicBool);
+
+impl Drop for FailFlag<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Steps the worker while `busy` holds; fails if another worker failed.
+fn step_while(
+    worker: &mut timely::worker::Worker,
+    failed: &AtomicBool,
+    mut busy: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    while busy() {
+        if failed.load(Ordering::SeqCst) {
+            return Err(Aborted.into());
+        }
+        worker.step();
+    }
+    Ok(())
+}
+
+/// One worker's valid events of one epoch, in arrival order, waiting for their fates.
+struct Chunk<'f> {
+    /// (arrival position, event time).
+    arrivals: Vec<(u64, Micros)>,
+    /// The records, to re-read the few that turn out duplicate or late.
+    lines: Vec<&'f [u8]>,
+    /// Customer fingerprints.
+    customers: Vec<u64>,
+    /// End of each event's readings in `readings`.
+    readings_end: Vec<usize>,
+    /// (meter, dimensions fingerprint, value) of every reading.
+    readings: Vec<(u16, u64, UpdateValue)>,
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     opts: &RunOptions,
     file: &JsonlFile,
     store: &DataStore,
     runtime: &tokio::runtime::Handle,
-) -> Option<CommitRecord> {
+    failed: &AtomicBool,
+) -> anyhow::Result<Option<CommitRecord>> {
+    let result = run_worker_inner(worker, opts, file, store, runtime, failed);
+    if result.is_err() {
+        failed.store(true, Ordering::SeqCst);
+    }
+    result
+}
+
+fn run_worker_inner(
+    worker: &mut timely::worker::Worker,
+    opts: &RunOptions,
+    file: &JsonlFile,
+    store: &DataStore,
+    runtime: &tokio::runtime::Handle,
+    failed: &AtomicBool,
+) -> anyhow::Result<Option<CommitRecord>> {
     let index = worker.index();
     let peers = worker.peers();
     let config = &opts.config;
@@ -134,6 +211,11 @@ fn run_worker(
     let source_name = format!("file:{}", file.path().display());
     let sources = vec![source_name.clone()];
     let lateness = config.pipeline.allowed_lateness;
+    let is_latest: Vec<bool> = config
+        .meters
+        .iter()
+        .map(|m| m.aggregation == Aggregation::Latest)
+        .collect();
 
     let info = Rc::new(RefCell::new(EpochInfo::default()));
     let last_commit = Rc::new(RefCell::new(None));
@@ -157,28 +239,24 @@ fn run_worker(
             .probe_with(&dedup_probe);
     });
 
-    // Dataflow 2: window updates -> usage sink; file changes + counts -> committer.
-    let mut additive_input: Input<(WindowKey, SumCount)> = InputHandle::new();
-    let mut values_input: Input<((WindowKey, WindowValue), u64, isize)> = InputHandle::new();
+    // Dataflow 2: readings and names -> usage sink; file changes + counts -> committer.
+    let mut update_input: Input<ReadingUpdate> = InputHandle::new();
+    let mut name_input: Input<NameRecord> = InputHandle::new();
     let mut meta_input: Input<Meta> = InputHandle::new();
     let usage_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
-        let aggregations: Vec<_> = config.meters.iter().map(|m| m.aggregation).collect();
-        let rows = window_values(
-            values_input.to_stream(scope).as_collection(),
-            aggregations.clone(),
-        );
         let sink_cfg = UsageSinkConfig {
             store: store.clone(),
             runtime: runtime.clone(),
             meters: config.meters.iter().map(|m| m.name.clone()).collect(),
-            aggregations,
+            aggregations: config.meters.iter().map(|m| m.aggregation).collect(),
+            windows: config.meters.iter().map(|m| m.windows.clone()).collect(),
             allowed_lateness: lateness,
             worker: index,
         };
         let files = usage_sink(
-            additive_input.to_stream(scope),
-            rows.inner,
+            update_input.to_stream(scope),
+            name_input.to_stream(scope),
             sink_cfg,
             Rc::clone(&info),
         );
@@ -202,13 +280,24 @@ fn run_worker(
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut total_accepted = 0u64;
+    let mut scratch = Scratch::default();
+    let mut names = NameCache::default();
+    let mut new_names = Vec::new();
 
     for epoch in 0..epochs {
         let (from, to) = (boundary(epoch, index), boundary(epoch, index + 1));
         let ingested_at = chrono::Utc::now().timestamp_micros();
+        let capacity = ((to - from) / 200) as usize;
 
-        // Decode this worker's slice.
-        let mut candidates = Vec::new();
+        // Decode this worker's slice; valid events claim their dedup keys as they go.
+        let mut chunk = Chunk {
+            arrivals: Vec::with_capacity(capacity),
+            lines: Vec::with_capacity(capacity),
+            customers: Vec::with_capacity(capacity),
+            readings_end: Vec::with_capacity(capacity),
+            readings: Vec::with_capacity(capacity * 3),
+        };
+        let mut events = EventsBuilder::new(&sources, capacity);
         let mut rejected = Vec::new();
         for (offset, line) in file.lines_in(from, to) {
             let position = SourcePosition {
@@ -216,60 +305,85 @@ fn run_worker(
                 partition: 0,
                 offset,
             };
-            match decoder.decode(line) {
-                Ok(decoded) => candidates.push(Candidate {
-                    pos: offset,
-                    position,
-                    decoded,
-                }),
-                Err(r) => rejected.push(RejectedRecord {
-                    tenant_id: r.tenant_id,
-                    event_id: r.event_id,
-                    raw: lossy_truncated(line),
-                    reason: r.reason,
-                    position,
-                }),
+            let e = match decoder.decode_ref(line, &mut scratch) {
+                Ok(e) => e,
+                Err(r) => {
+                    rejected.push(RejectedRecord {
+                        tenant_id: r.tenant_id,
+                        event_id: r.event_id,
+                        raw: lossy_truncated(line),
+                        reason: r.reason,
+                        position,
+                    });
+                    continue;
+                }
+            };
+            let (customer, name) = names.customer(&e.tenant_id, &e.customer_id)?;
+            new_names.extend(name);
+            for r in &scratch.readings {
+                let dims = names.dimensions(
+                    &scratch.text[r.dimensions.clone()],
+                    peers as u32,
+                    &mut new_names,
+                )?;
+                let value = match &r.value {
+                    ValueRef::Number(v) if is_latest[r.meter as usize] => {
+                        UpdateValue::Latest(*v, e.id.as_ref().into())
+                    }
+                    ValueRef::Number(v) => UpdateValue::Number(*v),
+                    ValueRef::Scalar(text) => {
+                        UpdateValue::Scalar(fingerprint::scalar(&scratch.text[text.clone()]))
+                    }
+                };
+                chunk.readings.push((r.meter, dims, value));
             }
-        }
-
-        // Dedup round trip for the whole epoch.
-        for c in &candidates {
-            let e = &c.decoded.event;
+            chunk.readings_end.push(chunk.readings.len());
             probe_input.send(DedupProbe {
-                key: DedupProbe::key_of(&e.tenant_id, &e.id),
-                pos: c.pos,
+                key: fingerprint::idempotency_key(&e.tenant_id, &e.id),
+                pos: offset,
                 chunk: index as u32,
                 ts: e.timestamp,
             });
+            chunk.arrivals.push((offset, e.timestamp));
+            chunk.lines.push(line);
+            chunk.customers.push(customer);
+            events.push(
+                EventColumns {
+                    tenant_id: &e.tenant_id,
+                    id: &e.id,
+                    customer_id: &e.customer_id,
+                    event_type: &e.event_type,
+                    timestamp: e.timestamp,
+                    value: e.value,
+                    properties: e.properties,
+                },
+                &position,
+            );
         }
+
+        // Wait for the verdicts of the whole epoch.
         probe_input.advance_to(epoch + 1);
-        while dedup_probe.less_equal(&epoch) {
-            worker.step();
-        }
-        let mut duplicates = HashSet::new();
+        step_while(worker, failed, || dedup_probe.less_equal(&epoch))?;
+        let mut duplicates = Vec::new();
         let mut chunk_max = BTreeMap::new();
         for v in verdicts.borrow_mut().remove(&epoch).unwrap_or_default() {
             match v {
-                Verdict::Duplicate { pos, .. } => {
-                    duplicates.insert(pos);
-                }
+                Verdict::Duplicate { pos, .. } => duplicates.push(pos),
                 Verdict::ChunkMax { chunk, max_ts, .. } => {
                     let m = chunk_max.entry(chunk).or_insert(max_ts);
                     *m = (*m).max(max_ts);
                 }
             }
         }
-
-        // Lateness.
-        let out = classify(
-            candidates,
-            &duplicates,
+        let (fates, epoch_watermark) = classify(
+            &chunk.arrivals,
+            &mut duplicates,
             &chunk_max,
             index as u32,
             watermark,
             lateness,
         );
-        watermark = out.watermark;
+        watermark = epoch_watermark;
         {
             let mut info = info.borrow_mut();
             info.watermarks.insert(epoch, watermark);
@@ -277,26 +391,65 @@ fn run_worker(
                 info.commits.insert(epoch);
             }
         }
-        let duplicate_count = out.duplicates.len() as u64;
-        for c in out.duplicates {
-            let e = c.decoded.event;
-            rejected.push(RejectedRecord {
-                reason: format!(
-                    "duplicate: id {} was already accepted for tenant {}",
-                    e.id, e.tenant_id
-                ),
-                raw: normalized_json(&e),
-                tenant_id: Some(e.tenant_id),
-                event_id: Some(e.id),
-                position: c.position,
-            });
+
+        // Keep at most two epochs in flight in the usage dataflow.
+        step_while(worker, failed, || {
+            usage_probe.less_than(&epoch.saturating_sub(1))
+        })?;
+        for n in new_names.drain(..) {
+            name_input.send(n);
         }
-        let late: Vec<LateRecord> = out
-            .late
-            .into_iter()
-            .map(|(c, w)| {
-                let e = c.decoded.event;
-                LateRecord {
+        let mut late = Vec::new();
+        let mut keep = Vec::with_capacity(fates.len());
+        let mut duplicate_count = 0u64;
+        let mut readings = chunk.readings.into_iter();
+        let mut readings_start = 0;
+        for (i, fate) in fates.into_iter().enumerate() {
+            let taken = chunk.readings_end[i] - readings_start;
+            readings_start = chunk.readings_end[i];
+            let own = readings.by_ref().take(taken);
+            keep.push(fate == Fate::Accepted);
+            let (pos, timestamp) = chunk.arrivals[i];
+            let position = SourcePosition {
+                source: 0,
+                partition: 0,
+                offset: pos,
+            };
+            match fate {
+                Fate::Accepted => {
+                    for (meter, dimensions, value) in own {
+                        update_input.send(ReadingUpdate {
+                            customer: chunk.customers[i],
+                            dimensions,
+                            timestamp,
+                            meter,
+                            diff: 1,
+                            value,
+                        });
+                    }
+                    continue;
+                }
+                Fate::Duplicate | Fate::Late(_) => own.for_each(drop),
+            }
+            let e = decoder
+                .decode(chunk.lines[i])
+                .expect("a record that decoded once decodes again")
+                .event;
+            match fate {
+                Fate::Duplicate => {
+                    duplicate_count += 1;
+                    rejected.push(RejectedRecord {
+                        reason: format!(
+                            "duplicate: id {} was already accepted for tenant {}",
+                            e.id, e.tenant_id
+                        ),
+                        raw: normalized_json(&e),
+                        tenant_id: Some(e.tenant_id),
+                        event_id: Some(e.id),
+                        position,
+                    });
+                }
+                Fate::Late(w) => late.push(LateRecord {
                     reason: late_reason(e.timestamp, w, lateness),
                     raw: normalized_json(&e),
                     timestamp: e.timestamp,
@@ -304,64 +457,48 @@ fn run_worker(
                     tenant_id: e.tenant_id,
                     event_id: e.id,
                     customer_id: e.customer_id,
-                    position: c.position,
-                }
-            })
-            .collect();
-
-        // Window updates into the usage dataflow; keep at most two epochs in flight.
-        while usage_probe.less_than(&epoch.saturating_sub(1)) {
-            worker.step();
+                    position,
+                }),
+                Fate::Accepted => unreachable!("handled above"),
+            }
         }
-        let updates = pre_aggregate(out.accepted.iter().map(|c| &c.decoded), config, 1);
-        for u in updates.additive {
-            additive_input.send(u);
-        }
-        for (kv, diff) in updates.values {
-            values_input.send((kv, epoch, diff));
-        }
+        let accepted = keep.iter().filter(|k| **k).count();
 
         // This worker's append-only tables for the epoch.
         let write = |table: &str,
                      batch: om_sinks::Result<om_sinks::encode::RecordBatch>,
                      rows: usize|
-         -> Option<FileChange> {
+         -> anyhow::Result<Option<FileChange>> {
             if rows == 0 {
-                return None;
+                return Ok(None);
             }
-            let batch = batch.expect("records match their schema");
+            let batch = batch.context("records match their schema")?;
             let slot = format!("e{epoch:06}-w{index}");
             let path = format!("{table}/{slot}.parquet");
             runtime
                 .block_on(om_sinks::parquet::write(store, &path, &batch))
-                .unwrap_or_else(|e| panic!("writing {path}: {e}"));
-            Some(FileChange {
+                .with_context(|| format!("writing {path}"))?;
+            Ok(Some(FileChange {
                 table: table.into(),
                 slot,
                 file: Some(FileEntry {
                     path,
                     rows: rows as u64,
                 }),
-            })
+            }))
         };
-        let accepted = out.accepted.len();
-        let events_batch = om_sinks::encode::events(
-            out.accepted.iter().map(|c| (&c.decoded.event, &c.position)),
-            ingested_at,
-            &sources,
-        );
         let changes = [
-            write("events", events_batch, accepted),
+            write("events", events.finish(Some(&keep), ingested_at), accepted)?,
             write(
                 "rejected_events",
                 om_sinks::encode::rejected(&rejected, ingested_at, &sources),
                 rejected.len(),
-            ),
+            )?,
             write(
                 "late_events",
                 om_sinks::encode::late(&late, ingested_at, &sources),
                 late.len(),
-            ),
+            )?,
         ];
         for c in changes.into_iter().flatten() {
             meta_input.send(Meta::File(c));
@@ -374,8 +511,8 @@ fn run_worker(
             watermark,
             source: (source_name.clone(), boundary(epoch, peers)),
         });
-        additive_input.advance_to(epoch + 1);
-        values_input.advance_to(epoch + 1);
+        update_input.advance_to(epoch + 1);
+        name_input.advance_to(epoch + 1);
         meta_input.advance_to(epoch + 1);
         total_accepted += accepted as u64;
 
@@ -398,13 +535,13 @@ fn run_worker(
         }
     }
     drop(probe_input);
-    drop(additive_input);
-    drop(values_input);
+    drop(update_input);
+    drop(name_input);
     drop(meta_input);
-    while !usage_probe.done() || !dedup_probe.done() {
-        worker.step();
-    }
-    last_commit.borrow_mut().take()
+    step_while(worker, failed, || {
+        !usage_probe.done() || !dedup_probe.done()
+    })?;
+    Ok(last_commit.borrow_mut().take())
 }
 
 /// The raw payload of a rejected line: lossy UTF-8, at most 1 MiB.

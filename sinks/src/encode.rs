@@ -7,7 +7,7 @@ use arrow::array::{
 };
 pub use arrow::record_batch::RecordBatch;
 use om_model::schema::{self, DECIMAL};
-use om_model::{Decimal9, Event, LateRecord, Micros, RejectedRecord, SourcePosition, WindowKey};
+use om_model::{Decimal9, LateRecord, Micros, RejectedRecord, SourcePosition, WindowSize};
 use std::sync::Arc;
 
 fn ts_builder(capacity: usize) -> TimestampMicrosecondBuilder {
@@ -55,45 +55,103 @@ impl<'a> SourceColumns<'a> {
     }
 }
 
-/// The `events` table: accepted events with their source positions.
-pub fn events<'a>(
-    rows: impl ExactSizeIterator<Item = (&'a Event, &'a SourcePosition)>,
-    ingested_at: Micros,
-    sources: &[String],
-) -> Result<RecordBatch> {
-    let n = rows.len();
-    let mut tenant = StringBuilder::with_capacity(n, n * 8);
-    let mut id = StringBuilder::with_capacity(n, n * 16);
-    let mut customer = StringBuilder::with_capacity(n, n * 10);
-    let mut event_type = StringBuilder::with_capacity(n, n * 12);
-    let mut timestamp = ts_builder(n);
-    let mut value = dec_builder(n);
-    let mut properties = StringBuilder::with_capacity(n, n * 96);
-    let mut ingested = ts_builder(n);
-    let mut src = SourceColumns::new(sources, n);
-    for (e, pos) in rows {
-        tenant.append_value(&e.tenant_id);
-        id.append_value(&e.id);
-        customer.append_value(&e.customer_id);
-        event_type.append_value(&e.event_type);
-        timestamp.append_value(e.timestamp);
-        value.append_value(e.value.raw());
-        properties.append_option(e.properties.as_deref());
-        ingested.append_value(ingested_at);
-        src.push(pos);
+/// The `events` table, built while decoding: every valid event of a chunk is pushed,
+/// and `finish` keeps those that were accepted.
+pub struct EventsBuilder<'a> {
+    tenant: StringBuilder,
+    id: StringBuilder,
+    customer: StringBuilder,
+    event_type: StringBuilder,
+    timestamp: TimestampMicrosecondBuilder,
+    value: Decimal128Builder,
+    properties: StringBuilder,
+    src: SourceColumns<'a>,
+    len: usize,
+}
+
+/// One event for [`EventsBuilder::push`].
+#[derive(Clone, Copy, Debug)]
+pub struct EventColumns<'e> {
+    /// Tenant.
+    pub tenant_id: &'e str,
+    /// Idempotency key.
+    pub id: &'e str,
+    /// Customer.
+    pub customer_id: &'e str,
+    /// Event type.
+    pub event_type: &'e str,
+    /// Event time.
+    pub timestamp: Micros,
+    /// `value`.
+    pub value: Decimal9,
+    /// The properties JSON text.
+    pub properties: Option<&'e str>,
+}
+
+impl<'a> EventsBuilder<'a> {
+    /// An empty builder; `sources` names the source indexes of positions.
+    pub fn new(sources: &'a [String], capacity: usize) -> Self {
+        let n = capacity;
+        EventsBuilder {
+            tenant: StringBuilder::with_capacity(n, n * 8),
+            id: StringBuilder::with_capacity(n, n * 16),
+            customer: StringBuilder::with_capacity(n, n * 10),
+            event_type: StringBuilder::with_capacity(n, n * 12),
+            timestamp: ts_builder(n),
+            value: dec_builder(n),
+            properties: StringBuilder::with_capacity(n, n * 96),
+            src: SourceColumns::new(sources, n),
+            len: 0,
+        }
     }
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(tenant.finish()),
-        Arc::new(id.finish()),
-        Arc::new(customer.finish()),
-        Arc::new(event_type.finish()),
-        Arc::new(timestamp.finish()),
-        Arc::new(value.finish()),
-        Arc::new(properties.finish()),
-        Arc::new(ingested.finish()),
-    ];
-    columns.extend(src.finish());
-    Ok(RecordBatch::try_new(Arc::clone(&schema::EVENTS), columns)?)
+
+    /// Appends one event.
+    pub fn push(&mut self, e: EventColumns<'_>, position: &SourcePosition) {
+        self.tenant.append_value(e.tenant_id);
+        self.id.append_value(e.id);
+        self.customer.append_value(e.customer_id);
+        self.event_type.append_value(e.event_type);
+        self.timestamp.append_value(e.timestamp);
+        self.value.append_value(e.value.raw());
+        self.properties.append_option(e.properties);
+        self.src.push(position);
+        self.len += 1;
+    }
+
+    /// Events pushed so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The batch of the events whose `keep` entry is true (all when `keep` is `None`).
+    pub fn finish(mut self, keep: Option<&[bool]>, ingested_at: Micros) -> Result<RecordBatch> {
+        let mut ingested = ts_builder(self.len);
+        ingested.append_value_n(ingested_at, self.len);
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.tenant.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.customer.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.properties.finish()),
+            Arc::new(ingested.finish()),
+        ];
+        columns.extend(self.src.finish());
+        let batch = RecordBatch::try_new(Arc::clone(&schema::EVENTS), columns)?;
+        match keep {
+            Some(keep) if keep.iter().any(|k| !k) => {
+                let mask = arrow::array::BooleanArray::from(keep.to_vec());
+                Ok(arrow::compute::filter_record_batch(&batch, &mask)?)
+            }
+            _ => Ok(batch),
+        }
+    }
 }
 
 /// The `rejected_events` table.
@@ -174,8 +232,18 @@ pub fn late(rows: &[LateRecord], ingested_at: Micros, sources: &[String]) -> Res
 /// One `usage_windows` row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageRow<'a> {
-    /// The window.
-    pub key: &'a WindowKey,
+    /// Tenant.
+    pub tenant_id: &'a str,
+    /// Customer.
+    pub customer_id: &'a str,
+    /// Meter name.
+    pub meter: &'a str,
+    /// Canonical dimensions JSON.
+    pub dimensions: &'a str,
+    /// Window size.
+    pub size: WindowSize,
+    /// Window start.
+    pub start: Micros,
     /// Its value.
     pub value: Decimal9,
     /// Number of events in it.
@@ -184,11 +252,8 @@ pub struct UsageRow<'a> {
     pub is_final: bool,
 }
 
-/// The `usage_windows` table; `meters[i]` names meter `i`.
-pub fn usage_windows<'a>(
-    rows: impl ExactSizeIterator<Item = UsageRow<'a>>,
-    meters: &[String],
-) -> Result<RecordBatch> {
+/// The `usage_windows` table.
+pub fn usage_windows<'a>(rows: impl ExactSizeIterator<Item = UsageRow<'a>>) -> Result<RecordBatch> {
     let n = rows.len();
     let mut tenant = StringBuilder::with_capacity(n, n * 8);
     let mut customer = StringBuilder::with_capacity(n, n * 10);
@@ -201,13 +266,13 @@ pub fn usage_windows<'a>(
     let mut events = Int64Builder::with_capacity(n);
     let mut is_final = BooleanBuilder::with_capacity(n);
     for r in rows {
-        tenant.append_value(&r.key.tenant_id);
-        customer.append_value(&r.key.customer_id);
-        meter.append_value(&meters[r.key.meter as usize]);
-        dimensions.append_value(&r.key.dimensions);
-        size.append_value(r.key.size.as_str());
-        start.append_value(r.key.start);
-        end.append_value(r.key.size.end(r.key.start));
+        tenant.append_value(r.tenant_id);
+        customer.append_value(r.customer_id);
+        meter.append_value(r.meter);
+        dimensions.append_value(r.dimensions);
+        size.append_value(r.size.as_str());
+        start.append_value(r.start);
+        end.append_value(r.size.end(r.start));
         value.append_value(r.value.raw());
         events.append_value(r.events);
         is_final.append_value(r.is_final);

@@ -2,8 +2,7 @@
 //!
 //! Transport and format are separate: [`store`] resolves a `--data` URL to an
 //! `object_store` (local path, `file://`, `memory://`), [`encode`] turns records into
-//! Arrow batches, [`parquet`] writes a batch as one Parquet object. [`usage_table`] holds
-//! the current state of `usage_windows` and knows which partitions an epoch changed;
+//! Arrow batches, [`parquet`] writes a batch as one Parquet object, and
 //! [`commit`] is the atomic commit record that makes an epoch's files visible together.
 
 pub mod commit;
@@ -11,7 +10,6 @@ pub mod encode;
 pub mod error;
 pub mod parquet;
 pub mod store;
-pub mod usage_table;
 
 pub use commit::{CommitRecord, FileChange, Manifest};
 pub use error::{Error, Result};
