@@ -61,10 +61,15 @@ impl Verdict {
     }
 }
 
+/// Number of shards of the key table.
+const SHARDS: usize = 16;
+
 /// The keys one owner remembers.
 #[derive(Debug)]
 pub struct DedupState {
-    seen: FxHashMap<u128, Micros>,
+    /// Key -> event time, in shards by the key's top bits, so that growing the table
+    /// rehashes one shard at a time (a sixteenth of the keys) instead of all of them.
+    seen: Vec<FxHashMap<u128, Micros>>,
     horizon: Micros,
     max_ts: Option<Micros>,
     swept_at: Micros,
@@ -74,7 +79,7 @@ impl DedupState {
     /// Remembers keys for `horizon` of event time.
     pub fn new(horizon: Micros) -> Self {
         DedupState {
-            seen: FxHashMap::default(),
+            seen: (0..SHARDS).map(|_| FxHashMap::default()).collect(),
             horizon,
             max_ts: None,
             swept_at: Micros::MIN,
@@ -83,12 +88,12 @@ impl DedupState {
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.seen.iter().map(FxHashMap::len).sum()
     }
 
     /// True when no key is held.
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.seen.iter().all(FxHashMap::is_empty)
     }
 
     /// Decides one epoch's probes; returns the duplicates as (chunk, pos) and the
@@ -100,9 +105,8 @@ impl DedupState {
         probes.sort_unstable_by_key(|p| p.pos);
         let mut duplicates = Vec::new();
         let mut chunk_max: BTreeMap<u32, Micros> = BTreeMap::new();
-        self.seen.reserve(probes.len());
         for p in probes {
-            match self.seen.entry(p.key) {
+            match self.seen[(p.key >> 124) as usize].entry(p.key) {
                 Entry::Occupied(_) => duplicates.push((p.chunk, p.pos)),
                 Entry::Vacant(slot) => {
                     slot.insert(p.ts);
@@ -122,7 +126,9 @@ impl DedupState {
         let Some(max) = self.max_ts else { return };
         let cutoff = max.saturating_sub(self.horizon);
         if cutoff.saturating_sub(self.swept_at) > self.horizon / 16 {
-            self.seen.retain(|_, ts| *ts >= cutoff);
+            for shard in &mut self.seen {
+                shard.retain(|_, ts| *ts >= cutoff);
+            }
             self.swept_at = cutoff;
         }
     }

@@ -24,7 +24,6 @@
 use om_model::time::{DAY, HOUR};
 use om_model::{Aggregation, Decimal9, Micros, WindowKey, WindowSize};
 use rustc_hash::FxHashMap;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The value one event contributes to a window.
@@ -172,6 +171,16 @@ pub fn partition_of(size: WindowSize, start: Micros) -> PartitionKey {
     (size, start - start.rem_euclid(span))
 }
 
+/// The end of the last window a partition can hold: until the watermark passes it (plus
+/// the lateness), an on-time event may still add a window to the partition.
+fn partition_end(p: &PartitionKey) -> Micros {
+    match p.0 {
+        WindowSize::Minute | WindowSize::Hour => p.1 + HOUR,
+        WindowSize::Day => p.1 + DAY,
+        WindowSize::Month => WindowSize::Month.end(p.1),
+    }
+}
+
 /// The object path fragment of a partition, e.g. `hour/2026-11-01T05` or `day/2026-11-01`.
 pub fn partition_path(p: &PartitionKey) -> String {
     let t = om_model::time::format_micros(p.1);
@@ -181,9 +190,23 @@ pub fn partition_path(p: &PartitionKey) -> String {
     }
 }
 
+/// (customer, meter, dimensions): one series of windows. A reading touches one series
+/// (all its window sizes), so state is keyed by series: one hash lookup per reading, and
+/// the windows of a series sit together in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    customer: u64,
+    dimensions: u64,
+    meter: u16,
+}
+
+/// The open windows of a series, unordered; the recent ones are usually at the end.
+type Series = Vec<(WindowSize, Micros, WindowState)>;
+
 #[derive(Debug, Default)]
 struct Partition {
-    windows: FxHashMap<WindowKey, WindowState>,
+    /// Windows held.
+    windows: usize,
     /// Changed since it was last written.
     dirty: bool,
     /// Earliest end among windows that were not final when it was last written.
@@ -209,6 +232,7 @@ pub struct UsageState {
     aggregations: Vec<Aggregation>,
     windows: Vec<Vec<WindowSize>>,
     allowed_lateness: Micros,
+    series: FxHashMap<SeriesKey, Series>,
     partitions: FxHashMap<PartitionKey, Partition>,
     /// Partitions whose windows all became final and were written: dropped from memory.
     retired: BTreeSet<PartitionKey>,
@@ -225,6 +249,7 @@ impl UsageState {
             aggregations,
             windows,
             allowed_lateness,
+            series: FxHashMap::default(),
             partitions: FxHashMap::default(),
             retired: BTreeSet::new(),
         }
@@ -233,43 +258,52 @@ impl UsageState {
     /// Folds one reading into each window of its meter.
     pub fn apply(&mut self, u: &ReadingUpdate) {
         let aggregation = self.aggregations[u.meter as usize];
+        let key = SeriesKey {
+            customer: u.customer,
+            dimensions: u.dimensions,
+            meter: u.meter,
+        };
+        let series = self.series.entry(key).or_default();
         for &size in &self.windows[u.meter as usize] {
             let start = size.start(u.timestamp);
             let p = partition_of(size, start);
-            debug_assert!(
-                !self.retired.contains(&p),
-                "an update for a final window: lateness was not enforced"
-            );
-            let part = self.partitions.entry(p).or_default();
+            let part = self.partitions.entry(p).or_insert_with(|| {
+                // Checked when a partition (re)appears, which is rare: one that left
+                // memory as final must never take updates again.
+                assert!(
+                    !self.retired.contains(&p),
+                    "an update for window {size:?} at {start} after it became final: lateness was not enforced"
+                );
+                Partition::default()
+            });
             part.dirty = true;
-            let key = WindowKey {
-                customer: u.customer,
-                meter: u.meter,
-                dimensions: u.dimensions,
-                size,
-                start,
-            };
-            match part.windows.entry(key) {
-                Entry::Occupied(mut o) => {
-                    o.get_mut().apply(u.timestamp, &u.value, u.diff);
-                    if o.get().is_empty() {
-                        o.remove();
+            match series.iter().rposition(|w| w.0 == size && w.1 == start) {
+                Some(i) => {
+                    let state = &mut series[i].2;
+                    state.apply(u.timestamp, &u.value, u.diff);
+                    if state.is_empty() {
+                        series.swap_remove(i);
+                        part.windows -= 1;
                     }
                 }
-                Entry::Vacant(v) => {
+                None => {
                     let mut state = WindowState::new(aggregation);
                     state.apply(u.timestamp, &u.value, u.diff);
                     if !state.is_empty() {
-                        v.insert(state);
+                        series.push((size, start, state));
+                        part.windows += 1;
                     }
                 }
             }
+        }
+        if series.is_empty() {
+            self.series.remove(&key);
         }
     }
 
     /// Windows held in memory.
     pub fn len(&self) -> usize {
-        self.partitions.values().map(|p| p.windows.len()).sum()
+        self.partitions.values().map(|p| p.windows).sum()
     }
 
     /// Whether no window is held.
@@ -277,13 +311,18 @@ impl UsageState {
         self.len() == 0
     }
 
-    /// The partitions to rewrite at a commit with this watermark: those that changed,
-    /// and those with windows that became final since they were last written. Sorted.
-    pub fn partitions_to_write(&mut self, watermark: Option<Micros>) -> Vec<PartitionKey> {
+    /// The partitions to rewrite at a commit with this watermark, with their rows sorted
+    /// by window key: those that changed, and those with windows that became final since
+    /// they were last written. A partition with no rows left is listed with none (its
+    /// file is to be removed). Partitions whose windows are now all final leave memory.
+    pub fn take_partitions(
+        &mut self,
+        watermark: Option<Micros>,
+    ) -> Vec<(PartitionKey, Vec<WindowRow>)> {
         let final_before = watermark.map(|w| w - self.allowed_lateness);
-        let mut out: Vec<PartitionKey> = self
+        let mut out: BTreeMap<PartitionKey, Vec<WindowRow>> = self
             .partitions
-            .iter_mut()
+            .iter()
             .filter(|(_, part)| {
                 part.dirty
                     || part
@@ -291,56 +330,78 @@ impl UsageState {
                         .zip(final_before)
                         .is_some_and(|(end, f)| end <= f)
             })
-            .map(|(k, _)| *k)
+            .map(|(k, _)| (*k, Vec::new()))
             .collect();
-        out.sort_unstable();
-        out
-    }
-
-    /// The rows of partition `p` as of `watermark`, sorted by window key, and marks it
-    /// written. A partition whose windows are all final is dropped from memory after
-    /// this; an empty partition yields no rows (its file is to be removed).
-    pub fn take_rows(&mut self, p: &PartitionKey, watermark: Option<Micros>) -> Vec<WindowRow> {
-        let final_before = watermark.map(|w| w - self.allowed_lateness);
-        let Some(part) = self.partitions.get_mut(p) else {
+        if out.is_empty() {
             return Vec::new();
-        };
-        let is_final = |key: &WindowKey| final_before.is_some_and(|f| key.size.end(key.start) <= f);
-        let aggregations = &self.aggregations;
-        let mut rows: Vec<WindowRow> = part
-            .windows
-            .iter()
-            .map(|(key, state)| {
-                let (value, events) = state.value(aggregations[key.meter as usize]);
-                WindowRow {
-                    key: *key,
+        }
+        let is_final =
+            |size: WindowSize, start: Micros| final_before.is_some_and(|f| size.end(start) <= f);
+        for (key, series) in &self.series {
+            for (size, start, state) in series {
+                let Some(rows) = out.get_mut(&partition_of(*size, *start)) else {
+                    continue;
+                };
+                let (value, events) = state.value(self.aggregations[key.meter as usize]);
+                rows.push(WindowRow {
+                    key: WindowKey {
+                        customer: key.customer,
+                        meter: key.meter,
+                        dimensions: key.dimensions,
+                        size: *size,
+                        start: *start,
+                    },
                     value,
                     events,
-                    is_final: is_final(key),
-                }
-            })
-            .collect();
-        rows.sort_unstable_by_key(|r| r.key);
-        part.dirty = false;
-        part.first_open_end = rows
-            .iter()
-            .filter(|r| !r.is_final)
-            .map(|r| r.key.size.end(r.key.start))
-            .min();
-        if part.first_open_end.is_none() {
-            self.partitions.remove(p);
-            if !rows.is_empty() {
-                self.retired.insert(*p);
+                    is_final: is_final(*size, *start),
+                });
             }
         }
-        rows
+        for (p, rows) in &mut out {
+            rows.sort_unstable_by_key(|r| r.key);
+            let part = self.partitions.get_mut(p).expect("listed above");
+            part.dirty = false;
+            part.first_open_end = rows
+                .iter()
+                .filter(|r| !r.is_final)
+                .map(|r| r.key.size.end(r.key.start))
+                .min();
+        }
+        // A partition leaves memory once all its windows are final and written, and no
+        // on-time event can open a new window in it.
+        let done: BTreeSet<PartitionKey> = self
+            .partitions
+            .iter()
+            .filter(|(p, part)| {
+                !part.dirty
+                    && part.first_open_end.is_none()
+                    && final_before.is_some_and(|f| partition_end(p) <= f)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        if !done.is_empty() {
+            for p in &done {
+                if self
+                    .partitions
+                    .remove(p)
+                    .is_some_and(|part| part.windows > 0)
+                {
+                    self.retired.insert(*p);
+                }
+            }
+            self.series.retain(|_, series| {
+                series.retain(|(size, start, _)| !done.contains(&partition_of(*size, *start)));
+                !series.is_empty()
+            });
+        }
+        out.into_iter().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use om_model::time::HOUR;
+    use om_model::time::{HOUR, MINUTE};
 
     fn update(meter: u16, ts: Micros, value: UpdateValue, diff: i64) -> ReadingUpdate {
         ReadingUpdate {
@@ -370,8 +431,8 @@ mod tests {
         watermark: Option<Micros>,
     ) -> Vec<(u16, String, i64, bool)> {
         let mut out = Vec::new();
-        for p in s.partitions_to_write(watermark) {
-            for r in s.take_rows(&p, watermark) {
+        for (_, rows) in s.take_partitions(watermark) {
+            for r in rows {
                 if r.key.size == size {
                     out.push((r.key.meter, r.value.to_string(), r.events, r.is_final));
                 }
@@ -448,24 +509,57 @@ mod tests {
     fn final_partitions_are_written_once_more_then_dropped() {
         let mut s = state();
         s.apply(&update(0, 10, n(5), 1));
-        let parts = s.partitions_to_write(Some(10));
+        let parts = s.take_partitions(Some(10));
         assert_eq!(parts.len(), 2, "hour and day partitions");
-        for p in &parts {
-            assert!(s.take_rows(p, Some(10)).iter().all(|r| !r.is_final));
-        }
+        assert!(
+            parts
+                .iter()
+                .all(|(_, rows)| rows.iter().all(|r| !r.is_final))
+        );
         // Nothing changed, nothing became final: nothing to write.
-        assert!(s.partitions_to_write(Some(HOUR)).is_empty());
+        assert!(s.take_partitions(Some(HOUR)).is_empty());
         // The hour window ends at 1h; final once the watermark passes 1h + 2h lateness.
-        let parts = s.partitions_to_write(Some(3 * HOUR));
-        assert_eq!(parts, vec![(WindowSize::Hour, 0)]);
-        let rows = s.take_rows(&parts[0], Some(3 * HOUR));
-        assert!(rows[0].is_final);
+        let parts = s.take_partitions(Some(3 * HOUR));
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].0, (WindowSize::Hour, 0));
+        assert!(parts[0].1[0].is_final);
         assert_eq!(
             s.len(),
             1,
             "the final hour window left memory; the day window stays"
         );
-        assert!(s.partitions_to_write(Some(4 * HOUR)).is_empty());
+        assert!(s.take_partitions(Some(4 * HOUR)).is_empty());
+        // A new hour fills a new partition; the day partition is rewritten with it.
+        s.apply(&update(0, 4 * HOUR, n(1), 1));
+        let parts = s.take_partitions(Some(4 * HOUR));
+        let day = &parts
+            .iter()
+            .find(|(p, _)| p.0 == WindowSize::Day)
+            .unwrap()
+            .1;
+        assert_eq!(day[0].events, 2);
+    }
+
+    #[test]
+    fn a_partition_stays_while_an_on_time_event_can_still_open_a_window_in_it() {
+        let mut s = UsageState::new(vec![Aggregation::Sum], vec![vec![WindowSize::Minute]], HOUR);
+        s.apply(&update(0, 0, n(1), 1));
+        // The 00:00 minute is final at 01:01, but 00:59 can still take events until 02:00.
+        let parts = s.take_partitions(Some(HOUR + 2 * MINUTE));
+        assert!(parts[0].1[0].is_final);
+        s.apply(&update(0, 59 * MINUTE, n(1), 1));
+        let parts = s.take_partitions(Some(HOUR + 3 * MINUTE));
+        assert_eq!(
+            parts[0].1.len(),
+            2,
+            "both minutes in the rewritten partition"
+        );
+        assert!(
+            s.take_partitions(Some(2 * HOUR))
+                .iter()
+                .all(|(_, rows)| rows.len() == 2)
+        );
+        assert!(s.is_empty(), "final and closed: left memory");
     }
 
     #[test]
@@ -474,7 +568,8 @@ mod tests {
         s.apply(&update(0, 10, n(5), 1));
         s.apply(&update(0, 10, n(5), -1));
         assert!(s.is_empty());
-        let parts = s.partitions_to_write(Some(10));
-        assert!(parts.iter().all(|p| s.take_rows(p, Some(10)).is_empty()));
+        let parts = s.take_partitions(Some(10));
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|(_, rows)| rows.is_empty()));
     }
 }

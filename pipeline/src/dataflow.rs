@@ -130,8 +130,7 @@ pub fn usage_sink<'s>(
                     .expect("held until the inputs are done")
                     .delayed(&t);
                 let mut session = output.session(&at);
-                for p in state.partitions_to_write(watermark) {
-                    let rows = state.take_rows(&p, watermark);
+                for (p, rows) in state.take_partitions(watermark) {
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
                     let file = (!rows.is_empty()).then(|| {
                         let path = format!("usage_windows/{slot}-e{t:06}.parquet");

@@ -22,7 +22,7 @@ use om_sinks::encode::{EventColumns, EventsBuilder};
 use om_sinks::{DataStore, FileChange};
 use om_sources::Decoder;
 use om_sources::decode::{MAX_RECORD_BYTES, Scratch, ValueRef};
-use om_sources::file::JsonlFile;
+use om_sources::file::{JsonlFile, LineBuf};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -192,6 +192,10 @@ fn run_worker(
     let result = run_worker_inner(worker, opts, file, store, runtime, failed);
     if result.is_err() {
         failed.store(true, Ordering::SeqCst);
+        // Unfinished dataflows would keep timely stepping this thread forever.
+        for dataflow in worker.installed_dataflows() {
+            worker.drop_dataflow(dataflow);
+        }
     }
     result
 }
@@ -283,6 +287,7 @@ fn run_worker_inner(
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
+    let mut buf = LineBuf::default();
 
     for epoch in 0..epochs {
         let (from, to) = (boundary(epoch, index), boundary(epoch, index + 1));
@@ -299,7 +304,9 @@ fn run_worker_inner(
         };
         let mut events = EventsBuilder::new(&sources, capacity);
         let mut rejected = Vec::new();
-        for (offset, line) in file.lines_in(from, to) {
+        file.read_lines(from, to, &mut buf)
+            .with_context(|| format!("reading {}", file.path().display()))?;
+        for (offset, line) in buf.lines() {
             let position = SourcePosition {
                 source: 0,
                 partition: 0,

@@ -1,43 +1,47 @@
-//! The JSONL file source: a memory-mapped file cut into byte ranges, so that each timely
-//! worker reads its own slice of each epoch without coordination.
+//! The JSONL file source: a file cut into byte ranges, so that each timely worker reads
+//! its own slice of each epoch without coordination.
 //!
 //! A line belongs to the range holding its first byte; its byte offset is its source
 //! position and defines arrival order. Lines holding only whitespace are skipped (they
-//! are not records); every other line is decoded.
+//! are not records); every other line is decoded. A range is read with positioned reads
+//! into a buffer the caller reuses, so memory holds one epoch's slice, not the file.
 
-use memmap2::Mmap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// An open JSONL file.
+#[derive(Debug)]
 pub struct JsonlFile {
     path: PathBuf,
-    map: Option<Mmap>,
+    file: File,
+    len: u64,
 }
 
-impl std::fmt::Debug for JsonlFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JsonlFile({})", self.path.display())
-    }
+/// The lines of one byte range, read by [`JsonlFile::read_lines`].
+#[derive(Debug, Default)]
+pub struct LineBuf {
+    bytes: Vec<u8>,
+    /// File offset of `bytes[0]`.
+    base: u64,
+    /// The range whose lines these are.
+    start: u64,
+    end: u64,
 }
+
+/// Bytes read at a time past the end of a range to finish its last line.
+const TAIL_STEP: usize = 64 << 10;
 
 impl JsonlFile {
-    /// Opens and maps `path`.
+    /// Opens `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        // An empty file cannot be mapped on every platform; it simply has no lines.
-        // SAFETY: the file is only read; a concurrent writer truncating it is outside the
-        // contract of a file source (same as any reader of a file being rewritten).
-        let map = if len == 0 {
-            None
-        } else {
-            Some(unsafe { Mmap::map(&file)? })
-        };
         Ok(JsonlFile {
             path: path.to_path_buf(),
-            map,
+            file,
+            len,
         })
     }
 
@@ -48,24 +52,56 @@ impl JsonlFile {
 
     /// Length in bytes.
     pub fn len(&self) -> u64 {
-        self.bytes().len() as u64
+        self.len
     }
 
     /// True for an empty file.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+    /// Reads the lines whose first byte lies in `[start, end)` into `buf`: the range, the
+    /// byte before it (to tell whether `start` begins a line) and the rest of its last
+    /// line.
+    pub fn read_lines(&self, start: u64, end: u64, buf: &mut LineBuf) -> io::Result<()> {
+        let end = end.min(self.len);
+        let start = start.min(end);
+        let base = start.saturating_sub(1);
+        buf.bytes.clear();
+        buf.base = base;
+        buf.start = start;
+        buf.end = end;
+        self.append(base, (end - base) as usize, &mut buf.bytes)?;
+        // Finish the last line: read on until a newline after `end`, or the end of file.
+        let mut scanned = buf.bytes.len();
+        let mut at = end;
+        while at < self.len && start < end {
+            let n = TAIL_STEP.min((self.len - at) as usize);
+            self.append(at, n, &mut buf.bytes)?;
+            if memchr::memchr(b'\n', &buf.bytes[scanned..]).is_some() {
+                break;
+            }
+            scanned = buf.bytes.len();
+            at += n as u64;
+        }
+        Ok(())
     }
 
-    /// The non-blank lines whose first byte lies in `[start, end)`, with their offsets.
-    pub fn lines_in(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, &[u8])> {
-        let bytes = self.bytes();
-        let end = (end as usize).min(bytes.len());
-        let mut pos = start as usize;
-        if pos > 0 && pos <= bytes.len() && bytes[pos - 1] != b'\n' {
+    fn append(&self, offset: u64, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let from = out.len();
+        out.resize(from + n, 0);
+        self.file.read_exact_at(&mut out[from..], offset)
+    }
+}
+
+impl LineBuf {
+    /// The non-blank lines of the range, with their file offsets.
+    pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let bytes = &self.bytes[..];
+        let base = self.base;
+        let end = (self.end - base) as usize;
+        let mut pos = (self.start - base) as usize;
+        if pos > 0 && bytes[pos - 1] != b'\n' {
             pos = match memchr::memchr(b'\n', &bytes[pos..]) {
                 Some(i) => pos + i + 1,
                 None => bytes.len(),
@@ -84,7 +120,7 @@ impl JsonlFile {
                     line = stripped;
                 }
                 if !line.iter().all(u8::is_ascii_whitespace) {
-                    return Some((line_start as u64, line));
+                    return Some((base + line_start as u64, line));
                 }
             }
             None
@@ -103,13 +139,26 @@ mod tests {
         let text = b"{\"a\":1}\n\n  \n{\"b\":2}\r\n{\"c\":3}";
         f.1.write_all(text).unwrap();
         let file = JsonlFile::open(&f.0).unwrap();
-        let all: Vec<_> = file.lines_in(0, file.len()).collect();
+        let lines_in = |start, end| {
+            let mut buf = LineBuf::default();
+            file.read_lines(start, end, &mut buf).unwrap();
+            buf.lines()
+                .map(|(o, l)| (o, l.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let all = lines_in(0, file.len());
         assert_eq!(all.len(), 3);
-        assert_eq!(all[1], (12, &b"{\"b\":2}"[..]));
+        assert_eq!(all[1], (12, b"{\"b\":2}".to_vec()));
         for cut in 0..=text.len() as u64 {
-            let mut parts: Vec<_> = file.lines_in(0, cut).collect();
-            parts.extend(file.lines_in(cut, file.len()));
+            let mut parts = lines_in(0, cut);
+            parts.extend(lines_in(cut, file.len()));
             assert_eq!(parts, all, "cut at {cut}");
+            for cut2 in cut..=text.len() as u64 {
+                let mut parts = lines_in(0, cut);
+                parts.extend(lines_in(cut, cut2));
+                parts.extend(lines_in(cut2, file.len()));
+                assert_eq!(parts, all, "cuts at {cut} and {cut2}");
+            }
         }
         std::fs::remove_file(&f.0).unwrap();
     }
