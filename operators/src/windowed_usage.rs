@@ -24,6 +24,7 @@
 use om_model::time::{DAY, HOUR};
 use om_model::{Aggregation, Decimal9, Micros, WindowKey, WindowSize};
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The value one event contributes to a window.
@@ -190,23 +191,9 @@ pub fn partition_path(p: &PartitionKey) -> String {
     }
 }
 
-/// (customer, meter, dimensions): one series of windows. A reading touches one series
-/// (all its window sizes), so state is keyed by series: one hash lookup per reading, and
-/// the windows of a series sit together in memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct SeriesKey {
-    customer: u64,
-    dimensions: u64,
-    meter: u16,
-}
-
-/// The open windows of a series, unordered; the recent ones are usually at the end.
-type Series = Vec<(WindowSize, Micros, WindowState)>;
-
 #[derive(Debug, Default)]
 struct Partition {
-    /// Windows held.
-    windows: usize,
+    windows: FxHashMap<WindowKey, WindowState>,
     /// Changed since it was last written.
     dirty: bool,
     /// Earliest end among windows that were not final when it was last written.
@@ -226,13 +213,12 @@ pub struct WindowRow {
     pub is_final: bool,
 }
 
-/// One worker's share of the window state.
+/// One worker's share of the window state, by partition.
 #[derive(Debug)]
 pub struct UsageState {
     aggregations: Vec<Aggregation>,
     windows: Vec<Vec<WindowSize>>,
     allowed_lateness: Micros,
-    series: FxHashMap<SeriesKey, Series>,
     partitions: FxHashMap<PartitionKey, Partition>,
     /// Partitions whose windows all became final and were written: dropped from memory.
     retired: BTreeSet<PartitionKey>,
@@ -249,7 +235,6 @@ impl UsageState {
             aggregations,
             windows,
             allowed_lateness,
-            series: FxHashMap::default(),
             partitions: FxHashMap::default(),
             retired: BTreeSet::new(),
         }
@@ -258,12 +243,6 @@ impl UsageState {
     /// Folds one reading into each window of its meter.
     pub fn apply(&mut self, u: &ReadingUpdate) {
         let aggregation = self.aggregations[u.meter as usize];
-        let key = SeriesKey {
-            customer: u.customer,
-            dimensions: u.dimensions,
-            meter: u.meter,
-        };
-        let series = self.series.entry(key).or_default();
         for &size in &self.windows[u.meter as usize] {
             let start = size.start(u.timestamp);
             let p = partition_of(size, start);
@@ -277,33 +256,34 @@ impl UsageState {
                 Partition::default()
             });
             part.dirty = true;
-            match series.iter().rposition(|w| w.0 == size && w.1 == start) {
-                Some(i) => {
-                    let state = &mut series[i].2;
-                    state.apply(u.timestamp, &u.value, u.diff);
-                    if state.is_empty() {
-                        series.swap_remove(i);
-                        part.windows -= 1;
+            let key = WindowKey {
+                customer: u.customer,
+                meter: u.meter,
+                dimensions: u.dimensions,
+                size,
+                start,
+            };
+            match part.windows.entry(key) {
+                Entry::Occupied(mut o) => {
+                    o.get_mut().apply(u.timestamp, &u.value, u.diff);
+                    if o.get().is_empty() {
+                        o.remove();
                     }
                 }
-                None => {
+                Entry::Vacant(v) => {
                     let mut state = WindowState::new(aggregation);
                     state.apply(u.timestamp, &u.value, u.diff);
                     if !state.is_empty() {
-                        series.push((size, start, state));
-                        part.windows += 1;
+                        v.insert(state);
                     }
                 }
             }
-        }
-        if series.is_empty() {
-            self.series.remove(&key);
         }
     }
 
     /// Windows held in memory.
     pub fn len(&self) -> usize {
-        self.partitions.values().map(|p| p.windows).sum()
+        self.partitions.values().map(|p| p.windows.len()).sum()
     }
 
     /// Whether no window is held.
@@ -314,62 +294,47 @@ impl UsageState {
     /// The partitions to rewrite at a commit with this watermark, with their rows sorted
     /// by window key: those that changed, and those with windows that became final since
     /// they were last written. A partition with no rows left is listed with none (its
-    /// file is to be removed). Partitions whose windows are now all final leave memory.
+    /// file is to be removed). Partitions whose windows are now all final, and in which
+    /// no on-time event can open a new window, leave memory.
     pub fn take_partitions(
         &mut self,
         watermark: Option<Micros>,
     ) -> Vec<(PartitionKey, Vec<WindowRow>)> {
         let final_before = watermark.map(|w| w - self.allowed_lateness);
-        let mut out: BTreeMap<PartitionKey, Vec<WindowRow>> = self
-            .partitions
-            .iter()
-            .filter(|(_, part)| {
-                part.dirty
-                    || part
-                        .first_open_end
-                        .zip(final_before)
-                        .is_some_and(|(end, f)| end <= f)
-            })
-            .map(|(k, _)| (*k, Vec::new()))
-            .collect();
-        if out.is_empty() {
-            return Vec::new();
-        }
-        let is_final =
-            |size: WindowSize, start: Micros| final_before.is_some_and(|f| size.end(start) <= f);
-        for (key, series) in &self.series {
-            for (size, start, state) in series {
-                let Some(rows) = out.get_mut(&partition_of(*size, *start)) else {
-                    continue;
-                };
-                let (value, events) = state.value(self.aggregations[key.meter as usize]);
-                rows.push(WindowRow {
-                    key: WindowKey {
-                        customer: key.customer,
-                        meter: key.meter,
-                        dimensions: key.dimensions,
-                        size: *size,
-                        start: *start,
-                    },
-                    value,
-                    events,
-                    is_final: is_final(*size, *start),
-                });
+        let is_final = |key: &WindowKey| final_before.is_some_and(|f| key.size.end(key.start) <= f);
+        let mut out = Vec::new();
+        for (p, part) in &mut self.partitions {
+            let became_final = part
+                .first_open_end
+                .zip(final_before)
+                .is_some_and(|(end, f)| end <= f);
+            if !part.dirty && !became_final {
+                continue;
             }
-        }
-        for (p, rows) in &mut out {
+            let mut rows: Vec<WindowRow> = part
+                .windows
+                .iter()
+                .map(|(key, state)| {
+                    let (value, events) = state.value(self.aggregations[key.meter as usize]);
+                    WindowRow {
+                        key: *key,
+                        value,
+                        events,
+                        is_final: is_final(key),
+                    }
+                })
+                .collect();
             rows.sort_unstable_by_key(|r| r.key);
-            let part = self.partitions.get_mut(p).expect("listed above");
             part.dirty = false;
             part.first_open_end = rows
                 .iter()
                 .filter(|r| !r.is_final)
                 .map(|r| r.key.size.end(r.key.start))
                 .min();
+            out.push((*p, rows));
         }
-        // A partition leaves memory once all its windows are final and written, and no
-        // on-time event can open a new window in it.
-        let done: BTreeSet<PartitionKey> = self
+        out.sort_unstable_by_key(|(p, _)| *p);
+        let done: Vec<PartitionKey> = self
             .partitions
             .iter()
             .filter(|(p, part)| {
@@ -379,22 +344,16 @@ impl UsageState {
             })
             .map(|(p, _)| *p)
             .collect();
-        if !done.is_empty() {
-            for p in &done {
-                if self
-                    .partitions
-                    .remove(p)
-                    .is_some_and(|part| part.windows > 0)
-                {
-                    self.retired.insert(*p);
-                }
+        for p in done {
+            if self
+                .partitions
+                .remove(&p)
+                .is_some_and(|part| !part.windows.is_empty())
+            {
+                self.retired.insert(p);
             }
-            self.series.retain(|_, series| {
-                series.retain(|(size, start, _)| !done.contains(&partition_of(*size, *start)));
-                !series.is_empty()
-            });
         }
-        out.into_iter().collect()
+        out
     }
 }
 

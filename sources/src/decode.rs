@@ -7,6 +7,7 @@ use om_model::{Aggregation, Config, Decimal9, DecodedEvent, Event, Reading, Read
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// Largest accepted record: 1 MiB.
@@ -199,12 +200,24 @@ pub struct Scratch {
 #[derive(Clone, Debug)]
 pub struct Decoder {
     config: Config,
+    /// Event type -> indexes of the meters that read it.
+    meters_by_type: HashMap<String, Vec<usize>>,
 }
 
 impl Decoder {
     /// A decoder validating against `config`'s meters.
     pub fn new(config: Config) -> Self {
-        Decoder { config }
+        let mut meters_by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, meter) in config.meters.iter().enumerate() {
+            meters_by_type
+                .entry(meter.event_type.clone())
+                .or_default()
+                .push(index);
+        }
+        Decoder {
+            config,
+            meters_by_type,
+        }
     }
 
     /// The configuration it validates against.
@@ -333,7 +346,9 @@ impl Decoder {
             members: &scratch.members,
         });
 
-        for (index, meter) in self.config.meters_for(&event_type) {
+        let meters = self.meters_by_type.get(event_type.as_ref());
+        for &index in meters.map_or(&[][..], Vec::as_slice) {
+            let meter = &self.config.meters[index];
             let found = lookup(meter.value.segments(), value_raw, props.as_ref());
             let meter_err = |what: &str| {
                 with_ids(format!(
