@@ -192,10 +192,12 @@ fn run_worker(
     let result = run_worker_inner(worker, opts, file, store, runtime, failed);
     if result.is_err() {
         failed.store(true, Ordering::SeqCst);
-        // Unfinished dataflows would keep timely stepping this thread forever.
-        for dataflow in worker.installed_dataflows() {
-            worker.drop_dataflow(dataflow);
-        }
+    }
+    // After a successful run the dataflows are complete; after a failure here or on
+    // another worker (which may come after this worker's last step) they never will be,
+    // and timely would keep stepping this thread forever waiting for them.
+    for dataflow in worker.installed_dataflows() {
+        worker.drop_dataflow(dataflow);
     }
     result
 }

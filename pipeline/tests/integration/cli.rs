@@ -79,3 +79,56 @@ fn bad_input_is_named() {
         &["nope"],
     );
 }
+
+/// A worker that fails mid-run stops the whole job with the cause, instead of leaving the
+/// other worker waiting forever: worker 1 returning an error (it cannot write its first
+/// events file, because a directory sits where the file must go), and worker 1 panicking
+/// inside an operator (same for its usage partition at the final commit).
+#[test]
+fn a_failing_worker_stops_the_job_with_its_error() {
+    fails_alone("events/e000000-w1.parquet");
+    fails_alone("usage_windows/hour/2026-10-26T04/w1-e000005.parquet");
+}
+
+fn fails_alone(obstacle: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir_all(data.join(obstacle).join("obstacle")).unwrap();
+    let dir = crate::integration::common::golden_dir("small");
+    let events = format!("file:{}", dir.join("events.jsonl").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
+        .args(["run", "--config"])
+        .arg(dir.join("config.toml"))
+        .args([
+            "--events",
+            &events,
+            "--workers",
+            "2",
+            "--epoch-bytes",
+            "20000",
+        ])
+        .args(["--quiet", "--data"])
+        .arg(&data)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the job hung after a worker failed to write {obstacle}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the run should fail");
+    assert!(
+        err.contains(&format!("writing {obstacle}")),
+        "stderr: {err}"
+    );
+}
