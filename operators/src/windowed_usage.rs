@@ -49,7 +49,7 @@ pub struct ReadingUpdate {
     pub timestamp: Micros,
     /// Meter index.
     pub meter: u16,
-    /// +1 to add the event, -1 to retract it.
+    /// +1 to add the event, -1 to retract it (nothing else).
     pub diff: i64,
     /// The value read.
     pub value: UpdateValue,
@@ -86,7 +86,12 @@ impl WindowState {
         }
     }
 
+    /// Adds (`diff` = +1) or retracts (`diff` = -1) one event's value.
     fn apply(&mut self, timestamp: Micros, value: &UpdateValue, diff: i64) {
+        assert!(
+            diff == 1 || diff == -1,
+            "one event at a time, got diff {diff}"
+        );
         match (self, value) {
             (WindowState::Additive { sum, count }, UpdateValue::Number(v)) => {
                 if diff > 0 {
