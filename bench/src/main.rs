@@ -2,10 +2,11 @@
 //!
 //! Workload `file-usage`: generate N synthetic AI/SaaS usage events (default 10 million
 //! over 10,000 customers, 7 days) as JSONL once, then run the whole file pipeline
-//! (decode, dedup, lateness, windowed usage in differential dataflow, Parquet commit of
-//! all four tables) with the built-in config, once per worker count. Each run happens in
-//! a fresh child process so its peak RSS is its own. Prints CSV:
-//! `workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib`.
+//! (decode, dedup, lateness, windowed usage, Parquet commit of all four tables) with the
+//! built-in config, once per worker count. Each run happens in a fresh child process so
+//! its peak RSS is its own. Prints CSV:
+//! `code,workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib`, where
+//! `code` is `current`, or `baseline` for the binary given with `--compare-with`.
 //!
 //! Run with: `cargo run --release -p om-bench -- --events 10000000 --workers 1,2`
 

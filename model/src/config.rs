@@ -396,17 +396,6 @@ impl Config {
             },
         })
     }
-
-    /// Indices of the meters reading `event_type`.
-    pub fn meters_for<'a>(
-        &'a self,
-        event_type: &'a str,
-    ) -> impl Iterator<Item = (usize, &'a Meter)> + 'a {
-        self.meters
-            .iter()
-            .enumerate()
-            .filter(move |(_, m)| m.event_type == event_type)
-    }
 }
 
 fn parse_aggregation(name: &str) -> Option<Aggregation> {

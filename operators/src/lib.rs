@@ -16,9 +16,3 @@ pub use dedup::{DedupProbe, DedupState, Verdict};
 pub use lateness::{Fate, classify, late_reason};
 pub use names::{Collision, NameCache, NameRecord, Names};
 pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageState, WindowRow};
-
-/// A stable 64-bit hash (FxHash) used to route records to workers.
-pub fn route_hash<H: std::hash::Hash + ?Sized>(value: &H) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one(value)
-}

@@ -107,7 +107,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let failed = Arc::clone(&failed);
         move |worker| {
             let _flag = FailFlag(&failed);
-            run_worker(worker, &opts, &file, &store, &handle, &failed)
+            let result = run_worker(worker, &opts, &file, &store, &handle, &failed);
+            if result.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            // After a successful run the dataflows are complete; after a failure here or
+            // on another worker (which may come after this worker's last step) they never
+            // will be, and timely would keep stepping this thread forever waiting for them.
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+            result
         }
     })
     .map_err(|e| anyhow::anyhow!("starting workers: {e}"))?;
@@ -140,8 +150,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
 #[error("stopped because another worker failed")]
 struct Aborted;
 
-/// Sets the shared failure flag when its worker unwinds from a panic or returns an error,
-/// so the other workers stop instead of waiting for it forever.
+/// Sets the shared failure flag when its worker unwinds from a panic (an error return
+/// sets it in the worker closure), so the other workers stop instead of waiting forever.
 struct FailFlag<'a>(&'a AtomicBool);
 
 impl Drop for FailFlag<'_> {
@@ -182,27 +192,6 @@ struct Chunk<'f> {
 }
 
 fn run_worker(
-    worker: &mut timely::worker::Worker,
-    opts: &RunOptions,
-    file: &JsonlFile,
-    store: &DataStore,
-    runtime: &tokio::runtime::Handle,
-    failed: &AtomicBool,
-) -> anyhow::Result<Option<CommitRecord>> {
-    let result = run_worker_inner(worker, opts, file, store, runtime, failed);
-    if result.is_err() {
-        failed.store(true, Ordering::SeqCst);
-    }
-    // After a successful run the dataflows are complete; after a failure here or on
-    // another worker (which may come after this worker's last step) they never will be,
-    // and timely would keep stepping this thread forever waiting for them.
-    for dataflow in worker.installed_dataflows() {
-        worker.drop_dataflow(dataflow);
-    }
-    result
-}
-
-fn run_worker_inner(
     worker: &mut timely::worker::Worker,
     opts: &RunOptions,
     file: &JsonlFile,
