@@ -13,7 +13,7 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use om_sources::generator::{GenOptions, Generator};
-use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, run};
+use openmonetize::run::{DEFAULT_EPOCH_BYTES, RunOptions, Source, run};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
@@ -69,13 +69,14 @@ fn main() -> anyhow::Result<()> {
         }
         let start = Instant::now();
         let summary = run(RunOptions {
-            config: om_model::Config::builtin(),
-            events: events.clone(),
-            data: data.to_string_lossy().into_owned(),
             workers,
             epoch_bytes: args.epoch_bytes,
-            commit_every: DEFAULT_COMMIT_EVERY,
             progress: false,
+            ..RunOptions::new(
+                om_model::Config::builtin(),
+                Source::File(events.clone()),
+                data.to_string_lossy(),
+            )
         })?;
         let secs = start.elapsed().as_secs_f64();
         let c = &summary.commit.counts;

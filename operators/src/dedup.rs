@@ -2,8 +2,9 @@
 //! later occurrences are duplicates (DESIGN.md section 3).
 //!
 //! Probes are routed to the worker owning the key's hash. At the end of each epoch the
-//! owner walks that epoch's probes in arrival order (`pos`), answers with the positions
-//! of duplicates (sent back to the worker that read them) and, for every chunk, the
+//! owner walks that epoch's probes in arrival order (chunk, then `pos` within the chunk),
+//! answers with the positions of duplicates (sent back to the worker that read them) and,
+//! for every chunk, the
 //! greatest timestamp among its first occurrences, which the lateness operator needs to
 //! compute the watermark. Keys are kept for `dedup_horizon` of event time behind the
 //! greatest timestamp this owner has seen.
@@ -22,10 +23,13 @@ use timely::dataflow::operators::generic::Operator;
 pub struct DedupProbe {
     /// `om_model::fingerprint::idempotency_key(tenant_id, id)`.
     pub key: u128,
-    /// Global arrival order.
+    /// Arrival order within its chunk.
     pub pos: u64,
-    /// The chunk (reading worker) it came from.
+    /// The chunk it came from: a file slice (numbered by worker) or a Kafka partition.
+    /// Chunks of an epoch arrive in chunk order.
     pub chunk: u32,
+    /// The worker that read it.
+    pub reader: u32,
     /// Event time.
     pub ts: Micros,
 }
@@ -35,6 +39,8 @@ pub struct DedupProbe {
 pub enum Verdict {
     /// The probe at `pos` from `chunk` repeats an earlier key.
     Duplicate {
+        /// The worker that read it.
+        reader: u32,
         /// Chunk of the duplicate.
         chunk: u32,
         /// Its arrival position.
@@ -55,7 +61,7 @@ impl Verdict {
     /// The worker that must receive this verdict.
     pub fn target(&self) -> u32 {
         match self {
-            Verdict::Duplicate { chunk, .. } => *chunk,
+            Verdict::Duplicate { reader, .. } => *reader,
             Verdict::ChunkMax { target, .. } => *target,
         }
     }
@@ -96,18 +102,18 @@ impl DedupState {
         self.seen.iter().all(FxHashMap::is_empty)
     }
 
-    /// Decides one epoch's probes; returns the duplicates as (chunk, pos) and the
-    /// greatest first-occurrence timestamp per chunk.
+    /// Decides one epoch's probes; returns the duplicates and the greatest
+    /// first-occurrence timestamp per chunk.
     pub fn process(
         &mut self,
         mut probes: Vec<DedupProbe>,
-    ) -> (Vec<(u32, u64)>, BTreeMap<u32, Micros>) {
-        probes.sort_unstable_by_key(|p| p.pos);
+    ) -> (Vec<DedupProbe>, BTreeMap<u32, Micros>) {
+        probes.sort_unstable_by_key(|p| (p.chunk, p.pos));
         let mut duplicates = Vec::new();
         let mut chunk_max: BTreeMap<u32, Micros> = BTreeMap::new();
         for p in probes {
             match self.seen[(p.key >> 124) as usize].entry(p.key) {
-                Entry::Occupied(_) => duplicates.push((p.chunk, p.pos)),
+                Entry::Occupied(_) => duplicates.push(p),
                 Entry::Vacant(slot) => {
                     slot.insert(p.ts);
                     let m = chunk_max.entry(p.chunk).or_insert(p.ts);
@@ -162,8 +168,12 @@ pub fn dedup<'s>(
                 let (cap, probes) = entry.remove();
                 let (duplicates, chunk_max) = state.process(probes);
                 let mut session = output.session(&cap);
-                for (chunk, pos) in duplicates {
-                    session.give(Verdict::Duplicate { chunk, pos });
+                for p in duplicates {
+                    session.give(Verdict::Duplicate {
+                        reader: p.reader,
+                        chunk: p.chunk,
+                        pos: p.pos,
+                    });
                 }
                 for (chunk, max_ts) in chunk_max {
                     for target in 0..peers {
@@ -188,6 +198,7 @@ mod tests {
             key: om_model::fingerprint::idempotency_key("t", key),
             pos,
             chunk,
+            reader: chunk,
             ts,
         }
     }
@@ -200,11 +211,19 @@ mod tests {
             probe("a", 2, 0, 30),
             probe("b", 3, 0, 20),
         ]);
-        assert_eq!(dups, vec![(1, 5)]);
+        assert_eq!(dups, vec![probe("a", 5, 1, 10)]);
         assert_eq!(max.get(&0), Some(&30));
         assert_eq!(max.get(&1), None);
         let (dups, _) = s.process(vec![probe("b", 9, 1, 20), probe("c", 8, 1, 25)]);
-        assert_eq!(dups, vec![(1, 9)]);
+        assert_eq!(dups, vec![probe("b", 9, 1, 20)]);
+    }
+
+    #[test]
+    fn chunks_of_an_epoch_arrive_in_chunk_order() {
+        let mut s = DedupState::new(1_000);
+        // Kafka partitions: partition 0's offset 50 comes before partition 1's offset 2.
+        let (dups, _) = s.process(vec![probe("k", 2, 1, 10), probe("k", 50, 0, 10)]);
+        assert_eq!(dups, vec![probe("k", 2, 1, 10)]);
     }
 
     #[test]

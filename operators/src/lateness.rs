@@ -1,12 +1,23 @@
 //! Lateness against the watermark (DESIGN.md section 3).
 //!
-//! The watermark before an event is the greatest timestamp of any accepted event that
-//! arrived before it. Within an epoch, the chunks are ordered by worker index (each
-//! worker reads one contiguous slice of input), so a worker knows the watermark at the
-//! start of its chunk from the previous epochs' watermark and the maxima of the chunks
-//! before its own (computed by the dedup owners), and walks its own events in arrival
-//! order from there. Late events never raise the watermark (they are below it), so the
-//! maxima of first occurrences are exactly the maxima of accepted events.
+//! An event is late when its timestamp is below `watermark - allowed_lateness`, where
+//! the watermark is the greatest timestamp of the accepted events that arrived before it.
+//! What "before" spans depends on the source ([`Order`]):
+//!
+//! - A file is one stream: byte order is arrival order. Within an epoch the chunks are
+//!   ordered by worker index (each worker reads one contiguous slice), so a worker knows
+//!   the watermark at the start of its chunk from the previous epochs and the maxima of
+//!   the chunks before its own (computed by the dedup owners).
+//! - A Kafka topic is one stream per partition, with no order between partitions. An
+//!   event is judged against the watermark of its own partition (offset order), so how
+//!   far the job has read the other partitions (consumer lag, restarts, epoch cuts) never
+//!   changes a verdict. The first events of a partition that has no accepted event yet
+//!   are judged against the *closed* watermark: the least partition watermark.
+//!
+//! In both cases no event accepted later can be older than `closed - allowed_lateness`,
+//! which is what finality of windows (`is_final`) relies on; with one stream the closed
+//! watermark is the watermark. Late events never raise a watermark (they are below it),
+//! so the maxima of first occurrences are exactly the maxima of accepted events.
 
 use om_model::Micros;
 use om_model::time::format_micros;
@@ -23,23 +34,86 @@ pub enum Fate {
     Late(Micros),
 }
 
-/// Judges one chunk's valid events, given in arrival order as (pos, timestamp), and
-/// returns their fates and the watermark after the whole epoch. `duplicates` holds the
-/// positions the dedup owners reported, in any order.
+/// How the chunks of an epoch relate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// One stream; chunk `i` precedes chunk `i + 1` (file slices by worker).
+    Global,
+    /// Independent streams; a chunk is a Kafka partition.
+    PerChunk,
+}
+
+/// The watermarks of a job, identical on every worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watermarks {
+    order: Order,
+    /// Greatest accepted timestamp overall.
+    latest: Option<Micros>,
+    /// Greatest accepted timestamp per chunk (`PerChunk` only).
+    chunks: BTreeMap<u32, Micros>,
+}
+
+impl Watermarks {
+    /// No event accepted yet.
+    pub fn new(order: Order) -> Self {
+        Watermarks {
+            order,
+            latest: None,
+            chunks: BTreeMap::new(),
+        }
+    }
+
+    /// The greatest accepted timestamp: DESIGN.md's watermark, "now" for the tables.
+    pub fn latest(&self) -> Option<Micros> {
+        self.latest
+    }
+
+    /// The closed watermark: no event accepted from now on is older than this minus the
+    /// allowed lateness.
+    pub fn closed(&self) -> Option<Micros> {
+        match self.order {
+            Order::Global => self.latest,
+            Order::PerChunk => self.chunks.values().min().copied(),
+        }
+    }
+
+    /// The watermark before the first event of `chunk` in an epoch whose chunks have the
+    /// first-occurrence maxima `epoch_max`.
+    pub fn start_of(&self, chunk: u32, epoch_max: &BTreeMap<u32, Micros>) -> Option<Micros> {
+        match self.order {
+            Order::Global => self
+                .latest
+                .max(epoch_max.range(..chunk).map(|(_, &m)| m).max()),
+            Order::PerChunk => self.chunks.get(&chunk).copied().or_else(|| self.closed()),
+        }
+    }
+
+    /// Moves past an epoch with the first-occurrence maxima `epoch_max`.
+    pub fn advance(&mut self, epoch_max: &BTreeMap<u32, Micros>) {
+        self.latest = self.latest.max(epoch_max.values().copied().max());
+        if self.order == Order::PerChunk {
+            for (&chunk, &m) in epoch_max {
+                let w = self.chunks.entry(chunk).or_insert(m);
+                *w = (*w).max(m);
+            }
+        }
+    }
+}
+
+/// Judges one chunk's valid events, given in arrival order as (pos, timestamp), starting
+/// from the watermark `start` ([`Watermarks::start_of`]). `duplicates` holds the
+/// positions the dedup owners reported for this chunk, in any order.
 pub fn classify(
     events: &[(u64, Micros)],
     duplicates: &mut [u64],
-    chunk_max: &BTreeMap<u32, Micros>,
-    my_chunk: u32,
-    watermark: Option<Micros>,
+    start: Option<Micros>,
     allowed_lateness: Micros,
-) -> (Vec<Fate>, Option<Micros>) {
+) -> Vec<Fate> {
     debug_assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "arrival order");
     duplicates.sort_unstable();
-    let before_me = chunk_max.range(..my_chunk).map(|(_, &m)| m).max();
-    let mut w = watermark.max(before_me);
+    let mut w = start;
     let mut next_dup = duplicates.iter().peekable();
-    let fates = events
+    events
         .iter()
         .map(|&(pos, ts)| {
             while next_dup.next_if(|&&d| d < pos).is_some() {}
@@ -52,8 +126,7 @@ pub fn classify(
                 Fate::Accepted
             }
         })
-        .collect();
-    (fates, watermark.max(chunk_max.values().copied().max()))
+        .collect()
 }
 
 /// The `reason` of a late event.
@@ -72,32 +145,38 @@ mod tests {
 
     #[test]
     fn watermark_flows_from_earlier_chunks_and_events() {
+        let mut w = Watermarks::new(Order::Global);
+        w.advance(&BTreeMap::from([(0, 500)]));
         let maxima = BTreeMap::from([(0, 1000), (1, 1200)]);
-        let (fates, w) = classify(
-            &[(10, 1200), (11, 850), (12, 1100)],
-            &mut [],
-            &maxima,
-            1,
-            Some(500),
-            100,
-        );
+        let start = w.start_of(1, &maxima);
+        assert_eq!(start, Some(1000));
+        let fates = classify(&[(10, 1200), (11, 850), (12, 1100)], &mut [], start, 100);
         assert_eq!(
             fates,
             vec![Fate::Accepted, Fate::Late(1200), Fate::Accepted]
         );
-        assert_eq!(w, Some(1200));
+        w.advance(&maxima);
+        assert_eq!((w.latest(), w.closed()), (Some(1200), Some(1200)));
+    }
+
+    #[test]
+    fn partitions_are_judged_by_their_own_watermark() {
+        let mut w = Watermarks::new(Order::PerChunk);
+        assert_eq!(w.start_of(0, &BTreeMap::new()), None);
+        w.advance(&BTreeMap::from([(0, 5_000), (1, 1_000)]));
+        // Partition 1 lags far behind partition 0: its events are not late for that.
+        let fates = classify(&[(7, 950)], &mut [], w.start_of(1, &BTreeMap::new()), 100);
+        assert_eq!(fates, vec![Fate::Accepted]);
+        assert_eq!((w.latest(), w.closed()), (Some(5_000), Some(1_000)));
+        // A partition with no accepted event yet starts from the closed watermark.
+        assert_eq!(w.start_of(2, &BTreeMap::new()), Some(1_000));
+        w.advance(&BTreeMap::from([(1, 3_000), (2, 2_000)]));
+        assert_eq!((w.latest(), w.closed()), (Some(5_000), Some(2_000)));
     }
 
     #[test]
     fn duplicates_are_set_aside_first() {
-        let (fates, _) = classify(
-            &[(1, 5), (2, 5), (3, 1)],
-            &mut [3, 2],
-            &BTreeMap::new(),
-            0,
-            None,
-            10,
-        );
+        let fates = classify(&[(1, 5), (2, 5), (3, 1)], &mut [3, 2], None, 10);
         assert_eq!(
             fates,
             vec![Fate::Accepted, Fate::Duplicate, Fate::Duplicate]

@@ -13,6 +13,6 @@ pub mod names;
 pub mod windowed_usage;
 
 pub use dedup::{DedupProbe, DedupState, Verdict};
-pub use lateness::{Fate, classify, late_reason};
+pub use lateness::{Fate, Order, Watermarks, classify, late_reason};
 pub use names::{Collision, NameCache, NameRecord, Names};
 pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageState, WindowRow};

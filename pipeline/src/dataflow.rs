@@ -41,8 +41,9 @@ pub enum Meta {
         late: u64,
         /// Watermark after the epoch.
         watermark: Option<Micros>,
-        /// Source name and the offset the epoch ends at.
-        source: (String, u64),
+        /// (source name, offset read up to): the end of the epoch in a file, the next
+        /// offset of each Kafka partition the worker reads.
+        sources: Vec<(String, u64)>,
     },
 }
 
@@ -222,14 +223,16 @@ pub fn committer<'s>(
                 for m in metas {
                     match m {
                         Meta::File(c) => changes.push(c),
-                        Meta::Stats { accepted, rejected, duplicates, late, watermark: w, source } => {
+                        Meta::Stats { accepted, rejected, duplicates, late, watermark: w, sources } => {
                             record.counts.accepted += accepted;
                             record.counts.rejected += rejected;
                             record.counts.duplicates += duplicates;
                             record.counts.late += late;
                             watermark = watermark.max(w);
-                            let offset = record.sources.entry(source.0).or_insert(0);
-                            *offset = (*offset).max(source.1);
+                            for (name, at) in sources {
+                                let offset = record.sources.entry(name).or_insert(0);
+                                *offset = (*offset).max(at);
+                            }
                         }
                     }
                 }

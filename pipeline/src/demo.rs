@@ -1,7 +1,7 @@
 //! `openmonetize demo`: generate sample events, run the whole pipeline on the built-in
 //! config into a local directory, and show what came out, with no Kafka and no config.
 
-use crate::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, run};
+use crate::run::{RunOptions, Source, run};
 use anyhow::Context;
 use om_queries::{Format, QueryEngine, format};
 use om_sources::generator::{GenOptions, Generator};
@@ -57,13 +57,13 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     );
     let data_url = data.to_string_lossy().into_owned();
     let result = run(RunOptions {
-        config: om_model::Config::builtin(),
-        events: events_path.clone(),
-        data: data_url.clone(),
         workers: opts.workers,
-        epoch_bytes: DEFAULT_EPOCH_BYTES,
-        commit_every: DEFAULT_COMMIT_EVERY,
         progress: false,
+        ..RunOptions::new(
+            om_model::Config::builtin(),
+            Source::File(events_path.clone()),
+            data_url.clone(),
+        )
     })?;
     let c = &result.commit.counts;
     println!(

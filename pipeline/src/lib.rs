@@ -12,7 +12,7 @@ pub mod dataflow;
 pub mod demo;
 pub mod run;
 
-pub use run::{RunOptions, RunSummary, run};
+pub use run::{RunOptions, RunSummary, Source, run};
 
 /// Loads a config file, or the built-in default when `path` is `None`.
 pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<om_model::Config> {

@@ -3,12 +3,17 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use openmonetize::demo::{DemoOptions, demo};
-use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, run};
+use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, Source, run};
+use om_sources::kafka::{KafkaProducer, KafkaUrl, event_key};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 /// OpenMonetize: usage metering and monetization for AI and SaaS.
 ///
-/// Events go in (JSONL file now, Kafka later), windowed usage comes out as Parquet
+/// Events go in (a JSONL file or a Kafka topic), windowed usage comes out as Parquet
 /// tables on object storage that you query with SQL.
 #[derive(Parser)]
 #[command(name = "openmonetize", version, about, long_about = None)]
@@ -40,11 +45,15 @@ enum Command {
     /// Run the pipeline over an events source and commit the tables.
     ///
     /// With `--events file:PATH` the job reads the file to its end, commits, and exits.
+    /// With `--events kafka://HOST:PORT/TOPIC` it reads every partition of the topic from
+    /// the beginning, commits an epoch every `--commit-interval`, and runs until stopped
+    /// (Ctrl-C or SIGTERM: it commits what it read, then exits) or, with
+    /// `--until-caught-up`, until every partition is read to its end.
     Run {
         /// Config file (TOML, see DESIGN.md 2.3); the built-in default when omitted.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Events source: file:PATH (JSONL).
+        /// Events source: file:PATH (JSONL) or kafka://HOST:PORT[,HOST:PORT]/TOPIC.
         #[arg(long)]
         events: String,
         /// Commands source (grants, plans, retractions): not supported yet.
@@ -59,9 +68,16 @@ enum Command {
         /// Input bytes per epoch (the unit of dedup, lateness and window updates).
         #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
         epoch_bytes: u64,
-        /// Commit the tables every this many epochs, and after the last one.
+        /// File source: commit the tables every this many epochs, and after the last one.
         #[arg(long, default_value_t = DEFAULT_COMMIT_EVERY)]
         commit_every: u64,
+        /// Kafka source: how often to commit (an epoch's length), e.g. 1s, 500ms, 1m.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        commit_interval: Duration,
+        /// Kafka source: stop once every partition is read to its end (a catch-up or
+        /// backfill run) instead of waiting for new messages.
+        #[arg(long)]
+        until_caught_up: bool,
         /// Suppress progress lines.
         #[arg(long)]
         quiet: bool,
@@ -79,7 +95,18 @@ enum Command {
         /// The SQL statement.
         sql: String,
     },
-    /// Generate synthetic AI/SaaS usage events as JSONL.
+    /// Produce JSONL records (e.g. events.jsonl, or replayed late events) into a Kafka
+    /// topic, one message per line, keyed by tenant and customer so that a customer's
+    /// events stay in order in one partition.
+    Produce {
+        /// The JSONL file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The topic: kafka://HOST:PORT/TOPIC (it must exist).
+        #[arg(long)]
+        to: String,
+    },
+    /// Generate synthetic AI/SaaS usage events as JSONL, into a file or a Kafka topic.
     Gen {
         /// Number of events (lines).
         #[arg(long, default_value_t = 1_000_000)]
@@ -94,9 +121,58 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         days: u32,
         /// Output file.
+        #[arg(long, required_unless_present = "to", conflicts_with = "to")]
+        out: Option<PathBuf>,
+        /// Or a Kafka topic: kafka://HOST:PORT/TOPIC (it must exist); messages are keyed
+        /// by tenant and customer.
         #[arg(long)]
-        out: PathBuf,
+        to: Option<String>,
     },
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match om_model::time::parse_duration(text) {
+        Some(m) if m > 0 => Ok(Duration::from_micros(m as u64)),
+        _ => Err(format!(
+            "`{text}` is not a positive duration: use a number and a unit, e.g. 1s, 500ms, 2m"
+        )),
+    }
+}
+
+/// Parses `--to` as a Kafka topic address.
+fn kafka_target(to: &str) -> anyhow::Result<KafkaUrl> {
+    to.parse::<KafkaUrl>()
+        .with_context(|| format!("--to `{to}`"))
+}
+
+/// Sends every line of `lines` to `producer`, keyed by tenant and customer; returns the
+/// number of messages.
+fn produce_lines(
+    producer: &KafkaProducer,
+    mut next_line: impl FnMut(&mut String) -> anyhow::Result<bool>,
+) -> anyhow::Result<u64> {
+    let mut line = String::new();
+    let mut sent = 0u64;
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    while next_line(&mut line)? {
+        let record = line.trim_end_matches(['\n', '\r']);
+        if record.trim().is_empty() {
+            continue;
+        }
+        let key = event_key(record.as_bytes());
+        producer.send(key.as_deref(), record.as_bytes())?;
+        sent += 1;
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = std::time::Instant::now();
+            eprintln!(
+                "produced {sent} messages ({:.0}/s)",
+                sent as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    producer.flush()?;
+    Ok(sent)
 }
 
 fn default_workers() -> usize {
@@ -127,6 +203,8 @@ fn main() -> anyhow::Result<()> {
             workers,
             epoch_bytes,
             commit_every,
+            commit_interval,
+            until_caught_up,
             quiet,
         } => {
             if commands.is_some() {
@@ -134,21 +212,24 @@ fn main() -> anyhow::Result<()> {
                     "--commands is not supported yet: grants, plans and retractions arrive with the credits work (issue #4)"
                 );
             }
-            let path = match events.strip_prefix("file:") {
-                Some(p) => PathBuf::from(p),
-                None => anyhow::bail!(
-                    "--events `{events}`: only file:PATH is supported so far (kafka:// arrives with issue #3)"
-                ),
-            };
+            let events: Source = events
+                .parse()
+                .with_context(|| format!("--events `{events}`"))?;
             let config = openmonetize::load_config(config.as_deref())?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, Arc::clone(&stop))
+                    .context("installing the signal handler")?;
+            }
             let summary = run(RunOptions {
-                config,
-                events: path,
-                data: data.clone(),
                 workers,
                 epoch_bytes,
                 commit_every,
+                commit_interval,
+                until_caught_up,
+                stop,
                 progress: !quiet,
+                ..RunOptions::new(config, events, data.clone())
             })?;
             let c = &summary.commit.counts;
             let secs = summary.elapsed.as_secs_f64();
@@ -178,16 +259,29 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Produce { file, to } => {
+            let url = kafka_target(&to)?;
+            let producer = KafkaProducer::open(&url)?;
+            let mut reader = std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(&file)
+                    .with_context(|| format!("opening {}", file.display()))?,
+            );
+            let sent = produce_lines(&producer, |line| {
+                line.clear();
+                Ok(reader.read_line(line)? > 0)
+            })?;
+            eprintln!("produced {sent} messages from {} to {url}", file.display());
+            Ok(())
+        }
         Command::Gen {
             events,
             customers,
             seed,
             days,
             out,
+            to,
         } => {
-            let file = std::fs::File::create(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             let opts = om_sources::generator::GenOptions {
                 events,
                 customers,
@@ -195,15 +289,31 @@ fn main() -> anyhow::Result<()> {
                 days,
                 ..Default::default()
             };
-            let s = om_sources::generator::Generator::new(opts).write_all(&mut w)?;
-            use std::io::Write;
-            w.flush()?;
+            let mut generator = om_sources::generator::Generator::new(opts);
+            let target = match (&out, &to) {
+                (Some(out), _) => {
+                    let file = std::fs::File::create(out)
+                        .with_context(|| format!("creating {}", out.display()))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                    generator.write_all(&mut w)?;
+                    w.flush()?;
+                    out.display().to_string()
+                }
+                (None, Some(to)) => {
+                    let url = kafka_target(to)?;
+                    let producer = KafkaProducer::open(&url)?;
+                    produce_lines(&producer, |line| {
+                        line.clear();
+                        Ok(generator.next_line(line))
+                    })?;
+                    url.to_string()
+                }
+                (None, None) => unreachable!("clap requires --out or --to"),
+            };
+            let s = generator.summary();
             eprintln!(
-                "wrote {} events ({} duplicates, {} very late) to {}",
-                s.lines,
-                s.duplicates,
-                s.very_late,
-                out.display()
+                "wrote {} events ({} duplicates, {} very late) to {target}",
+                s.lines, s.duplicates, s.very_late,
             );
             Ok(())
         }

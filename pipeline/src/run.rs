@@ -1,11 +1,20 @@
-//! `openmonetize run` on a file source: the timely workers and their epoch loop.
+//! `openmonetize run`: the timely workers and their epoch loop.
 //!
-//! The file is cut into epochs of `epoch_bytes`; each worker reads its own contiguous
-//! slice of every epoch, so byte offsets give one global arrival order. Per epoch, each
-//! worker: decodes its slice; sends dedup probes and waits for the verdicts of the whole
-//! epoch; judges lateness; writes its accepted, rejected and late records as Parquet;
-//! feeds window updates into the usage dataflow. Worker 0 commits each epoch once every
-//! worker's files for it are written.
+//! Sources:
+//! - a file is cut into epochs of `epoch_bytes`; each worker reads its own contiguous
+//!   slice of every epoch, so byte offsets give one global arrival order. The job ends at
+//!   the end of the file.
+//! - a Kafka topic: each worker reads the partitions `p` with `p % workers == index`, for
+//!   `commit_interval` per epoch (at most `epoch_bytes` of payload), partition by
+//!   partition in offset order. The job runs until stopped (SIGINT/SIGTERM, or
+//!   `until_caught_up` once every partition is read to its end), commits, and exits.
+//!
+//! Per epoch, each worker: decodes what it read; sends dedup probes and a status, and
+//! waits for the verdicts and statuses of the whole epoch; judges lateness
+//! ([`Watermarks`]); writes its accepted, rejected and late records as Parquet; feeds
+//! window updates into the usage dataflow. Worker 0 commits an epoch once every worker's
+//! files for it are written: every `commit_every` epochs for a file, every epoch that
+//! read anything for Kafka, and the last epoch.
 
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
 use anyhow::{Context, bail};
@@ -14,8 +23,8 @@ use om_model::{
 };
 use om_operators::dedup::dedup;
 use om_operators::{
-    DedupProbe, Fate, NameCache, NameRecord, ReadingUpdate, UpdateValue, Verdict, classify,
-    late_reason,
+    DedupProbe, Fate, NameCache, NameRecord, Order, ReadingUpdate, UpdateValue, Verdict,
+    Watermarks, classify, late_reason,
 };
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{EventColumns, EventsBuilder};
@@ -23,46 +32,103 @@ use om_sinks::{DataStore, FileChange};
 use om_sources::Decoder;
 use om_sources::decode::{MAX_RECORD_BYTES, Scratch, ValueRef};
 use om_sources::file::{JsonlFile, LineBuf};
+use om_sources::kafka::{KafkaUrl, MessageBuf, PartitionReader};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 /// A timely input of `D` records.
-type Input<D> = InputHandle<u64, CapacityContainerBuilder<Vec<D>>>;
+type TimelyInput<D> = InputHandle<u64, CapacityContainerBuilder<Vec<D>>>;
 
 /// Default bytes of input per epoch.
 pub const DEFAULT_EPOCH_BYTES: u64 = 32 << 20;
 
-/// Default number of epochs per commit.
+/// Default number of epochs per commit (file source).
 pub const DEFAULT_COMMIT_EVERY: u64 = 8;
+
+/// Default epoch length of a Kafka source (each epoch that read anything commits).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where events come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A JSONL file, read to its end.
+    File(PathBuf),
+    /// A Kafka topic, read until stopped.
+    Kafka(KafkaUrl),
+}
+
+impl std::str::FromStr for Source {
+    type Err = anyhow::Error;
+
+    /// `file:PATH` or `kafka://HOST:PORT/TOPIC`.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        if let Some(path) = s.strip_prefix("file:") {
+            Ok(Source::File(PathBuf::from(path)))
+        } else if s.starts_with("kafka://") {
+            Ok(Source::Kafka(s.parse()?))
+        } else {
+            bail!("`{s}` is not an events source: use file:PATH (JSONL) or kafka://HOST:PORT/TOPIC")
+        }
+    }
+}
 
 /// Options of one run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The validated configuration.
     pub config: Config,
-    /// The JSONL events file.
-    pub events: PathBuf,
+    /// The events source.
+    pub events: Source,
     /// Where the tables go (`--data`).
     pub data: String,
     /// Number of timely workers.
     pub workers: usize,
-    /// Input bytes per epoch.
+    /// Input bytes per epoch (file), or at most this much payload per worker and epoch
+    /// (Kafka).
     pub epoch_bytes: u64,
-    /// Commit every this many epochs (and after the last one). Between commits the usage
-    /// sink only accumulates, so a partition is rewritten once per commit.
+    /// File source: commit every this many epochs (and after the last one). Between
+    /// commits the usage sink only accumulates, so a partition is rewritten once per
+    /// commit.
     pub commit_every: u64,
+    /// Kafka source: the length of an epoch; each epoch that read anything commits.
+    pub commit_interval: Duration,
+    /// Kafka source: stop once every partition is read to its end.
+    pub until_caught_up: bool,
+    /// Set (e.g. by a signal handler) to stop after committing the current epoch.
+    pub stop: Arc<AtomicBool>,
     /// Print progress lines to stderr.
     pub progress: bool,
+}
+
+impl RunOptions {
+    /// Options with the defaults: one worker per core, default epochs, progress on.
+    pub fn new(config: Config, events: Source, data: impl Into<String>) -> Self {
+        RunOptions {
+            config,
+            events,
+            data: data.into(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            epoch_bytes: DEFAULT_EPOCH_BYTES,
+            commit_every: DEFAULT_COMMIT_EVERY,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            until_caught_up: false,
+            stop: Arc::default(),
+            progress: true,
+        }
+    }
 }
 
 /// What a run did.
@@ -71,21 +137,34 @@ pub struct RunSummary {
     /// The last commit record.
     pub commit: CommitRecord,
     /// Wall time.
-    pub elapsed: std::time::Duration,
+    pub elapsed: Duration,
     /// Input bytes read.
     pub bytes: u64,
 }
 
-/// Runs the job over a file until its end, then returns the final commit.
+/// The opened source, shared by the workers.
+enum Input {
+    File(JsonlFile),
+    Kafka { url: KafkaUrl, partitions: u32 },
+}
+
+/// Runs the job: over a file until its end, over Kafka until stopped; returns the last
+/// commit.
 pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     if opts.workers == 0 {
         bail!("--workers must be at least 1");
     }
     let start = Instant::now();
-    let file = Arc::new(
-        JsonlFile::open(&opts.events)
-            .with_context(|| format!("opening events file {}", opts.events.display()))?,
-    );
+    let input = Arc::new(match &opts.events {
+        Source::File(path) => Input::File(
+            JsonlFile::open(path)
+                .with_context(|| format!("opening events file {}", path.display()))?,
+        ),
+        Source::Kafka(url) => Input::Kafka {
+            partitions: url.partition_count(Duration::from_secs(10))?,
+            url: url.clone(),
+        },
+    });
     let store = DataStore::open(&opts.data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,15 +178,16 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         );
     }
     let handle = runtime.handle().clone();
-    let bytes = file.len();
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let opts = Arc::new(opts);
     let failed = Arc::new(AtomicBool::new(false));
     let guards = timely::execute(timely::Config::process(opts.workers), {
         let opts = Arc::clone(&opts);
         let failed = Arc::clone(&failed);
+        let bytes = Arc::clone(&bytes);
         move |worker| {
             let _flag = FailFlag(&failed);
-            let result = run_worker(worker, &opts, &file, &store, &handle, &failed);
+            let result = run_worker(worker, &opts, &input, &store, &handle, &failed, &bytes);
             if result.is_err() {
                 failed.store(true, Ordering::SeqCst);
             }
@@ -141,7 +221,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     Ok(RunSummary {
         commit,
         elapsed: start.elapsed(),
-        bytes,
+        bytes: bytes.load(Ordering::Relaxed),
     })
 }
 
@@ -181,6 +261,8 @@ fn step_while(
 struct Chunk<'f> {
     /// (arrival position, event time).
     arrivals: Vec<(u64, Micros)>,
+    /// Source partition of each event (0 for a file).
+    partitions: Vec<u32>,
     /// The records, to re-read the few that turn out duplicate or late.
     lines: Vec<&'f [u8]>,
     /// Customer fingerprints.
@@ -189,55 +271,126 @@ struct Chunk<'f> {
     readings_end: Vec<usize>,
     /// (meter, dimensions fingerprint, value) of every reading.
     readings: Vec<(u16, u64, UpdateValue)>,
+    /// The dedup/lateness chunks among the events: (chunk, range of event indexes).
+    chunks: Vec<(u32, Range<usize>)>,
+}
+
+/// One worker's report at the end of an epoch's reading, seen by every worker.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Status {
+    /// Records read in the epoch.
+    read: u64,
+    /// Every partition of the worker is read to its end (Kafka).
+    caught_up: bool,
+    /// A stop was requested.
+    stop: bool,
+}
+
+/// A worker's side of the source.
+enum Reader<'a> {
+    File {
+        file: &'a JsonlFile,
+        buf: LineBuf,
+        epochs: u64,
+    },
+    Kafka {
+        url: &'a KafkaUrl,
+        reader: Option<PartitionReader>,
+        buf: MessageBuf,
+    },
+}
+
+impl Reader<'_> {
+    /// The name of the source in the tables' `source` column.
+    fn name(&self) -> String {
+        match self {
+            Reader::File { file, .. } => format!("file:{}", file.path().display()),
+            Reader::Kafka { url, .. } => url.to_string(),
+        }
+    }
 }
 
 fn run_worker(
     worker: &mut timely::worker::Worker,
     opts: &RunOptions,
-    file: &JsonlFile,
+    input: &Input,
     store: &DataStore,
     runtime: &tokio::runtime::Handle,
     failed: &AtomicBool,
+    bytes_read: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<Option<CommitRecord>> {
     let index = worker.index();
     let peers = worker.peers();
     let config = &opts.config;
     let decoder = Decoder::new(config.clone());
-    let source_name = format!("file:{}", file.path().display());
-    let sources = vec![source_name.clone()];
     let lateness = config.pipeline.allowed_lateness;
     let is_latest: Vec<bool> = config
         .meters
         .iter()
         .map(|m| m.aggregation == Aggregation::Latest)
         .collect();
+    let epoch_bytes = opts.epoch_bytes.max(1);
+    let mut reader = match input {
+        Input::File(file) => Reader::File {
+            file,
+            buf: LineBuf::default(),
+            epochs: file.len().div_ceil(epoch_bytes).max(1),
+        },
+        Input::Kafka { url, partitions } => {
+            let mine: BTreeMap<u32, u64> = (0..*partitions)
+                .filter(|p| *p as usize % peers == index)
+                .map(|p| (p, 0))
+                .collect();
+            Reader::Kafka {
+                url,
+                reader: if mine.is_empty() {
+                    None
+                } else {
+                    Some(PartitionReader::open(url, mine)?)
+                },
+                buf: MessageBuf::default(),
+            }
+        }
+    };
+    let source_name = reader.name();
+    let sources = vec![source_name.clone()];
+    let file_boundary = |e: u64, w: usize| -> u64 {
+        let Input::File(file) = input else { return 0 };
+        let base = e * epoch_bytes;
+        (base + epoch_bytes * w as u64 / peers as u64).min(file.len())
+    };
 
     let info = Rc::new(RefCell::new(EpochInfo::default()));
     let last_commit = Rc::new(RefCell::new(None));
     let verdicts: Rc<RefCell<BTreeMap<u64, Vec<Verdict>>>> = Rc::default();
+    let statuses: Rc<RefCell<BTreeMap<u64, Vec<Status>>>> = Rc::default();
 
-    // Dataflow 1: dedup probes out, verdicts back to the worker that read the event.
-    let mut probe_input: Input<DedupProbe> = InputHandle::new();
+    // Dataflow 1: dedup probes out, verdicts back to the worker that read the event;
+    // every worker's status to every worker.
+    let mut probe_input: TimelyInput<DedupProbe> = InputHandle::new();
+    let mut status_input: TimelyInput<Status> = InputHandle::new();
     let dedup_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
-        let verdicts = Rc::clone(&verdicts);
         let horizon = config.pipeline.dedup_horizon;
-        dedup(probe_input.to_stream(scope), horizon, peers as u32)
-            .unary_frontier(Exchange::new(|v: &Verdict| v.target() as u64), "OM: CollectVerdicts", move |_cap, _info| {
-                move |(input, _frontier), _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
-                    input.for_each(|cap, data| {
-                        let t = *cap.retain_least(0).expect("capability for its time").time();
-                        verdicts.borrow_mut().entry(t).or_default().append(data);
-                    });
-                }
-            })
-            .probe_with(&dedup_probe);
+        let verdicts_in = dedup(probe_input.to_stream(scope), horizon, peers as u32);
+        collect(
+            verdicts_in,
+            Exchange::new(|v: &Verdict| v.target() as u64),
+            Rc::clone(&verdicts),
+        )
+        .probe_with(&dedup_probe);
+        collect(
+            status_input.to_stream(scope).broadcast(),
+            Pipeline,
+            Rc::clone(&statuses),
+        )
+        .probe_with(&dedup_probe);
     });
 
     // Dataflow 2: readings and names -> usage sink; file changes + counts -> committer.
-    let mut update_input: Input<ReadingUpdate> = InputHandle::new();
-    let mut name_input: Input<NameRecord> = InputHandle::new();
-    let mut meta_input: Input<Meta> = InputHandle::new();
+    let mut update_input: TimelyInput<ReadingUpdate> = InputHandle::new();
+    let mut name_input: TimelyInput<NameRecord> = InputHandle::new();
+    let mut meta_input: TimelyInput<Meta> = InputHandle::new();
     let usage_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
         let sink_cfg = UsageSinkConfig {
@@ -265,42 +418,85 @@ fn run_worker(
         .probe_with(&usage_probe);
     });
 
-    let epoch_bytes = opts.epoch_bytes.max(1);
-    let epochs = file.len().div_ceil(epoch_bytes).max(1);
-    let boundary = |e: u64, w: usize| -> u64 {
-        let base = e * epoch_bytes;
-        (base + epoch_bytes * w as u64 / peers as u64).min(file.len())
-    };
-    let mut watermark: Option<Micros> = None;
+    let mut watermarks = Watermarks::new(match input {
+        Input::File(_) => Order::Global,
+        Input::Kafka { .. } => Order::PerChunk,
+    });
     let started = Instant::now();
     let mut last_report = Instant::now();
-    let mut total_accepted = 0u64;
+    let mut total_read = 0u64;
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
-    let mut buf = LineBuf::default();
 
-    for epoch in 0..epochs {
-        let (from, to) = (boundary(epoch, index), boundary(epoch, index + 1));
+    for epoch in 0u64.. {
         let ingested_at = chrono::Utc::now().timestamp_micros();
-        let capacity = ((to - from) / 200) as usize;
 
-        // Decode this worker's slice; valid events claim their dedup keys as they go.
+        // Read this worker's records of the epoch: (partition, offset, bytes), in
+        // arrival order.
+        let (records, caught_up, positions): (Vec<(u32, u64, &[u8])>, bool, Vec<(String, u64)>) =
+            match &mut reader {
+                Reader::File { file, buf, epochs } => {
+                    let (from, to) = (file_boundary(epoch, index), file_boundary(epoch, index + 1));
+                    file.read_lines(from, to, buf)
+                        .with_context(|| format!("reading {}", file.path().display()))?;
+                    bytes_read.fetch_add(to - from, Ordering::Relaxed);
+                    let end = file_boundary(epoch, peers);
+                    (
+                        buf.lines().map(|(offset, line)| (0, offset, line)).collect(),
+                        epoch + 1 >= *epochs,
+                        vec![(source_name.clone(), end)],
+                    )
+                }
+                Reader::Kafka { url, reader, buf } => match reader {
+                    Some(r) => {
+                        r.read(
+                            buf,
+                            Instant::now() + opts.commit_interval,
+                            epoch_bytes as usize,
+                            opts.until_caught_up,
+                            &opts.stop,
+                        )?;
+                        bytes_read.fetch_add(buf.payload_bytes() as u64, Ordering::Relaxed);
+                        let positions = r
+                            .positions()
+                            .iter()
+                            .map(|(&p, &next)| (url.partition_name(p), next))
+                            .collect();
+                        (buf.messages().collect(), r.caught_up(), positions)
+                    }
+                    None => {
+                        // More workers than partitions: nothing to read.
+                        let wait = opts.commit_interval.min(Duration::from_millis(100));
+                        if !opts.until_caught_up {
+                            std::thread::sleep(wait);
+                        }
+                        (Vec::new(), true, Vec::new())
+                    }
+                },
+            };
+        let chunk_of = |partition: u32| match input {
+            Input::File(_) => index as u32,
+            Input::Kafka { .. } => partition,
+        };
+        let capacity = records.len();
+
+        // Decode; valid events claim their dedup keys as they go.
         let mut chunk = Chunk {
             arrivals: Vec::with_capacity(capacity),
+            partitions: Vec::with_capacity(capacity),
             lines: Vec::with_capacity(capacity),
             customers: Vec::with_capacity(capacity),
             readings_end: Vec::with_capacity(capacity),
             readings: Vec::with_capacity(capacity * 3),
+            chunks: Vec::new(),
         };
         let mut events = EventsBuilder::new(&sources, capacity);
         let mut rejected = Vec::new();
-        file.read_lines(from, to, &mut buf)
-            .with_context(|| format!("reading {}", file.path().display()))?;
-        for (offset, line) in buf.lines() {
+        for &(partition, offset, line) in &records {
             let position = SourcePosition {
                 source: 0,
-                partition: 0,
+                partition,
                 offset,
             };
             let e = match decoder.decode_ref(line, &mut scratch) {
@@ -336,13 +532,21 @@ fn run_worker(
                 chunk.readings.push((r.meter, dims, value));
             }
             chunk.readings_end.push(chunk.readings.len());
+            let c = chunk_of(partition);
+            let i = chunk.arrivals.len();
+            match chunk.chunks.last_mut() {
+                Some((last, range)) if *last == c => range.end = i + 1,
+                _ => chunk.chunks.push((c, i..i + 1)),
+            }
             probe_input.send(DedupProbe {
                 key: fingerprint::idempotency_key(&e.tenant_id, &e.id),
                 pos: offset,
-                chunk: index as u32,
+                chunk: c,
+                reader: index as u32,
                 ts: e.timestamp,
             });
             chunk.arrivals.push((offset, e.timestamp));
+            chunk.partitions.push(partition);
             chunk.lines.push(line);
             chunk.customers.push(customer);
             events.push(
@@ -358,34 +562,58 @@ fn run_worker(
                 &position,
             );
         }
+        total_read += records.len() as u64;
+        status_input.send(Status {
+            read: records.len() as u64,
+            caught_up,
+            stop: opts.stop.load(Ordering::SeqCst),
+        });
 
-        // Wait for the verdicts of the whole epoch.
+        // Wait for the verdicts and statuses of the whole epoch.
         probe_input.advance_to(epoch + 1);
+        status_input.advance_to(epoch + 1);
         step_while(worker, failed, || dedup_probe.less_equal(&epoch))?;
-        let mut duplicates = Vec::new();
+        let all = statuses.borrow_mut().remove(&epoch).unwrap_or_default();
+        debug_assert_eq!(all.len(), peers, "one status per worker");
+        let last = match input {
+            Input::File(_) => caught_up,
+            Input::Kafka { .. } => {
+                all.iter().any(|s| s.stop)
+                    || (opts.until_caught_up && all.iter().all(|s| s.caught_up))
+            }
+        };
+        let commit = last
+            || match input {
+                Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0,
+                Input::Kafka { .. } => all.iter().any(|s| s.read > 0),
+            };
+        let mut duplicates: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut chunk_max = BTreeMap::new();
         for v in verdicts.borrow_mut().remove(&epoch).unwrap_or_default() {
             match v {
-                Verdict::Duplicate { pos, .. } => duplicates.push(pos),
+                Verdict::Duplicate { chunk, pos, .. } => {
+                    duplicates.entry(chunk).or_default().push(pos)
+                }
                 Verdict::ChunkMax { chunk, max_ts, .. } => {
                     let m = chunk_max.entry(chunk).or_insert(max_ts);
                     *m = (*m).max(max_ts);
                 }
             }
         }
-        let (fates, epoch_watermark) = classify(
-            &chunk.arrivals,
-            &mut duplicates,
-            &chunk_max,
-            index as u32,
-            watermark,
-            lateness,
-        );
-        watermark = epoch_watermark;
+        let mut fates = Vec::with_capacity(chunk.arrivals.len());
+        for (c, range) in &chunk.chunks {
+            fates.extend(classify(
+                &chunk.arrivals[range.clone()],
+                duplicates.get_mut(c).map_or(&mut [][..], |d| &mut d[..]),
+                watermarks.start_of(*c, &chunk_max),
+                lateness,
+            ));
+        }
+        watermarks.advance(&chunk_max);
         {
             let mut info = info.borrow_mut();
-            info.watermarks.insert(epoch, watermark);
-            if (epoch + 1) % opts.commit_every.max(1) == 0 || epoch + 1 == epochs {
+            info.watermarks.insert(epoch, watermarks.closed());
+            if commit {
                 info.commits.insert(epoch);
             }
         }
@@ -410,7 +638,7 @@ fn run_worker(
             let (pos, timestamp) = chunk.arrivals[i];
             let position = SourcePosition {
                 source: 0,
-                partition: 0,
+                partition: chunk.partitions[i],
                 offset: pos,
             };
             match fate {
@@ -498,6 +726,7 @@ fn run_worker(
                 late.len(),
             )?,
         ];
+        drop(records);
         for c in changes.into_iter().flatten() {
             meta_input.send(Meta::File(c));
         }
@@ -506,33 +735,45 @@ fn run_worker(
             rejected: rejected.len() as u64,
             duplicates: duplicate_count,
             late: late.len() as u64,
-            watermark,
-            source: (source_name.clone(), boundary(epoch, peers)),
+            watermark: watermarks.latest(),
+            sources: positions,
         });
         update_input.advance_to(epoch + 1);
         name_input.advance_to(epoch + 1);
         meta_input.advance_to(epoch + 1);
-        total_accepted += accepted as u64;
 
-        if opts.progress
-            && index == 0
-            && (last_report.elapsed().as_secs_f64() >= 1.0 || epoch + 1 == epochs)
-        {
+        if opts.progress && (last_report.elapsed().as_secs_f64() >= 1.0 || last) {
             last_report = Instant::now();
-            let read = boundary(epoch, peers);
             let secs = started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!(
-                "epoch {}/{epochs}: {:.0}% of input, {:.1} MB/s, worker 0 accepted {total_accepted}, watermark {}",
-                epoch + 1,
-                100.0 * read as f64 / file.len().max(1) as f64,
-                read as f64 / secs / 1e6,
-                watermark
-                    .map(om_model::time::format_micros)
-                    .unwrap_or_else(|| "none".into()),
-            );
+            let watermark = watermarks
+                .latest()
+                .map(om_model::time::format_micros)
+                .unwrap_or_else(|| "none".into());
+            match &reader {
+                Reader::File { file, epochs, .. } if index == 0 => {
+                    let read = file_boundary(epoch, peers);
+                    eprintln!(
+                        "epoch {}/{epochs}: {:.0}% of input, {:.1} MB/s, watermark {watermark}",
+                        epoch + 1,
+                        100.0 * read as f64 / file.len().max(1) as f64,
+                        read as f64 / secs / 1e6,
+                    );
+                }
+                Reader::Kafka { reader: Some(r), .. } => eprintln!(
+                    "worker {index} epoch {epoch}: {:.0} records/s, lag {} records, {}; watermark {watermark}",
+                    total_read as f64 / secs,
+                    r.lag(),
+                    if commit { "committing" } else { "nothing to commit" },
+                ),
+                _ => {}
+            }
+        }
+        if last {
+            break;
         }
     }
     drop(probe_input);
+    drop(status_input);
     drop(update_input);
     drop(name_input);
     drop(meta_input);
@@ -540,6 +781,22 @@ fn run_worker(
         !usage_probe.done() || !dedup_probe.done()
     })?;
     Ok(last_commit.borrow_mut().take())
+}
+
+/// Gathers a stream's records by time into `into`, for the worker's driver loop.
+fn collect<'s, D: timely::ExchangeData>(
+    stream: StreamVec<'s, u64, D>,
+    pact: impl ParallelizationContract<u64, Vec<D>>,
+    into: Rc<RefCell<BTreeMap<u64, Vec<D>>>>,
+) -> StreamVec<'s, u64, ()> {
+    stream.unary_frontier(pact, "OM: Collect", move |_cap, _info| {
+        move |(input, _frontier), _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+            input.for_each(|cap, data| {
+                let t = *cap.retain_least(0).expect("capability for its time").time();
+                into.borrow_mut().entry(t).or_default().append(data);
+            });
+        }
+    })
 }
 
 /// The raw payload of a rejected line: lossy UTF-8, at most 1 MiB.

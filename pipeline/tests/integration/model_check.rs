@@ -6,7 +6,7 @@ use om_model::time::{MINUTE, format_micros};
 use om_model::{Aggregation, Config, Decimal9, ReadingValue, WindowSize};
 use om_queries::QueryEngine;
 use om_sources::Decoder;
-use openmonetize::{RunOptions, run};
+use openmonetize::{RunOptions, Source, run};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -253,13 +253,11 @@ fn pipeline(
         RUN.fetch_add(1, Ordering::Relaxed)
     );
     run(RunOptions {
-        config: config.clone(),
-        events,
-        data: data.clone(),
         workers,
         epoch_bytes,
         commit_every,
         progress: false,
+        ..RunOptions::new(config.clone(), Source::File(events), data.clone())
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

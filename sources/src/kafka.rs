@@ -1,0 +1,453 @@
+//! The Kafka source: `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`.
+//!
+//! A job reads a topic without a consumer group: each timely worker is assigned a fixed
+//! set of partitions and reads them from offsets the job chose (the start, or the offsets
+//! of its last commit record). The job's own commit record is the only place offsets are
+//! kept, so a restart resumes exactly where the last committed epoch ended.
+//!
+//! Messages are copied into a [`MessageBuf`], one epoch at a time, and handed out
+//! partition by partition in offset order: that is the job's arrival order within an
+//! epoch. A partition is *at its end* when the broker reported that no message lies
+//! beyond what was read (librdkafka's partition EOF); the job uses that to stop once
+//! caught up (`--until-caught-up`) and to report lag.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Errors of the Kafka source and producer.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The `kafka://` address does not parse.
+    #[error(
+        "`{0}` is not a Kafka address: expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC, e.g. kafka://127.0.0.1:9092/events"
+    )]
+    BadUrl(String),
+    /// The client failed.
+    #[error("Kafka {what} ({url}): {source}")]
+    Client {
+        /// What we were doing.
+        what: String,
+        /// The source address.
+        url: String,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// The topic does not exist or has no partitions.
+    #[error(
+        "Kafka topic `{topic}` not found on {brokers} (or it has no partitions): create it first, e.g. with 4 partitions"
+    )]
+    NoTopic {
+        /// Topic name.
+        topic: String,
+        /// Bootstrap servers.
+        brokers: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, KafkaSourceError>;
+
+/// A parsed `kafka://HOST:PORT[,HOST:PORT...]/TOPIC`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaUrl {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Topic name.
+    pub topic: String,
+}
+
+impl FromStr for KafkaUrl {
+    type Err = KafkaSourceError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || KafkaSourceError::BadUrl(s.to_string());
+        let rest = s.strip_prefix("kafka://").ok_or_else(bad)?;
+        let (brokers, topic) = rest.split_once('/').ok_or_else(bad)?;
+        let valid_topic = !topic.is_empty()
+            && topic.len() <= 249
+            && topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let valid_brokers = !brokers.is_empty()
+            && brokers.split(',').all(|b| {
+                b.rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            });
+        if !valid_topic || !valid_brokers {
+            return Err(bad());
+        }
+        Ok(KafkaUrl {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for KafkaUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kafka://{}/{}", self.brokers, self.topic)
+    }
+}
+
+impl KafkaUrl {
+    /// The source name of one partition, as recorded in commit records.
+    pub fn partition_name(&self, partition: u32) -> String {
+        format!("{self}#{partition}")
+    }
+
+    fn client_error(&self, what: &str, source: KafkaError) -> KafkaSourceError {
+        KafkaSourceError::Client {
+            what: what.to_string(),
+            url: self.to_string(),
+            source,
+        }
+    }
+
+    /// Number of partitions of the topic.
+    pub fn partition_count(&self, timeout: Duration) -> Result<u32> {
+        let consumer: BaseConsumer = self
+            .config()
+            .create()
+            .map_err(|e| self.client_error("creating a client", e))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|e| self.client_error("reading topic metadata", e))?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as u32);
+        if count == 0 {
+            return Err(KafkaSourceError::NoTopic {
+                topic: self.topic.clone(),
+                brokers: self.brokers.clone(),
+            });
+        }
+        Ok(count)
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "openmonetize");
+        c
+    }
+}
+
+/// One epoch's messages, copied out of the client.
+#[derive(Debug, Default)]
+pub struct MessageBuf {
+    bytes: Vec<u8>,
+    /// (partition, offset, payload range in `bytes`).
+    records: Vec<(u32, u64, Range<usize>)>,
+}
+
+impl MessageBuf {
+    /// Empties the buffer, keeping its memory.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when no message was read.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Payload bytes held.
+    pub fn payload_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// (partition, offset, payload) in partition order, then offset order.
+    pub fn messages(&self) -> impl Iterator<Item = (u32, u64, &[u8])> {
+        self.records
+            .iter()
+            .map(|(p, o, r)| (*p, *o, &self.bytes[r.clone()]))
+    }
+
+    fn push(&mut self, partition: u32, offset: u64, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.records
+            .push((partition, offset, start..self.bytes.len()));
+    }
+
+    fn sort(&mut self) {
+        self.records.sort_unstable_by_key(|(p, o, _)| (*p, *o));
+    }
+}
+
+/// Reads a fixed set of partitions of one topic from chosen offsets.
+pub struct PartitionReader {
+    url: KafkaUrl,
+    consumer: BaseConsumer,
+    topic: CString,
+    /// Partition -> next offset to read.
+    next: BTreeMap<u32, u64>,
+    /// Partitions with nothing beyond `next` at the last look.
+    at_end: BTreeMap<u32, bool>,
+}
+
+impl fmt::Debug for PartitionReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartitionReader")
+            .field("url", &self.url)
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl PartitionReader {
+    /// Starts reading `partitions` (partition -> first offset to read).
+    pub fn open(url: &KafkaUrl, partitions: BTreeMap<u32, u64>) -> Result<Self> {
+        let consumer: BaseConsumer = url
+            .config()
+            // Required by the client even without group membership; offsets are never
+            // committed to the broker (the job's commit records hold them).
+            .set("group.id", "openmonetize")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50")
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("queued.min.messages", "200000")
+            .create()
+            .map_err(|e| url.client_error("creating a consumer", e))?;
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &offset) in &partitions {
+            tpl.add_partition_offset(&url.topic, p as i32, Offset::Offset(offset as i64))
+                .map_err(|e| url.client_error("assigning partitions", e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| url.client_error("assigning partitions", e))?;
+        Ok(PartitionReader {
+            topic: CString::new(url.topic.clone()).expect("a valid topic has no NUL byte"),
+            url: url.clone(),
+            consumer,
+            at_end: partitions.keys().map(|&p| (p, false)).collect(),
+            next: partitions,
+        })
+    }
+
+    /// Reads into `buf` (cleared first) until `deadline`, until `max_bytes` of payload,
+    /// until `stop` is set, or — when `stop_at_end` — until every partition is at its
+    /// end. Messages come out sorted by partition, then offset.
+    pub fn read(
+        &mut self,
+        buf: &mut MessageBuf,
+        deadline: Instant,
+        max_bytes: usize,
+        stop_at_end: bool,
+        stop: &AtomicBool,
+    ) -> Result<()> {
+        buf.clear();
+        while buf.payload_bytes() < max_bytes && !(stop_at_end && self.caught_up()) {
+            let now = Instant::now();
+            if now >= deadline || self.next.is_empty() || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            let Some(polled) = self.consumer.poll(wait) else {
+                continue;
+            };
+            match polled {
+                Ok(m) => {
+                    let (p, offset) = (m.partition() as u32, m.offset() as u64);
+                    buf.push(p, offset, m.payload().unwrap_or_default());
+                    self.next.insert(p, offset + 1);
+                    self.at_end.insert(p, false);
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    self.at_end.insert(p as u32, true);
+                }
+                Err(e) => return Err(self.url.client_error("reading", e)),
+            }
+        }
+        buf.sort();
+        Ok(())
+    }
+
+    /// True when every partition is at its end.
+    pub fn caught_up(&self) -> bool {
+        self.at_end.values().all(|&e| e)
+    }
+
+    /// Partition -> next offset to read.
+    pub fn positions(&self) -> &BTreeMap<u32, u64> {
+        &self.next
+    }
+
+    /// Messages known to lie beyond what was read (from the broker's answers to the
+    /// client's fetches; 0 before the first fetch).
+    pub fn lag(&self) -> u64 {
+        self.next
+            .iter()
+            .map(|(&p, &next)| {
+                let (mut low, mut high) = (0i64, 0i64);
+                // SAFETY: the client pointer is valid while `self.consumer` lives, the
+                // topic is a NUL-terminated string we own, and librdkafka only writes
+                // the two integers (cached values, no broker call).
+                let err = unsafe {
+                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                        self.consumer.client().native_ptr(),
+                        self.topic.as_ptr(),
+                        p as i32,
+                        &mut low,
+                        &mut high,
+                    )
+                };
+                if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    (high.max(0) as u64).saturating_sub(next)
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+}
+
+/// Writes messages to one topic, keyed so that one customer's events share a partition.
+pub struct KafkaProducer {
+    url: KafkaUrl,
+    producer: BaseProducer,
+}
+
+impl fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl KafkaProducer {
+    /// Connects to the topic's brokers (the topic must exist).
+    pub fn open(url: &KafkaUrl) -> Result<Self> {
+        url.partition_count(Duration::from_secs(10))?;
+        let producer: BaseProducer = url
+            .config()
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("enable.idempotence", "false")
+            .create()
+            .map_err(|e| url.client_error("creating a producer", e))?;
+        Ok(KafkaProducer {
+            url: url.clone(),
+            producer,
+        })
+    }
+
+    /// Queues one message; waits while the client's queue is full.
+    pub fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+        loop {
+            let mut record = BaseRecord::<[u8], [u8]>::to(&self.url.topic).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.poll(Duration::ZERO);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(code), _))
+                    if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
+                {
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(self.url.client_error("producing", e)),
+            }
+        }
+    }
+
+    /// Waits until every queued message is acknowledged.
+    pub fn flush(&self) -> Result<()> {
+        self.producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| self.url.client_error("flushing", e))
+    }
+}
+
+/// The partition key of a JSON event: `tenant_id` (when present) and `customer_id`, so
+/// that one customer's events stay in order in one partition. `None` when the line has
+/// no string `customer_id` (it is still produced, and the job rejects or accepts it).
+pub fn event_key(line: &[u8]) -> Option<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let customer = v.get("customer_id")?.as_str()?;
+    let tenant = v.get("tenant_id").and_then(|t| t.as_str()).unwrap_or("default");
+    Some(format!("{tenant}/{customer}").into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_urls_parse_or_say_what_is_expected() {
+        let u: KafkaUrl = "kafka://127.0.0.1:9092/events".parse().unwrap();
+        assert_eq!(u.brokers, "127.0.0.1:9092");
+        assert_eq!(u.topic, "events");
+        assert_eq!(u.to_string(), "kafka://127.0.0.1:9092/events");
+        assert_eq!(u.partition_name(3), "kafka://127.0.0.1:9092/events#3");
+        let two: KafkaUrl = "kafka://a:1,b:2/t.x-y_z".parse().unwrap();
+        assert_eq!(two.brokers, "a:1,b:2");
+        for bad in [
+            "kafka://127.0.0.1:9092",
+            "kafka://127.0.0.1/events",
+            "kafka:///events",
+            "kafka://h:1/",
+            "kafka://h:1/a/b",
+            "file:x",
+            "kafka://h:99999/t",
+        ] {
+            let e = bad.parse::<KafkaUrl>().unwrap_err().to_string();
+            assert!(e.contains("kafka://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn event_keys_group_a_customer() {
+        assert_eq!(
+            event_key(br#"{"customer_id":"c1","id":"x"}"#).unwrap(),
+            b"default/c1"
+        );
+        assert_eq!(
+            event_key(br#"{"tenant_id":"t","customer_id":"c1"}"#).unwrap(),
+            b"t/c1"
+        );
+        assert_eq!(event_key(b"not json"), None);
+        assert_eq!(event_key(br#"{"customer_id":5}"#), None);
+    }
+
+    #[test]
+    fn a_buffer_hands_out_partition_then_offset_order() {
+        let mut b = MessageBuf::default();
+        b.push(2, 7, b"c");
+        b.push(0, 9, b"b");
+        b.push(0, 3, b"a");
+        b.sort();
+        let got: Vec<_> = b.messages().map(|(p, o, m)| (p, o, m.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![(0, 3, b"a".to_vec()), (0, 9, b"b".to_vec()), (2, 7, b"c".to_vec())]
+        );
+    }
+}
