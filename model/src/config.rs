@@ -514,7 +514,8 @@ mod tests {
         for case in ["small", "medium"] {
             let path = format!(
                 "{}/../../shared/golden/{case}/config.toml",
-                env!("CARGO_MANIFEST_DIR")
+                std::env::var("CARGO_MANIFEST_DIR")
+                    .expect("cargo sets CARGO_MANIFEST_DIR for tests")
             );
             let text = std::fs::read_to_string(&path).unwrap();
             let c = Config::from_toml(&text).unwrap();

@@ -2,9 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use om_sources::kafka::{KafkaProducer, KafkaUrl, event_key};
 use openmonetize::demo::{DemoOptions, demo};
 use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, Source, run};
-use om_sources::kafka::{KafkaProducer, KafkaUrl, event_key};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;

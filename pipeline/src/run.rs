@@ -275,6 +275,16 @@ struct Chunk<'f> {
     chunks: Vec<(u32, Range<usize>)>,
 }
 
+/// What a worker read in one epoch.
+struct EpochRead<'a> {
+    /// (partition, offset, record) in arrival order.
+    records: Vec<(u32, u64, &'a [u8])>,
+    /// The end of the file, or every partition of the worker read to its end.
+    caught_up: bool,
+    /// (source name, position read up to), for the commit record.
+    positions: Vec<(String, u64)>,
+}
+
 /// One worker's report at the end of an epoch's reading, seen by every worker.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Status {
@@ -337,9 +347,9 @@ fn run_worker(
             epochs: file.len().div_ceil(epoch_bytes).max(1),
         },
         Input::Kafka { url, partitions } => {
-            let mine: BTreeMap<u32, u64> = (0..*partitions)
+            let mine: BTreeMap<u32, Option<u64>> = (0..*partitions)
                 .filter(|p| *p as usize % peers == index)
-                .map(|p| (p, 0))
+                .map(|p| (p, None))
                 .collect();
             Reader::Kafka {
                 url,
@@ -434,47 +444,61 @@ fn run_worker(
 
         // Read this worker's records of the epoch: (partition, offset, bytes), in
         // arrival order.
-        let (records, caught_up, positions): (Vec<(u32, u64, &[u8])>, bool, Vec<(String, u64)>) =
-            match &mut reader {
-                Reader::File { file, buf, epochs } => {
-                    let (from, to) = (file_boundary(epoch, index), file_boundary(epoch, index + 1));
-                    file.read_lines(from, to, buf)
-                        .with_context(|| format!("reading {}", file.path().display()))?;
-                    bytes_read.fetch_add(to - from, Ordering::Relaxed);
-                    let end = file_boundary(epoch, peers);
-                    (
-                        buf.lines().map(|(offset, line)| (0, offset, line)).collect(),
-                        epoch + 1 >= *epochs,
-                        vec![(source_name.clone(), end)],
-                    )
+        let EpochRead {
+            records,
+            caught_up,
+            positions,
+        } = match &mut reader {
+            Reader::File { file, buf, epochs } => {
+                let (from, to) = (file_boundary(epoch, index), file_boundary(epoch, index + 1));
+                file.read_lines(from, to, buf)
+                    .with_context(|| format!("reading {}", file.path().display()))?;
+                bytes_read.fetch_add(to - from, Ordering::Relaxed);
+                let end = file_boundary(epoch, peers);
+                EpochRead {
+                    records: buf
+                        .lines()
+                        .map(|(offset, line)| (0, offset, line))
+                        .collect(),
+                    caught_up: epoch + 1 >= *epochs,
+                    positions: vec![(source_name.clone(), end)],
                 }
-                Reader::Kafka { url, reader, buf } => match reader {
-                    Some(r) => {
-                        r.read(
-                            buf,
-                            Instant::now() + opts.commit_interval,
-                            epoch_bytes as usize,
-                            opts.until_caught_up,
-                            &opts.stop,
-                        )?;
-                        bytes_read.fetch_add(buf.payload_bytes() as u64, Ordering::Relaxed);
-                        let positions = r
-                            .positions()
-                            .iter()
-                            .map(|(&p, &next)| (url.partition_name(p), next))
-                            .collect();
-                        (buf.messages().collect(), r.caught_up(), positions)
+            }
+            Reader::Kafka { url, reader, buf } => match reader {
+                Some(r) => {
+                    r.read(
+                        buf,
+                        Instant::now() + opts.commit_interval,
+                        epoch_bytes as usize,
+                        opts.until_caught_up,
+                        &opts.stop,
+                    )?;
+                    bytes_read.fetch_add(buf.payload_bytes() as u64, Ordering::Relaxed);
+                    let positions = r
+                        .positions()
+                        .iter()
+                        .map(|(&p, &next)| (url.partition_name(p), next))
+                        .collect();
+                    EpochRead {
+                        records: buf.messages().collect(),
+                        caught_up: r.caught_up(),
+                        positions,
                     }
-                    None => {
-                        // More workers than partitions: nothing to read.
-                        let wait = opts.commit_interval.min(Duration::from_millis(100));
-                        if !opts.until_caught_up {
-                            std::thread::sleep(wait);
-                        }
-                        (Vec::new(), true, Vec::new())
+                }
+                None => {
+                    // More workers than partitions: nothing to read.
+                    let wait = opts.commit_interval.min(Duration::from_millis(100));
+                    if !opts.until_caught_up {
+                        std::thread::sleep(wait);
                     }
-                },
-            };
+                    EpochRead {
+                        records: Vec::new(),
+                        caught_up: true,
+                        positions: Vec::new(),
+                    }
+                }
+            },
+        };
         let chunk_of = |partition: u32| match input {
             Input::File(_) => index as u32,
             Input::Kafka { .. } => partition,
@@ -759,11 +783,17 @@ fn run_worker(
                         read as f64 / secs / 1e6,
                     );
                 }
-                Reader::Kafka { reader: Some(r), .. } => eprintln!(
+                Reader::Kafka {
+                    reader: Some(r), ..
+                } => eprintln!(
                     "worker {index} epoch {epoch}: {:.0} records/s, lag {} records, {}; watermark {watermark}",
                     total_read as f64 / secs,
                     r.lag(),
-                    if commit { "committing" } else { "nothing to commit" },
+                    if commit {
+                        "committing"
+                    } else {
+                        "nothing to commit"
+                    },
                 ),
                 _ => {}
             }
@@ -790,7 +820,12 @@ fn collect<'s, D: timely::ExchangeData>(
     into: Rc<RefCell<BTreeMap<u64, Vec<D>>>>,
 ) -> StreamVec<'s, u64, ()> {
     stream.unary_frontier(pact, "OM: Collect", move |_cap, _info| {
-        move |(input, _frontier), _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
+        move |(input, _frontier),
+              _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+            '_,
+            u64,
+            CapacityContainerBuilder<Vec<()>>,
+        >| {
             input.for_each(|cap, data| {
                 let t = *cap.retain_least(0).expect("capability for its time").time();
                 into.borrow_mut().entry(t).or_default().append(data);

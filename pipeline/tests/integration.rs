@@ -1,11 +1,14 @@
-//! End-to-end tests of the `openmonetize` binary and library: golden cases, worker
-//! counts, and a property test against a naive model.
+//! End-to-end tests of the `openmonetize` binary and library: golden cases (from a file
+//! and through a real Kafka broker), worker counts, and a property test against a naive
+//! model.
 
 mod integration {
     mod cli;
     pub mod common;
     mod golden;
+    mod kafka;
     mod model_check;
     mod parquet_interop;
+    pub mod services;
     mod workers;
 }

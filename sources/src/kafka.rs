@@ -15,6 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -40,7 +41,7 @@ pub enum KafkaSourceError {
         /// The source address.
         url: String,
         /// The client error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The topic does not exist or has no partitions.
     #[error(
@@ -109,7 +110,7 @@ impl KafkaUrl {
         KafkaSourceError::Client {
             what: what.to_string(),
             url: self.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -214,8 +215,9 @@ impl fmt::Debug for PartitionReader {
 }
 
 impl PartitionReader {
-    /// Starts reading `partitions` (partition -> first offset to read).
-    pub fn open(url: &KafkaUrl, partitions: BTreeMap<u32, u64>) -> Result<Self> {
+    /// Starts reading `partitions`: partition -> first offset to read, or `None` for the
+    /// oldest message the broker still holds.
+    pub fn open(url: &KafkaUrl, partitions: BTreeMap<u32, Option<u64>>) -> Result<Self> {
         let consumer: BaseConsumer = url
             .config()
             // Required by the client even without group membership; offsets are never
@@ -224,6 +226,8 @@ impl PartitionReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            // Never skip silently: an offset the broker no longer holds is an error.
+            .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "8388608")
@@ -232,7 +236,8 @@ impl PartitionReader {
             .map_err(|e| url.client_error("creating a consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         for (&p, &offset) in &partitions {
-            tpl.add_partition_offset(&url.topic, p as i32, Offset::Offset(offset as i64))
+            let offset = offset.map_or(Offset::Beginning, |o| Offset::Offset(o as i64));
+            tpl.add_partition_offset(&url.topic, p as i32, offset)
                 .map_err(|e| url.client_error("assigning partitions", e))?;
         }
         consumer
@@ -243,7 +248,10 @@ impl PartitionReader {
             url: url.clone(),
             consumer,
             at_end: partitions.keys().map(|&p| (p, false)).collect(),
-            next: partitions,
+            next: partitions
+                .into_iter()
+                .map(|(p, o)| (p, o.unwrap_or(0)))
+                .collect(),
         })
     }
 
@@ -368,9 +376,7 @@ impl KafkaProducer {
                     self.producer.poll(Duration::ZERO);
                     return Ok(());
                 }
-                Err((KafkaError::MessageProduction(code), _))
-                    if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
-                {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.producer.poll(Duration::from_millis(5));
                 }
                 Err((e, _)) => return Err(self.url.client_error("producing", e)),
@@ -392,7 +398,10 @@ impl KafkaProducer {
 pub fn event_key(line: &[u8]) -> Option<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     let customer = v.get("customer_id")?.as_str()?;
-    let tenant = v.get("tenant_id").and_then(|t| t.as_str()).unwrap_or("default");
+    let tenant = v
+        .get("tenant_id")
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
     Some(format!("{tenant}/{customer}").into_bytes())
 }
 
@@ -447,7 +456,11 @@ mod tests {
         let got: Vec<_> = b.messages().map(|(p, o, m)| (p, o, m.to_vec())).collect();
         assert_eq!(
             got,
-            vec![(0, 3, b"a".to_vec()), (0, 9, b"b".to_vec()), (2, 7, b"c".to_vec())]
+            vec![
+                (0, 3, b"a".to_vec()),
+                (0, 9, b"b".to_vec()),
+                (2, 7, b"c".to_vec())
+            ]
         );
     }
 }

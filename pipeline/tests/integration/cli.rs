@@ -41,14 +41,24 @@ fn bad_input_is_named() {
         &["meters[0].aggregation", "unique_count", "bad.toml"],
     );
     fails_with(
+        &["run", "--events", "stdin:", "--data", data],
+        &["--events `stdin:`", "file:PATH", "kafka://HOST:PORT/TOPIC"],
+    );
+    fails_with(
+        &["run", "--events", "kafka://localhost/t", "--data", data],
+        &["kafka://localhost/t", "kafka://HOST:PORT"],
+    );
+    fails_with(
         &[
             "run",
             "--events",
-            "kafka://localhost:9092/t",
+            &ev,
             "--data",
             data,
+            "--commit-interval",
+            "soon",
         ],
-        &["--events", "file:PATH"],
+        &["--commit-interval", "soon", "1s"],
     );
     fails_with(
         &[

@@ -3,11 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The `pipeline/` directory of the checkout under test. Read at run time, not with
+/// `env!`: a build cache shared between checkouts in different directories may hand a
+/// test binary compiled in another one.
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
+
 /// The shared golden directory beside the repository.
 pub fn golden_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/golden")
-        .join(case)
+    manifest_dir().join("../../shared/golden").join(case)
 }
 
 /// Runs the `openmonetize` binary; panics with its output when it fails.

@@ -3,13 +3,19 @@
 
 use super::common::{USAGE_SQL, golden_dir, parse_csv, query_csv, run_case};
 use std::collections::BTreeSet;
+use std::path::Path;
 
 fn check_case(case: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     run_case(case, &data, 2, 64 << 20);
+    check_golden(case, &data);
+}
 
-    let got = query_csv(&data, USAGE_SQL);
+/// Asserts that the tables in `data` are golden `case`'s expected usage_windows and
+/// counts.
+pub fn check_golden(case: &str, data: &Path) {
+    let got = query_csv(data, USAGE_SQL);
     let expected = parse_csv(
         &std::fs::read_to_string(golden_dir(case).join("expected/usage_windows.csv")).unwrap(),
     );
@@ -34,7 +40,7 @@ fn check_case(case: &str) {
     )
     .unwrap();
     let got = query_csv(
-        &data,
+        data,
         "SELECT (SELECT COUNT(*) FROM events) AS accepted, (SELECT COUNT(*) FROM rejected_events) AS rejected, \
          (SELECT COUNT(*) FROM late_events) AS late, \
          (SELECT to_char(MAX(timestamp), '%Y-%m-%dT%H:%M:%S') FROM events) AS watermark",

@@ -3,7 +3,6 @@
 //! row counts and decimal types, and the same usage total as our SQL.
 
 use super::common::{query_csv, run_case};
-use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -13,7 +12,7 @@ fn pyarrow_reads_every_table_with_exact_decimals() {
     run_case("medium", &data, 2, 16 << 10);
 
     let python = std::env::var("OM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check_parquet.py");
+    let script = super::common::manifest_dir().join("../scripts/check_parquet.py");
     let out = Command::new(&python)
         .arg(&script)
         .arg(&data)
