@@ -11,17 +11,24 @@
 //! - A Kafka topic is one stream per partition, with no order between partitions. An
 //!   event is judged against the watermark of its own partition (offset order), so how
 //!   far the job has read the other partitions (consumer lag, restarts, epoch cuts) never
-//!   changes a verdict. The first events of a partition that has no accepted event yet
-//!   are judged against the *closed* watermark: the least partition watermark.
+//!   changes a verdict about data that was already in the topic.
 //!
-//! In both cases no event accepted later can be older than `closed - allowed_lateness`,
-//! which is what finality of windows (`is_final`) relies on; with one stream the closed
-//! watermark is the watermark. Late events never raise a watermark (they are below it),
-//! so the maxima of first occurrences are exactly the maxima of accepted events.
+//! The *closed* watermark bounds what can still be accepted: no event accepted from now
+//! on is older than `closed - allowed_lateness`, which finality of windows (`is_final`)
+//! and freeing their memory rely on. For a file it is the watermark. For Kafka it is the
+//! least watermark of the partitions that still have messages to read (a partition with
+//! none accepted yet holds it at "none"); partitions read to their end (idle) do not
+//! hold it back, as in Flink's idle sources. It never moves back. An event is never
+//! judged against less than the closed watermark, so a message that arrives in a
+//! partition after it went idle is judged against the closed watermark when its own
+//! partition's is lower: it did arrive after everything read so far.
+//!
+//! Late events never raise a watermark (they are below it), so the maxima of first
+//! occurrences are exactly the maxima of accepted events.
 
 use om_model::Micros;
 use om_model::time::format_micros;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What became of one valid event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,8 +46,8 @@ pub enum Fate {
 pub enum Order {
     /// One stream; chunk `i` precedes chunk `i + 1` (file slices by worker).
     Global,
-    /// Independent streams; a chunk is a Kafka partition.
-    PerChunk,
+    /// Independent streams `0..n`; a chunk is a Kafka partition.
+    PerChunk(u32),
 }
 
 /// The watermarks of a job, identical on every worker.
@@ -51,6 +58,8 @@ pub struct Watermarks {
     latest: Option<Micros>,
     /// Greatest accepted timestamp per chunk (`PerChunk` only).
     chunks: BTreeMap<u32, Micros>,
+    /// The closed watermark (`PerChunk` only).
+    closed: Option<Micros>,
 }
 
 impl Watermarks {
@@ -60,6 +69,7 @@ impl Watermarks {
             order,
             latest: None,
             chunks: BTreeMap::new(),
+            closed: None,
         }
     }
 
@@ -73,7 +83,7 @@ impl Watermarks {
     pub fn closed(&self) -> Option<Micros> {
         match self.order {
             Order::Global => self.latest,
-            Order::PerChunk => self.chunks.values().min().copied(),
+            Order::PerChunk(_) => self.closed,
         }
     }
 
@@ -84,19 +94,29 @@ impl Watermarks {
             Order::Global => self
                 .latest
                 .max(epoch_max.range(..chunk).map(|(_, &m)| m).max()),
-            Order::PerChunk => self.chunks.get(&chunk).copied().or_else(|| self.closed()),
+            Order::PerChunk(_) => self.chunks.get(&chunk).copied().max(self.closed),
         }
     }
 
-    /// Moves past an epoch with the first-occurrence maxima `epoch_max`.
-    pub fn advance(&mut self, epoch_max: &BTreeMap<u32, Micros>) {
+    /// Moves past an epoch with the first-occurrence maxima `epoch_max`, after which the
+    /// chunks `idle` have nothing left to read (`PerChunk` only).
+    pub fn advance(&mut self, epoch_max: &BTreeMap<u32, Micros>, idle: &BTreeSet<u32>) {
         self.latest = self.latest.max(epoch_max.values().copied().max());
-        if self.order == Order::PerChunk {
-            for (&chunk, &m) in epoch_max {
-                let w = self.chunks.entry(chunk).or_insert(m);
-                *w = (*w).max(m);
-            }
+        let Order::PerChunk(n) = self.order else {
+            return;
+        };
+        for (&chunk, &m) in epoch_max {
+            let w = self.chunks.entry(chunk).or_insert(m);
+            *w = (*w).max(m);
         }
+        let mut busy = (0..n).filter(|c| !idle.contains(c)).peekable();
+        let candidate = if busy.peek().is_none() {
+            self.latest
+        } else {
+            // `None` (no event yet) is the least: it holds the watermark back.
+            busy.map(|c| self.chunks.get(&c).copied()).min().flatten()
+        };
+        self.closed = self.closed.max(candidate);
     }
 }
 
@@ -146,7 +166,7 @@ mod tests {
     #[test]
     fn watermark_flows_from_earlier_chunks_and_events() {
         let mut w = Watermarks::new(Order::Global);
-        w.advance(&BTreeMap::from([(0, 500)]));
+        w.advance(&BTreeMap::from([(0, 500)]), &BTreeSet::new());
         let maxima = BTreeMap::from([(0, 1000), (1, 1200)]);
         let start = w.start_of(1, &maxima);
         assert_eq!(start, Some(1000));
@@ -155,23 +175,44 @@ mod tests {
             fates,
             vec![Fate::Accepted, Fate::Late(1200), Fate::Accepted]
         );
-        w.advance(&maxima);
+        w.advance(&maxima, &BTreeSet::new());
         assert_eq!((w.latest(), w.closed()), (Some(1200), Some(1200)));
     }
 
     #[test]
     fn partitions_are_judged_by_their_own_watermark() {
-        let mut w = Watermarks::new(Order::PerChunk);
+        let none = BTreeSet::new();
+        let mut w = Watermarks::new(Order::PerChunk(3));
         assert_eq!(w.start_of(0, &BTreeMap::new()), None);
-        w.advance(&BTreeMap::from([(0, 5_000), (1, 1_000)]));
+        w.advance(&BTreeMap::from([(0, 5_000), (1, 1_000)]), &none);
         // Partition 1 lags far behind partition 0: its events are not late for that.
         let fates = classify(&[(7, 950)], &mut [], w.start_of(1, &BTreeMap::new()), 100);
         assert_eq!(fates, vec![Fate::Accepted]);
-        assert_eq!((w.latest(), w.closed()), (Some(5_000), Some(1_000)));
-        // A partition with no accepted event yet starts from the closed watermark.
-        assert_eq!(w.start_of(2, &BTreeMap::new()), Some(1_000));
-        w.advance(&BTreeMap::from([(1, 3_000), (2, 2_000)]));
+        // Partition 2 has no event yet: nothing is closed, its first event is judged
+        // against nothing, whenever the job gets to read it.
+        assert_eq!((w.latest(), w.closed()), (Some(5_000), None));
+        assert_eq!(w.start_of(2, &BTreeMap::new()), None);
+        w.advance(&BTreeMap::from([(1, 3_000), (2, 2_000)]), &none);
         assert_eq!((w.latest(), w.closed()), (Some(5_000), Some(2_000)));
+    }
+
+    #[test]
+    fn idle_partitions_do_not_hold_the_closed_watermark_back() {
+        let mut w = Watermarks::new(Order::PerChunk(3));
+        // Partition 2 is empty and read to its end.
+        w.advance(
+            &BTreeMap::from([(0, 5_000), (1, 3_000)]),
+            &BTreeSet::from([2]),
+        );
+        assert_eq!(w.closed(), Some(3_000));
+        // A message arriving in it later is judged against the closed watermark.
+        assert_eq!(w.start_of(2, &BTreeMap::new()), Some(3_000));
+        // Everything read: closed is the latest; it never moves back.
+        w.advance(&BTreeMap::new(), &BTreeSet::from([0, 1, 2]));
+        assert_eq!(w.closed(), Some(5_000));
+        w.advance(&BTreeMap::from([(2, 100)]), &BTreeSet::new());
+        assert_eq!(w.closed(), Some(5_000));
+        assert_eq!(w.start_of(1, &BTreeMap::new()), Some(5_000));
     }
 
     #[test]

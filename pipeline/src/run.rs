@@ -34,7 +34,7 @@ use om_sources::decode::{MAX_RECORD_BYTES, Scratch, ValueRef};
 use om_sources::file::{JsonlFile, LineBuf};
 use om_sources::kafka::{KafkaUrl, MessageBuf, PartitionReader};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -281,6 +281,8 @@ struct EpochRead<'a> {
     records: Vec<(u32, u64, &'a [u8])>,
     /// The end of the file, or every partition of the worker read to its end.
     caught_up: bool,
+    /// The worker's partitions read to their end (Kafka).
+    idle: Vec<u32>,
     /// (source name, position read up to), for the commit record.
     positions: Vec<(String, u64)>,
 }
@@ -292,6 +294,8 @@ struct Status {
     read: u64,
     /// Every partition of the worker is read to its end (Kafka).
     caught_up: bool,
+    /// The worker's partitions read to their end (Kafka).
+    idle: Vec<u32>,
     /// A stop was requested.
     stop: bool,
 }
@@ -430,7 +434,7 @@ fn run_worker(
 
     let mut watermarks = Watermarks::new(match input {
         Input::File(_) => Order::Global,
-        Input::Kafka { .. } => Order::PerChunk,
+        Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
     });
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -447,6 +451,7 @@ fn run_worker(
         let EpochRead {
             records,
             caught_up,
+            idle,
             positions,
         } = match &mut reader {
             Reader::File { file, buf, epochs } => {
@@ -461,6 +466,7 @@ fn run_worker(
                         .map(|(offset, line)| (0, offset, line))
                         .collect(),
                     caught_up: epoch + 1 >= *epochs,
+                    idle: Vec::new(),
                     positions: vec![(source_name.clone(), end)],
                 }
             }
@@ -482,6 +488,7 @@ fn run_worker(
                     EpochRead {
                         records: buf.messages().collect(),
                         caught_up: r.caught_up(),
+                        idle: r.idle_partitions(),
                         positions,
                     }
                 }
@@ -494,6 +501,7 @@ fn run_worker(
                     EpochRead {
                         records: Vec::new(),
                         caught_up: true,
+                        idle: Vec::new(),
                         positions: Vec::new(),
                     }
                 }
@@ -590,6 +598,7 @@ fn run_worker(
         status_input.send(Status {
             read: records.len() as u64,
             caught_up,
+            idle,
             stop: opts.stop.load(Ordering::SeqCst),
         });
 
@@ -633,7 +642,8 @@ fn run_worker(
                 lateness,
             ));
         }
-        watermarks.advance(&chunk_max);
+        let idle: BTreeSet<u32> = all.iter().flat_map(|s| s.idle.iter().copied()).collect();
+        watermarks.advance(&chunk_max, &idle);
         {
             let mut info = info.borrow_mut();
             info.watermarks.insert(epoch, watermarks.closed());

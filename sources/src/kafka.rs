@@ -298,6 +298,15 @@ impl PartitionReader {
         self.at_end.values().all(|&e| e)
     }
 
+    /// The partitions read to their end.
+    pub fn idle_partitions(&self) -> Vec<u32> {
+        self.at_end
+            .iter()
+            .filter(|(_, at_end)| **at_end)
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
     /// Partition -> next offset to read.
     pub fn positions(&self) -> &BTreeMap<u32, u64> {
         &self.next
