@@ -59,7 +59,9 @@ enum Command {
         /// Commands source (grants, plans, retractions): not supported yet.
         #[arg(long)]
         commands: Option<String>,
-        /// Where the tables go: a local path, file:///ABS/PATH or memory://NAME.
+        /// Where the tables go: a local path, file:///ABS/PATH, s3://BUCKET/PREFIX (AWS_*
+        /// environment variables: credentials, region, AWS_ENDPOINT_URL for other S3
+        /// servers) or memory://NAME.
         #[arg(long)]
         data: String,
         /// Timely worker threads.

@@ -60,7 +60,7 @@ impl QueryEngine {
         let ctx = SessionContext::new();
         let root = store.root_url().clone();
         if root.scheme() != "file" {
-            ctx.register_object_store(&root, store.store());
+            ctx.register_object_store(&root, store.query_store());
         }
         for name in schema::TABLES {
             let schema = schema::table_schema(name).expect("known table");

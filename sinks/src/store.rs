@@ -3,12 +3,19 @@
 //! - a plain path (`./om-data`, `/var/lib/om`) or `file:///abs/path`: the local file
 //!   system, directory created if missing; writes are atomic (temp file + rename);
 //! - `memory://NAME`: an in-process store, shared by every `DataStore` opened with the
-//!   same name in this process (tests, demos).
+//!   same name in this process (tests, demos);
+//! - `s3://BUCKET[/PREFIX]`: Amazon S3 or any S3-compatible server, configured by the
+//!   usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   `AWS_REGION`/`AWS_DEFAULT_REGION`, and for other servers `AWS_ENDPOINT_URL`, plus
+//!   `AWS_ALLOW_HTTP=true` for a plain-http endpoint). Each put is a single atomic object
+//!   write, which is what commit records rely on.
 
 use crate::{Error, Result};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -21,7 +28,10 @@ static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> =
 pub struct DataStore {
     url: String,
     store: Arc<dyn ObjectStore>,
-    /// The URL DataFusion registers the store under (`file:///` or `memory://NAME/`).
+    /// The store DataFusion reads through, registered for `root_url`'s scheme and host:
+    /// `store` without the prefix, since DataFusion passes full object paths.
+    query_store: Arc<dyn ObjectStore>,
+    /// The URL of the root (`file:///DIR/`, `memory://NAME/` or `s3://BUCKET/PREFIX/`).
     root_url: url::Url,
 }
 
@@ -50,21 +60,46 @@ impl DataStore {
                 url::Url::parse(&format!("memory://{host}/")).map_err(|e| err(e.to_string()))?;
             return Ok(DataStore {
                 url: url.to_string(),
+                query_store: Arc::clone(&store) as Arc<dyn ObjectStore>,
                 store,
                 root_url,
             });
         }
-        if url.starts_with("s3://") {
-            return Err(err(
-                "s3:// is not supported by this build yet; use a local path, file:// or memory://"
-                    .into(),
-            ));
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            if bucket.is_empty() {
+                return Err(err("expected s3://BUCKET or s3://BUCKET/PREFIX".into()));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| {
+                    err(format!(
+                        "{e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION, and for an S3-compatible server AWS_ENDPOINT_URL (plus AWS_ALLOW_HTTP=true for http://)"
+                    ))
+                })?;
+            let s3: Arc<dyn ObjectStore> = Arc::new(s3);
+            let (store, root) = if prefix.is_empty() {
+                (Arc::clone(&s3), format!("s3://{bucket}/"))
+            } else {
+                let prefixed: Arc<dyn ObjectStore> =
+                    Arc::new(PrefixStore::new(Arc::clone(&s3), prefix));
+                (prefixed, format!("s3://{bucket}/{prefix}/"))
+            };
+            let root_url = url::Url::parse(&root).map_err(|e| err(e.to_string()))?;
+            return Ok(DataStore {
+                url: url.to_string(),
+                store,
+                query_store: s3,
+                root_url,
+            });
         }
         let local = match url.strip_prefix("file://") {
             Some(p) => p.to_string(),
             None if url.contains("://") => {
                 return Err(err(
-                    "unknown scheme; use a local path, file:///ABSOLUTE/PATH or memory://NAME"
+                    "unknown scheme; use a local path, file:///ABSOLUTE/PATH, s3://BUCKET/PREFIX or memory://NAME"
                         .into(),
                 ));
             }
@@ -73,12 +108,14 @@ impl DataStore {
         std::fs::create_dir_all(&local)
             .map_err(|e| err(format!("cannot create directory: {e}")))?;
         let dir = std::fs::canonicalize(&local).map_err(|e| err(e.to_string()))?;
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(Error::Store)?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(Error::Store)?);
         let root_url = url::Url::from_directory_path(&dir)
             .map_err(|_| err("not an absolute directory".into()))?;
         Ok(DataStore {
             url: url.to_string(),
-            store: Arc::new(store),
+            query_store: Arc::clone(&store),
+            store,
             root_url,
         })
     }
@@ -91,6 +128,12 @@ impl DataStore {
     /// The object store.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.store)
+    }
+
+    /// The store to register with a query engine for [`DataStore::root_url`]: it takes
+    /// full object paths (no prefix of its own).
+    pub fn query_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.query_store)
     }
 
     /// The root URL, ending in `/`; object paths are relative to it.

@@ -17,8 +17,14 @@ pub fn golden_dir(case: &str) -> PathBuf {
 
 /// Runs the `openmonetize` binary; panics with its output when it fails.
 pub fn openmonetize(args: &[&str]) -> String {
+    openmonetize_env(args, &[])
+}
+
+/// As [`openmonetize`], with extra environment variables.
+pub fn openmonetize_env(args: &[&str], env: &[(String, String)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run openmonetize");
     assert!(
@@ -64,16 +70,35 @@ pub fn run_case_committing(
     ]);
 }
 
+/// A `--data` location and the environment that reaches it (S3 credentials).
+#[derive(Clone, Debug)]
+pub struct Data {
+    /// The `--data` URL.
+    pub url: String,
+    /// Environment variables for every command using it.
+    pub env: Vec<(String, String)>,
+}
+
+impl From<&Path> for Data {
+    fn from(path: &Path) -> Data {
+        Data {
+            url: path.to_str().unwrap().to_string(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// Query result as CSV rows (header first).
 pub fn query_csv(data: &Path, sql: &str) -> Vec<Vec<String>> {
-    let text = openmonetize(&[
-        "query",
-        "--data",
-        data.to_str().unwrap(),
-        "--format",
-        "csv",
-        sql,
-    ]);
+    query_at(&data.into(), sql)
+}
+
+/// Query result as CSV rows (header first), at any location.
+pub fn query_at(data: &Data, sql: &str) -> Vec<Vec<String>> {
+    let text = openmonetize_env(
+        &["query", "--data", &data.url, "--format", "csv", sql],
+        &data.env,
+    );
     parse_csv(&text)
 }
 

@@ -1,7 +1,7 @@
 //! Golden cases: `run` then `query` reproduce `expected/usage_windows.csv` exactly and
 //! the accepted / rejected / late counts of `expected/counts.json`.
 
-use super::common::{USAGE_SQL, golden_dir, parse_csv, query_csv, run_case};
+use super::common::{Data, USAGE_SQL, golden_dir, parse_csv, query_at, query_csv, run_case};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -15,7 +15,12 @@ fn check_case(case: &str) {
 /// Asserts that the tables in `data` are golden `case`'s expected usage_windows and
 /// counts.
 pub fn check_golden(case: &str, data: &Path) {
-    let got = query_csv(data, USAGE_SQL);
+    check_golden_at(case, &data.into());
+}
+
+/// As [`check_golden`], at any location.
+pub fn check_golden_at(case: &str, data: &Data) {
+    let got = query_at(data, USAGE_SQL);
     let expected = parse_csv(
         &std::fs::read_to_string(golden_dir(case).join("expected/usage_windows.csv")).unwrap(),
     );
@@ -39,7 +44,7 @@ pub fn check_golden(case: &str, data: &Path) {
         &std::fs::read_to_string(golden_dir(case).join("expected/counts.json")).unwrap(),
     )
     .unwrap();
-    let got = query_csv(
+    let got = query_at(
         data,
         "SELECT (SELECT COUNT(*) FROM events) AS accepted, (SELECT COUNT(*) FROM rejected_events) AS rejected, \
          (SELECT COUNT(*) FROM late_events) AS late, \

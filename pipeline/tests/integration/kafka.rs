@@ -1,10 +1,10 @@
 //! The Kafka source against a real broker: golden cases produced into 4-partition topics
-//! give the same tables as the file source, and a live job stops cleanly on SIGTERM
-//! after committing what it read.
+//! give the same tables as the file source, also when the tables go to an S3-compatible
+//! server, and a live job stops cleanly on SIGTERM after committing what it read.
 
-use super::common::{golden_dir, openmonetize, query_csv, run_case};
-use super::golden::check_golden;
-use super::services::Broker;
+use super::common::{Data, golden_dir, openmonetize, openmonetize_env, query_at, run_case};
+use super::golden::{check_golden, check_golden_at};
+use super::services::{Broker, S3Server};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,58 +27,81 @@ fn produce(case: &str, url: &str) {
     openmonetize(&["produce", "--file", events.to_str().unwrap(), "--to", url]);
 }
 
-fn run_kafka(case: &str, url: &str, data: &Path) {
+fn run_kafka(case: &str, url: &str, data: &Data) {
     let config = golden_dir(case).join("config.toml");
-    openmonetize(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--events",
-        url,
-        "--data",
-        data.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--commit-interval",
-        "200ms",
-        "--until-caught-up",
-        "--quiet",
-    ]);
+    openmonetize_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--events",
+            url,
+            "--data",
+            &data.url,
+            "--workers",
+            "2",
+            "--commit-interval",
+            "200ms",
+            "--until-caught-up",
+            "--quiet",
+        ],
+        &data.env,
+    );
 }
 
-fn same_as_file(case: &str) {
-    let broker = Broker::start();
+/// Produces golden `case` into a 4-partition topic, runs the job until caught up into
+/// `from_kafka`, and checks the tables against the golden files and the file source.
+fn same_as_file(broker: &Broker, case: &str, from_kafka: &Data) {
     let url = broker.topic(case, 4);
     produce(case, &url);
-    let tmp = tempfile::tempdir().unwrap();
-    let from_kafka = tmp.path().join("kafka");
-    run_kafka(case, &url, &from_kafka);
-    check_golden(case, &from_kafka);
+    run_kafka(case, &url, from_kafka);
+    check_golden_at(case, from_kafka);
 
+    let tmp = tempfile::tempdir().unwrap();
     let from_file = tmp.path().join("file");
     run_case(case, &from_file, 1, 64 << 20);
     for sql in &SAME_AS_FILE_SQL[..4] {
         assert_eq!(
-            query_csv(&from_kafka, sql),
-            query_csv(&from_file, sql),
+            query_at(from_kafka, sql),
+            query_at(&from_file.as_path().into(), sql),
             "{case}: {sql}"
         );
     }
-    let spread = query_csv(&from_kafka, SAME_AS_FILE_SQL[4]);
+    let spread = query_at(from_kafka, SAME_AS_FILE_SQL[4]);
     assert_eq!(
         spread[1][1], "4",
         "{case}: events come from all 4 partitions"
     );
 }
 
+fn same_as_file_locally(case: &str) {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    same_as_file(&broker, case, &tmp.path().join("kafka").as_path().into());
+}
+
 #[test]
 fn golden_small_through_kafka_equals_the_file_source() {
-    same_as_file("small");
+    same_as_file_locally("small");
 }
 
 #[test]
 fn golden_medium_through_kafka_equals_the_file_source() {
-    same_as_file("medium");
+    same_as_file_locally("medium");
+}
+
+#[test]
+fn golden_cases_through_kafka_into_s3_equal_the_file_source() {
+    let broker = Broker::start();
+    let s3 = S3Server::start();
+    s3.bucket("om-tables");
+    for case in ["small", "medium"] {
+        let data = Data {
+            url: format!("s3://om-tables/golden/{case}"),
+            env: s3.env(),
+        };
+        same_as_file(&broker, case, &data);
+    }
 }
 
 /// The newest commit record's accepted + rejected + late count.

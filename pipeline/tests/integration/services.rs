@@ -1,6 +1,6 @@
 //! Real services the end-to-end tests start for themselves on 127.0.0.1: a Kafka broker
-//! (tansu). `scripts/test` installs them; a test that cannot start one fails and says
-//! why, it is never skipped.
+//! (tansu) and an S3-compatible server (moto). `scripts/test` installs them; a test that
+//! cannot start one fails and says why, it is never skipped.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -32,6 +32,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until something listens on 127.0.0.1:`port`; panics with `log()` otherwise.
+fn wait_for_port(what: &str, port: u16, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on 127.0.0.1:{port} within 30 s; its log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A Kafka broker (tansu, in-memory storage), stopped on drop.
 pub struct Broker {
     child: Child,
@@ -61,15 +74,7 @@ impl Broker {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let broker = Broker { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the Kafka broker did not listen on 127.0.0.1:{port} within 20 s; its log:\n{}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port("the Kafka broker (tansu)", port, || broker.log());
         broker
     }
 
@@ -103,6 +108,84 @@ impl Broker {
 }
 
 impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An S3-compatible server (moto, from the test venv), stopped on drop.
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl S3Server {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start() -> S3Server {
+        let python = PathBuf::from(
+            std::env::var_os("OM_PYTHON")
+                .expect("OM_PYTHON names the test venv's python (scripts/test sets it)"),
+        );
+        let bin = python.with_file_name("moto_server");
+        assert!(
+            bin.exists(),
+            "moto_server is not installed at {}: run scripts/test, which installs it",
+            bin.display()
+        );
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let server = S3Server { child, port, log };
+        wait_for_port("the S3 server (moto)", port, || {
+            std::fs::read_to_string(server.log.path()).unwrap_or_default()
+        });
+        server
+    }
+
+    /// The AWS environment that points a client at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Creates a bucket (a plain S3 `PUT /BUCKET`).
+    pub fn bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            conn,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "creating bucket {name}: {response}"
+        );
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
