@@ -11,8 +11,10 @@
 
 use om_model::Micros;
 use rustc_hash::FxHashMap;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::rc::Rc;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
@@ -71,7 +73,7 @@ impl Verdict {
 const SHARDS: usize = 16;
 
 /// The keys one owner remembers.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DedupState {
     /// Key -> event time, in shards by the key's top bits, so that growing the table
     /// rehashes one shard at a time (a sixteenth of the keys) instead of all of them.
@@ -144,12 +146,11 @@ impl DedupState {
 /// with the `Exchange` of the next operator).
 pub fn dedup<'s>(
     probes: StreamVec<'s, u64, DedupProbe>,
-    horizon: Micros,
+    state: Rc<RefCell<DedupState>>,
     peers: u32,
 ) -> StreamVec<'s, u64, Verdict> {
     let pact = Exchange::new(|p: &DedupProbe| p.key as u64);
     probes.unary_frontier(pact, "OM: Dedup", move |_cap, _info| {
-        let mut state = DedupState::new(horizon);
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DedupProbe>)> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
@@ -166,7 +167,7 @@ pub fn dedup<'s>(
                     break;
                 }
                 let (cap, probes) = entry.remove();
-                let (duplicates, chunk_max) = state.process(probes);
+                let (duplicates, chunk_max) = state.borrow_mut().process(probes);
                 let mut session = output.session(&cap);
                 for p in duplicates {
                     session.give(Verdict::Duplicate {

@@ -42,7 +42,7 @@ pub enum Fate {
 }
 
 /// How the chunks of an epoch relate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Order {
     /// One stream; chunk `i` precedes chunk `i + 1` (file slices by worker).
     Global,
@@ -51,7 +51,7 @@ pub enum Order {
 }
 
 /// The watermarks of a job, identical on every worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Watermarks {
     order: Order,
     /// Greatest accepted timestamp overall.

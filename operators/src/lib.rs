@@ -15,4 +15,4 @@ pub mod windowed_usage;
 pub use dedup::{DedupProbe, DedupState, Verdict};
 pub use lateness::{Fate, Order, Watermarks, classify, late_reason};
 pub use names::{Collision, NameCache, NameRecord, Names};
-pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageState, WindowRow};
+pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageData, UsageState, WindowRow};

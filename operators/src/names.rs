@@ -57,7 +57,7 @@ impl NameRecord {
 }
 
 /// Fingerprint -> text maps for customers and dimensions.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     customers: FxHashMap<u64, (Box<str>, Box<str>)>,
     dimensions: FxHashMap<u64, Box<str>>,

@@ -56,7 +56,7 @@ pub struct ReadingUpdate {
 }
 
 /// What a window keeps to stay exact.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WindowState {
     /// sum, count, avg.
     Additive {
@@ -196,7 +196,7 @@ pub fn partition_path(p: &PartitionKey) -> String {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Partition {
     windows: FxHashMap<WindowKey, WindowState>,
     /// Changed since it was last written.
@@ -224,12 +224,28 @@ pub struct UsageState {
     aggregations: Vec<Aggregation>,
     windows: Vec<Vec<WindowSize>>,
     allowed_lateness: Micros,
+    data: UsageData,
+}
+
+/// The data of a [`UsageState`], as saved in a checkpoint.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct UsageData {
     partitions: FxHashMap<PartitionKey, Partition>,
     /// Partitions whose windows all became final and were written: dropped from memory.
     retired: BTreeSet<PartitionKey>,
 }
 
 impl UsageState {
+    /// The data to save in a checkpoint.
+    pub fn data(&self) -> &UsageData {
+        &self.data
+    }
+
+    /// Replaces the data with a checkpoint's.
+    pub fn restore(&mut self, data: UsageData) {
+        self.data = data;
+    }
+
     /// Empty state for meters with these aggregations and window sizes (by meter index).
     pub fn new(
         aggregations: Vec<Aggregation>,
@@ -240,8 +256,7 @@ impl UsageState {
             aggregations,
             windows,
             allowed_lateness,
-            partitions: FxHashMap::default(),
-            retired: BTreeSet::new(),
+            data: UsageData::default(),
         }
     }
 
@@ -251,11 +266,11 @@ impl UsageState {
         for &size in &self.windows[u.meter as usize] {
             let start = size.start(u.timestamp);
             let p = partition_of(size, start);
-            let part = self.partitions.entry(p).or_insert_with(|| {
+            let part = self.data.partitions.entry(p).or_insert_with(|| {
                 // Checked when a partition (re)appears, which is rare: one that left
                 // memory as final must never take updates again.
                 assert!(
-                    !self.retired.contains(&p),
+                    !self.data.retired.contains(&p),
                     "an update for window {size:?} at {start} after it became final: lateness was not enforced"
                 );
                 Partition::default()
@@ -288,7 +303,7 @@ impl UsageState {
 
     /// Windows held in memory.
     pub fn len(&self) -> usize {
-        self.partitions.values().map(|p| p.windows.len()).sum()
+        self.data.partitions.values().map(|p| p.windows.len()).sum()
     }
 
     /// Whether no window is held.
@@ -308,7 +323,7 @@ impl UsageState {
         let final_before = watermark.map(|w| w - self.allowed_lateness);
         let is_final = |key: &WindowKey| final_before.is_some_and(|f| key.size.end(key.start) <= f);
         let mut out = Vec::new();
-        for (p, part) in &mut self.partitions {
+        for (p, part) in &mut self.data.partitions {
             let became_final = part
                 .first_open_end
                 .zip(final_before)
@@ -340,6 +355,7 @@ impl UsageState {
         }
         out.sort_unstable_by_key(|(p, _)| *p);
         let done: Vec<PartitionKey> = self
+            .data
             .partitions
             .iter()
             .filter(|(p, part)| {
@@ -351,11 +367,12 @@ impl UsageState {
             .collect();
         for p in done {
             if self
+                .data
                 .partitions
                 .remove(&p)
                 .is_some_and(|part| !part.windows.is_empty())
             {
-                self.retired.insert(p);
+                self.data.retired.insert(p);
             }
         }
         out

@@ -1,6 +1,7 @@
 //! The timely operators that turn window updates into `usage_windows` files and epochs
 //! into commit records.
 
+use crate::checkpoint::{self, UsageCheckpoint};
 use om_model::{Aggregation, Micros, WindowSize};
 use om_operators::windowed_usage::partition_path;
 use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
@@ -48,7 +49,7 @@ pub enum Meta {
 }
 
 /// What the usage sink needs to write files.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct UsageSinkConfig {
     /// Where to write.
     pub store: DataStore,
@@ -64,6 +65,17 @@ pub struct UsageSinkConfig {
     pub allowed_lateness: Micros,
     /// This worker's index.
     pub worker: usize,
+    /// Save a checkpoint of the state at every commit epoch.
+    pub checkpoints: bool,
+    /// The checkpoint to start from.
+    pub restore: Option<UsageCheckpoint>,
+}
+
+/// A usage checkpoint by reference, saved in the layout of [`UsageCheckpoint`].
+#[derive(serde::Serialize)]
+struct UsageCheckpointRef<'a> {
+    usage: &'a om_operators::UsageData,
+    names: &'a Names,
 }
 
 /// The usage sink: owns the window state of the customers routed to this worker. Epoch
@@ -80,6 +92,7 @@ pub fn usage_sink<'s>(
 ) -> StreamVec<'s, u64, Meta> {
     let pact_u = Exchange::new(|u: &ReadingUpdate| u.customer);
     let pact_n = Exchange::new(NameRecord::route);
+    let mut cfg = cfg;
     updates.binary_frontier(names, pact_u, pact_n, "OM: UsageSink", move |cap, _info| {
         let mut cap = Some(cap);
         let mut state = UsageState::new(
@@ -88,6 +101,10 @@ pub fn usage_sink<'s>(
             cfg.allowed_lateness,
         );
         let mut known = Names::default();
+        if let Some(saved) = cfg.restore.take() {
+            state.restore(saved.usage);
+            known = saved.names;
+        }
         let mut pending: BTreeMap<u64, (Vec<ReadingUpdate>, Vec<NameRecord>)> = BTreeMap::new();
         let mut next_commit_from = 0u64;
         move |(in_u, frontier_u), (in_n, frontier_n), output| {
@@ -150,6 +167,16 @@ pub fn usage_sink<'s>(
                         file,
                     }));
                 }
+                if cfg.checkpoints {
+                    let saved = UsageCheckpointRef {
+                        usage: state.data(),
+                        names: &known,
+                    };
+                    let change =
+                        checkpoint::save(&cfg.store, &cfg.runtime, "usage", cfg.worker, t, &saved)
+                            .unwrap_or_else(|e| panic!("{e:#}"));
+                    session.give(Meta::File(change));
+                }
             }
             let lowest = frontier_u
                 .frontier()
@@ -195,17 +222,19 @@ fn encode_usage(rows: &[WindowRow], names: &Names, meters: &[String]) -> RecordB
 
 /// The committer: gathers every worker's file changes and counts for an epoch on worker
 /// 0 and, once the epoch is complete everywhere and it is a commit epoch, writes the
-/// commit record covering it and the epochs since the previous commit. `last` holds the
-/// newest record written.
+/// commit record covering it and the epochs since the previous commit, continuing from
+/// `start` (the commit a job resumes from, or an empty record). `last` holds the newest
+/// record written.
 pub fn committer<'s>(
     meta: StreamVec<'s, u64, Meta>,
     store: DataStore,
     runtime: tokio::runtime::Handle,
+    start: CommitRecord,
     last: Rc<RefCell<Option<CommitRecord>>>,
     info: Rc<RefCell<EpochInfo>>,
 ) -> StreamVec<'s, u64, ()> {
     meta.unary_frontier(Exchange::new(|_: &Meta| 0), "OM: Committer", move |_cap, _info| {
-        let mut record = CommitRecord::default();
+        let mut record = start;
         let mut pending: BTreeMap<u64, Vec<Meta>> = BTreeMap::new();
         move |(input, frontier), _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
             input.for_each(|cap, data| {

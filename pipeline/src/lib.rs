@@ -8,6 +8,7 @@
 //! changed `usage_windows` partitions; the committer on worker 0 then writes the epoch's
 //! commit record.
 
+pub mod checkpoint;
 pub mod dataflow;
 pub mod demo;
 pub mod run;

@@ -16,6 +16,7 @@
 //! files for it are written: every `commit_every` epochs for a file, every epoch that
 //! read anything for Kafka, and the last epoch.
 
+use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
 use anyhow::{Context, bail};
 use om_model::{
@@ -23,8 +24,8 @@ use om_model::{
 };
 use om_operators::dedup::dedup;
 use om_operators::{
-    DedupProbe, Fate, NameCache, NameRecord, Order, ReadingUpdate, UpdateValue, Verdict,
-    Watermarks, classify, late_reason,
+    DedupProbe, DedupState, Fate, NameCache, NameRecord, Order, ReadingUpdate, UpdateValue,
+    Verdict, Watermarks, classify, late_reason,
 };
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{EventColumns, EventsBuilder};
@@ -170,13 +171,35 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if let Some(prev) = runtime.block_on(CommitRecord::latest(&store))? {
-        bail!(
-            "{} already holds tables (commit of epoch {}); use an empty location, or delete it to start over",
-            opts.data,
-            prev.epoch
-        );
-    }
+    let resume = match runtime.block_on(CommitRecord::latest(&store))? {
+        None => None,
+        Some(prev) => {
+            let Source::Kafka(url) = &opts.events else {
+                bail!(
+                    "{} already holds tables (commit of epoch {}); a file run needs an empty location: delete it to start over",
+                    opts.data,
+                    prev.epoch
+                );
+            };
+            let cannot = |why: anyhow::Error| {
+                anyhow::anyhow!("cannot resume the job in {}: {why:#}", opts.data)
+            };
+            checkpoint::check_resumable(&prev, opts.workers, &opts.config).map_err(cannot)?;
+            let topic = format!("{url}#");
+            if let Some(other) = prev.sources.keys().find(|s| !s.starts_with(&topic)) {
+                return Err(cannot(anyhow::anyhow!("it was reading {other}, not {url}")));
+            }
+            if opts.progress {
+                eprintln!(
+                    "resuming from the commit of epoch {} ({} records committed)",
+                    prev.epoch,
+                    prev.counts.accepted + prev.counts.rejected + prev.counts.late
+                );
+            }
+            Some(prev)
+        }
+    };
+    let resume = Arc::new(resume);
     let handle = runtime.handle().clone();
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let opts = Arc::new(opts);
@@ -187,7 +210,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let bytes = Arc::clone(&bytes);
         move |worker| {
             let _flag = FailFlag(&failed);
-            let result = run_worker(worker, &opts, &input, &store, &handle, &failed, &bytes);
+            let result = run_worker(
+                worker, &opts, &input, &resume, &store, &handle, &failed, &bytes,
+            );
             if result.is_err() {
                 failed.store(true, Ordering::SeqCst);
             }
@@ -275,6 +300,24 @@ struct Chunk<'f> {
     chunks: Vec<(u32, Range<usize>)>,
 }
 
+/// Moves a timely input to the first epoch of a resumed job.
+trait AdvanceTo {
+    fn advance(&mut self, epoch: u64);
+}
+
+impl<D: Clone + 'static> AdvanceTo for TimelyInput<D> {
+    fn advance(&mut self, epoch: u64) {
+        self.advance_to(epoch);
+    }
+}
+
+/// A reader checkpoint by reference, saved in the layout of [`ReaderCheckpoint`].
+#[derive(serde::Serialize)]
+struct ReaderCheckpointRef<'a> {
+    dedup: &'a DedupState,
+    watermarks: &'a Watermarks,
+}
+
 /// What a worker read in one epoch.
 struct EpochRead<'a> {
     /// (partition, offset, record) in arrival order.
@@ -324,10 +367,12 @@ impl Reader<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     worker: &mut timely::worker::Worker,
     opts: &RunOptions,
     input: &Input,
+    resume: &Option<CommitRecord>,
     store: &DataStore,
     runtime: &tokio::runtime::Handle,
     failed: &AtomicBool,
@@ -353,7 +398,12 @@ fn run_worker(
         Input::Kafka { url, partitions } => {
             let mine: BTreeMap<u32, Option<u64>> = (0..*partitions)
                 .filter(|p| *p as usize % peers == index)
-                .map(|p| (p, None))
+                .map(|p| {
+                    let committed = resume
+                        .as_ref()
+                        .and_then(|c| c.sources.get(&url.partition_name(p)).copied());
+                    (p, committed)
+                })
                 .collect();
             Reader::Kafka {
                 url,
@@ -381,12 +431,36 @@ fn run_worker(
 
     // Dataflow 1: dedup probes out, verdicts back to the worker that read the event;
     // every worker's status to every worker.
+    // State restored from the checkpoint of the commit the job resumes from.
+    let checkpoints = matches!(input, Input::Kafka { .. });
+    let first_epoch = resume.as_ref().map_or(0, |c| c.epoch + 1);
+    let (dedup_state, mut watermarks, usage_restore) = match resume {
+        Some(commit) => {
+            let reader: ReaderCheckpoint =
+                checkpoint::load(store, runtime, commit, "reader", index)?;
+            let usage: UsageCheckpoint = checkpoint::load(store, runtime, commit, "usage", index)?;
+            (reader.dedup, reader.watermarks, Some(usage))
+        }
+        None => (
+            DedupState::new(config.pipeline.dedup_horizon),
+            Watermarks::new(match input {
+                Input::File(_) => Order::Global,
+                Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
+            }),
+            None,
+        ),
+    };
+    let dedup_state = Rc::new(RefCell::new(dedup_state));
+
     let mut probe_input: TimelyInput<DedupProbe> = InputHandle::new();
     let mut status_input: TimelyInput<Status> = InputHandle::new();
     let dedup_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
-        let horizon = config.pipeline.dedup_horizon;
-        let verdicts_in = dedup(probe_input.to_stream(scope), horizon, peers as u32);
+        let verdicts_in = dedup(
+            probe_input.to_stream(scope),
+            Rc::clone(&dedup_state),
+            peers as u32,
+        );
         collect(
             verdicts_in,
             Exchange::new(|v: &Verdict| v.target() as u64),
@@ -415,6 +489,8 @@ fn run_worker(
             windows: config.meters.iter().map(|m| m.windows.clone()).collect(),
             allowed_lateness: lateness,
             worker: index,
+            checkpoints,
+            restore: usage_restore,
         };
         let files = usage_sink(
             update_input.to_stream(scope),
@@ -422,20 +498,30 @@ fn run_worker(
             sink_cfg,
             Rc::clone(&info),
         );
+        let mut start = resume.clone().unwrap_or_default();
+        if checkpoints {
+            start.config_digest = Some(checkpoint::config_digest(config));
+        }
         committer(
             files.concat(meta_input.to_stream(scope)),
             store.clone(),
             runtime.clone(),
+            start,
             Rc::clone(&last_commit),
             Rc::clone(&info),
         )
         .probe_with(&usage_probe);
     });
 
-    let mut watermarks = Watermarks::new(match input {
-        Input::File(_) => Order::Global,
-        Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
-    });
+    for epoch_start in [
+        &mut probe_input as &mut dyn AdvanceTo,
+        &mut status_input,
+        &mut update_input,
+        &mut name_input,
+        &mut meta_input,
+    ] {
+        epoch_start.advance(first_epoch);
+    }
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut total_read = 0u64;
@@ -443,7 +529,7 @@ fn run_worker(
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
 
-    for epoch in 0u64.. {
+    for epoch in first_epoch.. {
         let ingested_at = chrono::Utc::now().timestamp_micros();
 
         // Read this worker's records of the epoch: (partition, offset, bytes), in
@@ -650,6 +736,22 @@ fn run_worker(
             if commit {
                 info.commits.insert(epoch);
             }
+        }
+        if checkpoints && commit {
+            // The dedup shard holds exactly this epoch's keys and earlier ones now: the
+            // next epoch's probes are not sent yet.
+            let saved = checkpoint::save(
+                store,
+                runtime,
+                "reader",
+                index,
+                epoch,
+                &ReaderCheckpointRef {
+                    dedup: &dedup_state.borrow(),
+                    watermarks: &watermarks,
+                },
+            )?;
+            meta_input.send(Meta::File(saved));
         }
 
         // Keep at most two epochs in flight in the usage dataflow.

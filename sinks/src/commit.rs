@@ -63,10 +63,14 @@ pub struct CommitRecord {
     pub watermark_micros: Option<i64>,
     /// Cumulative counts.
     pub counts: Counts,
-    /// Source name -> offset covered (bytes of a file; next Kafka offsets later).
+    /// Source name -> offset covered: bytes of a file, or for each Kafka partition
+    /// (`kafka://HOST:PORT/TOPIC#P`) the next offset to read.
     pub sources: BTreeMap<String, u64>,
     /// The live files of every table.
     pub tables: Manifest,
+    /// Digest of the meters and pipeline settings a checkpoint was taken with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
 }
 
 impl CommitRecord {

@@ -1,0 +1,121 @@
+//! Checkpoints: the operator state a Kafka job restarts from (DESIGN.md section 5).
+//!
+//! At every commit epoch each worker saves, next to the tables, what it holds:
+//! - the reader side: its share of the dedup keys and the watermarks
+//!   (`_checkpoints/reader-w{i}-e{epoch}.bin`);
+//! - the usage sink: its window state and the names behind its fingerprints
+//!   (`_checkpoints/usage-w{i}-e{epoch}.bin`).
+//!
+//! The files are written before the commit record, which names them in the manifest
+//! under the pseudo-table `_checkpoints` together with the Kafka offsets the epoch ends
+//! at; so the newest commit record always names a complete checkpoint of exactly the
+//! input it covers. A restart loads them, resumes every partition at the recorded
+//! offset, and continues with the next epoch number, so no file a commit names is ever
+//! overwritten. A restart needs the same number of workers (state is split by worker)
+//! and the same meters and pipeline settings (`Checkpointed::config_digest`).
+
+use anyhow::{Context, bail};
+use om_model::Config;
+use om_operators::{DedupState, Names, UsageData, Watermarks};
+use om_sinks::DataStore;
+use om_sinks::commit::{CommitRecord, FileChange, FileEntry};
+
+/// The pseudo-table under which commit records list checkpoint files.
+pub const TABLE: &str = "_checkpoints";
+
+/// The reader side of one worker.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReaderCheckpoint {
+    /// The worker's dedup shard.
+    pub dedup: DedupState,
+    /// The job's watermarks (the same on every worker).
+    pub watermarks: Watermarks,
+}
+
+/// The usage sink of one worker.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct UsageCheckpoint {
+    /// Window state.
+    pub usage: UsageData,
+    /// Names of the fingerprints it holds.
+    pub names: Names,
+}
+
+/// The slot of a part of worker `worker`'s checkpoint: `reader-w0`, `usage-w1`.
+fn slot(part: &str, worker: usize) -> String {
+    format!("{part}-w{worker}")
+}
+
+/// Saves one part of a worker's checkpoint for `epoch`; returns the manifest change.
+pub fn save<T: serde::Serialize>(
+    store: &DataStore,
+    runtime: &tokio::runtime::Handle,
+    part: &str,
+    worker: usize,
+    epoch: u64,
+    value: &T,
+) -> anyhow::Result<FileChange> {
+    let bytes = bincode::serialize(value).context("encoding a checkpoint")?;
+    let slot = slot(part, worker);
+    let path = format!("{TABLE}/{slot}-e{epoch:06}.bin");
+    runtime
+        .block_on(store.put(&path, bytes))
+        .with_context(|| format!("writing checkpoint {path}"))?;
+    Ok(FileChange {
+        table: TABLE.into(),
+        slot,
+        file: Some(FileEntry { path, rows: 1 }),
+    })
+}
+
+/// Loads one part of a worker's checkpoint named by `commit`.
+pub fn load<T: serde::de::DeserializeOwned>(
+    store: &DataStore,
+    runtime: &tokio::runtime::Handle,
+    commit: &CommitRecord,
+    part: &str,
+    worker: usize,
+) -> anyhow::Result<T> {
+    let slot = slot(part, worker);
+    let entry = commit
+        .tables
+        .get(TABLE)
+        .and_then(|t| t.get(&slot))
+        .with_context(|| format!("the last commit names no checkpoint {slot}"))?;
+    let bytes = runtime
+        .block_on(store.get(&entry.path))?
+        .with_context(|| format!("checkpoint {} is missing", entry.path))?;
+    bincode::deserialize(&bytes).with_context(|| format!("decoding checkpoint {}", entry.path))
+}
+
+/// What a restart must keep equal: the meters and pipeline settings, as a digest.
+pub fn config_digest(config: &Config) -> String {
+    let text = format!("{:?}{:?}", config.meters, config.pipeline);
+    format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
+}
+
+/// Checks that `commit` can be resumed by a job with `workers` workers and `config`.
+pub fn check_resumable(
+    commit: &CommitRecord,
+    workers: usize,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let Some(parts) = commit.tables.get(TABLE) else {
+        bail!(
+            "it holds tables without a checkpoint (commit of epoch {}), written by a file run; use an empty location",
+            commit.epoch
+        );
+    };
+    let saved_workers = parts.keys().filter(|s| s.starts_with("reader-")).count();
+    if saved_workers != workers {
+        bail!(
+            "its checkpoint was written by {saved_workers} workers: restart with --workers {saved_workers}"
+        );
+    }
+    if commit.config_digest.as_deref() != Some(config_digest(config).as_str()) {
+        bail!(
+            "its checkpoint was written with other meters or pipeline settings: restart with the same config, or use an empty location"
+        );
+    }
+    Ok(())
+}
