@@ -226,6 +226,15 @@ fn run_job(url: &str, data: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// The epoch of the newest commit record in `data`.
+fn newest_commit_epoch(data: &Path) -> Option<u64> {
+    let dir = std::fs::read_dir(data.join("_commits")).ok()?;
+    let newest = dir.filter_map(Result::ok).map(|e| e.path()).max()?;
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(newest).ok()?).ok()?;
+    record["epoch"].as_u64()
+}
+
 /// The newest commit names only whole files and its counts match what queries see.
 fn newest_commit_is_whole(data: &Path) -> Option<u64> {
     let dir = std::fs::read_dir(data.join("_commits")).ok()?;
@@ -280,20 +289,31 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
     let crashed = tmp.path().join("crashed");
     let mut epochs = Vec::new();
     for kill in 0..4 {
+        // Each run is killed at a random moment after it committed something new, so
+        // the kills land in different places of the work (reading, writing files,
+        // checkpointing, committing) and every restart makes progress.
         let mut job = run_job(&url, &crashed);
-        let after = Duration::from_millis(rng.random_range(1_500..5_000));
-        std::thread::sleep(after);
-        assert!(
-            job.try_wait().unwrap().is_none(),
-            "kill {kill} (seed {seed}): the job ended before it was killed"
-        );
+        let before = epochs.last().copied().flatten();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while newest_commit_epoch(&crashed) <= before {
+            assert!(
+                job.try_wait().unwrap().is_none(),
+                "kill {kill} (seed {seed}): the job ended before it was killed"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "kill {kill}: no new commit within 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..1_500)));
         job.kill().unwrap(); // SIGKILL
         job.wait().unwrap();
         epochs.push(newest_commit_is_whole(&crashed));
     }
     assert!(
-        epochs.windows(2).any(|w| w[0] < w[1]) && epochs.iter().any(Option::is_some),
-        "seed {seed}: the killed runs committed nothing new between kills: {epochs:?}"
+        epochs.windows(2).all(|w| w[0] < w[1]),
+        "seed {seed}: every killed run committed something: {epochs:?}"
     );
     let out = run_job(&url, &crashed).wait_with_output().unwrap();
     assert!(

@@ -45,11 +45,14 @@ fn wait_for_port(what: &str, port: u16, log: impl Fn() -> String) {
     }
 }
 
-/// A Kafka broker (tansu, in-memory storage), stopped on drop.
+/// A Kafka broker (tansu with its SQLite storage engine in a temporary directory),
+/// stopped on drop. (Its object-store engine, `memory://`, skips the rest of a batch when
+/// a fetch starts inside it, which a resuming consumer does.)
 pub struct Broker {
     child: Child,
     port: u16,
     log: tempfile::NamedTempFile,
+    _dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -58,6 +61,7 @@ impl Broker {
         let bin = tool("tansu");
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let listener = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args([
@@ -67,13 +71,20 @@ impl Broker {
                 "--advertised-listener-url",
                 &listener,
                 "--storage-engine",
-                "memory://tansu/",
+                // A path relative to the working directory.
+                "sqlite://tansu.db",
             ])
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let broker = Broker { child, port, log };
+        let broker = Broker {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
         wait_for_port("the Kafka broker (tansu)", port, || broker.log());
         broker
     }

@@ -1,0 +1,336 @@
+//! `om-kafka-bench`: the Kafka -> tables path against a broker on this machine.
+//!
+//! 1. Throughput: produces N generated events into a fresh 4-partition topic, then runs
+//!    the job (`--until-caught-up`, built-in config, local tables) over it: events/s
+//!    from the first poll to the last commit.
+//! 2. Freshness: runs the live job (commit interval 1 s) on another topic while a
+//!    producer sends events at a fixed rate; each message's send time is matched, by
+//!    partition and offset (from the delivery report), to the first moment a commit
+//!    record covering its offset is seen, i.e. when `query` can see it. Prints p50, p99
+//!    and max.
+//!
+//! The broker is tansu from `$OM_CACHE/tools/bin` (installed by scripts/test), started on
+//! a free port with its SQLite engine, unless `--brokers` names a running one (then
+//! topics must be creatable with `--create-topic-cmd`, or already exist).
+//!
+//! Run with: `cargo run --release -p om-bench --bin om-kafka-bench -- --events 2000000`
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use om_sources::generator::{GenOptions, Generator};
+use om_sources::kafka::{KafkaUrl, event_key};
+use openmonetize::run::{RunOptions, Source, run};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Kafka -> tables: throughput and freshness")]
+struct Args {
+    /// Events for the throughput run.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Customers.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u32,
+    /// Timely workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Events per second the freshness producer sends.
+    #[arg(long, default_value_t = 50_000)]
+    rate: u64,
+    /// Seconds the freshness producer runs.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Work directory.
+    #[arg(long, default_value = "/tmp/om-kafka-bench")]
+    dir: PathBuf,
+}
+
+/// The broker this bench started.
+struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    let cache = std::env::var_os("OM_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/openmonetize"),
+        PathBuf::from,
+    );
+    cache.join("tools/bin/tansu")
+}
+
+fn start_tansu(dir: &std::path::Path) -> anyhow::Result<Tansu> {
+    let bin = tansu_bin();
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run scripts/test once, it installs tansu",
+            bin.display()
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tansu.log"))?)
+        .spawn()?;
+    let t = Tansu { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "tansu did not listen within 30 s (log: {})",
+                dir.join("tansu.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(t)
+}
+
+fn create_topic(t: &Tansu, topic: &str) -> anyhow::Result<KafkaUrl> {
+    let status = Command::new(tansu_bin())
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &format!("tcp://127.0.0.1:{}", t.port),
+        ])
+        .args(["--partitions", "4", topic])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("creating topic {topic} failed");
+    }
+    Ok(format!("kafka://127.0.0.1:{}/{topic}", t.port).parse()?)
+}
+
+/// Delivery reports: (partition, offset, send time).
+#[derive(Default)]
+struct Deliveries(Mutex<Vec<(u32, u64, Instant)>>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        if let Ok(m) = result {
+            use rdkafka::Message;
+            self.0.lock().expect("not poisoned").push((
+                m.partition() as u32,
+                m.offset() as u64,
+                *sent,
+            ));
+        }
+    }
+}
+
+fn producer(url: &KafkaUrl) -> anyhow::Result<BaseProducer<Deliveries>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &url.brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(Deliveries::default())?)
+}
+
+/// Sends `n` generated events; `pace` = events per second, or unpaced.
+fn send(
+    p: &BaseProducer<Deliveries>,
+    url: &KafkaUrl,
+    generator: &mut Generator,
+    n: u64,
+    pace: Option<u64>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut line = String::new();
+    for i in 0..n {
+        if let Some(rate) = pace {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                p.poll(wait);
+            }
+        }
+        if !generator.next_line(&mut line) {
+            break;
+        }
+        let key = event_key(line.as_bytes()).unwrap_or_default();
+        let mut opaque = Box::new(Instant::now());
+        loop {
+            let record = BaseRecord::with_opaque_to(&url.topic, opaque)
+                .payload(line.as_bytes())
+                .key(&key[..]);
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    opaque = r.delivery_opaque;
+                    p.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// Partition -> next offset covered by the newest commit record in `data`.
+fn committed(data: &std::path::Path, url: &KafkaUrl) -> Vec<u64> {
+    let newest = std::fs::read_dir(data.join("_commits"))
+        .ok()
+        .and_then(|d| d.filter_map(Result::ok).map(|e| e.path()).max());
+    let record: Option<serde_json::Value> = newest
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok());
+    (0..4)
+        .map(|p| {
+            record
+                .as_ref()
+                .and_then(|r| r["sources"][url.partition_name(p)].as_u64())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)?;
+    let tansu = start_tansu(&args.dir)?;
+    let gen_opts = |events, seed| GenOptions {
+        events,
+        customers: args.customers,
+        seed,
+        ..Default::default()
+    };
+
+    // 1. Throughput.
+    let url = create_topic(&tansu, "throughput")?;
+    let p = producer(&url)?;
+    let started = Instant::now();
+    send(
+        &p,
+        &url,
+        &mut Generator::new(gen_opts(args.events, 42)),
+        args.events,
+        None,
+    )?;
+    let produce_secs = started.elapsed().as_secs_f64();
+    let data = args.dir.join("throughput-tables");
+    let started = Instant::now();
+    let summary = run(RunOptions {
+        workers: args.workers,
+        until_caught_up: true,
+        progress: false,
+        ..RunOptions::new(
+            om_model::Config::builtin(),
+            Source::Kafka(url.clone()),
+            data.to_string_lossy(),
+        )
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let c = &summary.commit.counts;
+    let read = c.accepted + c.rejected + c.late;
+    if read != args.events {
+        bail!("the job accounted for {read} of {} events", args.events);
+    }
+    println!(
+        "throughput: {} events, {} workers: produced in {produce_secs:.1} s ({:.0}/s); job {secs:.1} s, {:.0} events/s",
+        args.events,
+        args.workers,
+        args.events as f64 / produce_secs,
+        args.events as f64 / secs
+    );
+
+    // 2. Freshness.
+    let url = create_topic(&tansu, "freshness")?;
+    let data = args.dir.join("freshness-tables");
+    let stop = Arc::new(AtomicBool::new(false));
+    let job = {
+        let (url, data, stop, workers) =
+            (url.clone(), data.clone(), Arc::clone(&stop), args.workers);
+        std::thread::spawn(move || {
+            run(RunOptions {
+                workers,
+                stop,
+                progress: false,
+                ..RunOptions::new(
+                    om_model::Config::builtin(),
+                    Source::Kafka(url),
+                    data.to_string_lossy(),
+                )
+            })
+        })
+    };
+    let p = Arc::new(producer(&url)?);
+    let total = args.rate * args.seconds;
+    let sender = {
+        let (p, url) = (Arc::clone(&p), url.clone());
+        let mut generator = Generator::new(gen_opts(total, 7));
+        let rate = args.rate;
+        std::thread::spawn(move || send(&p, &url, &mut generator, total, Some(rate)))
+    };
+    // Watch commits; a message is visible once a commit covers its offset.
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut pending: Vec<(u32, u64, Instant)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(args.seconds + 60);
+    while (latencies.len() as u64) < total {
+        if Instant::now() > deadline {
+            bail!("only {} of {total} events became visible", latencies.len());
+        }
+        pending.append(&mut p.context().0.lock().expect("not poisoned"));
+        let covered = committed(&data, &url);
+        let now = Instant::now();
+        pending.retain(|&(part, offset, sent)| {
+            if offset < covered[part as usize] {
+                latencies.push(now.duration_since(sent).as_secs_f64());
+                false
+            } else {
+                true
+            }
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sender.join().expect("producer thread")?;
+    stop.store(true, Ordering::SeqCst);
+    job.join().expect("job thread").context("the live job")?;
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "freshness: {total} events at {}/s, commit interval 1 s: p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        args.rate,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+    drop(tansu);
+    Ok(())
+}
