@@ -51,6 +51,11 @@ struct Args {
     /// Work directory.
     #[arg(long, default_value = "/tmp/om-kafka-bench")]
     dir: PathBuf,
+    /// tansu's storage engine: `sqlite://tansu.db` (in the work directory; what the tests
+    /// use) or `memory://tansu/` (faster, but its fetch skips the rest of a batch when it
+    /// starts inside one, so only valid for reads from the start, as here).
+    #[arg(long, default_value = "sqlite://tansu.db")]
+    storage: String,
 }
 
 /// The broker this bench started.
@@ -74,7 +79,7 @@ fn tansu_bin() -> PathBuf {
     cache.join("tools/bin/tansu")
 }
 
-fn start_tansu(dir: &std::path::Path) -> anyhow::Result<Tansu> {
+fn start_tansu(dir: &std::path::Path, storage: &str) -> anyhow::Result<Tansu> {
     let bin = tansu_bin();
     if !bin.exists() {
         bail!(
@@ -94,7 +99,7 @@ fn start_tansu(dir: &std::path::Path) -> anyhow::Result<Tansu> {
             "--advertised-listener-url",
             &listener,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", storage])
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("tansu.log"))?)
@@ -225,7 +230,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
-    let tansu = start_tansu(&args.dir)?;
+    let tansu = start_tansu(&args.dir, &args.storage)?;
+    println!("broker: tansu, storage {}", args.storage);
     let gen_opts = |events, seed| GenOptions {
         events,
         customers: args.customers,
