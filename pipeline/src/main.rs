@@ -220,9 +220,14 @@ fn main() -> anyhow::Result<()> {
             let config = openmonetize::load_config(config.as_deref())?;
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                // The first signal stops the job after its current epoch is committed; a
+                // second one exits at once (nothing half-committed is ever visible).
+                signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+                    .context("installing the signal handler")?;
                 signal_hook::flag::register(signal, Arc::clone(&stop))
                     .context("installing the signal handler")?;
             }
+            let stopped = Arc::clone(&stop);
             let summary = run(RunOptions {
                 workers,
                 epoch_bytes,
@@ -233,6 +238,9 @@ fn main() -> anyhow::Result<()> {
                 progress: !quiet,
                 ..RunOptions::new(config, events, data.clone())
             })?;
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("stopped on request after committing what was read");
+            }
             let c = &summary.commit.counts;
             let secs = summary.elapsed.as_secs_f64();
             let read = c.accepted + c.rejected + c.late;

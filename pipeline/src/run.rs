@@ -694,13 +694,12 @@ fn run_worker(
         step_while(worker, failed, || dedup_probe.less_equal(&epoch))?;
         let all = statuses.borrow_mut().remove(&epoch).unwrap_or_default();
         debug_assert_eq!(all.len(), peers, "one status per worker");
-        let last = match input {
-            Input::File(_) => caught_up,
-            Input::Kafka { .. } => {
-                all.iter().any(|s| s.stop)
-                    || (opts.until_caught_up && all.iter().all(|s| s.caught_up))
-            }
-        };
+        // A stop request (Ctrl-C, SIGTERM) ends any job after committing this epoch.
+        let last = all.iter().any(|s| s.stop)
+            || match input {
+                Input::File(_) => caught_up,
+                Input::Kafka { .. } => opts.until_caught_up && all.iter().all(|s| s.caught_up),
+            };
         let commit = last
             || match input {
                 Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0,
