@@ -568,8 +568,7 @@ fn run_worker(
                     bytes_read.fetch_add(buf.payload_bytes() as u64, Ordering::Relaxed);
                     let positions = r
                         .positions()
-                        .iter()
-                        .map(|(&p, &next)| (url.partition_name(p), next))
+                        .map(|(p, next)| (url.partition_name(p), next))
                         .collect();
                     EpochRead {
                         records: buf.messages().collect(),

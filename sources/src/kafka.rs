@@ -199,8 +199,9 @@ pub struct PartitionReader {
     url: KafkaUrl,
     consumer: BaseConsumer,
     topic: CString,
-    /// Partition -> next offset to read.
-    next: BTreeMap<u32, u64>,
+    /// Partition -> next offset to read; `None` until the first message of a partition
+    /// read from its beginning (whose first offset is the broker's to say).
+    next: BTreeMap<u32, Option<u64>>,
     /// Partitions with nothing beyond `next` at the last look.
     at_end: BTreeMap<u32, bool>,
 }
@@ -248,10 +249,7 @@ impl PartitionReader {
             url: url.clone(),
             consumer,
             at_end: partitions.keys().map(|&p| (p, false)).collect(),
-            next: partitions
-                .into_iter()
-                .map(|(p, o)| (p, o.unwrap_or(0)))
-                .collect(),
+            next: partitions,
         })
     }
 
@@ -280,7 +278,7 @@ impl PartitionReader {
                 Ok(m) => {
                     let (p, offset) = (m.partition() as u32, m.offset() as u64);
                     buf.push(p, offset, m.payload().unwrap_or_default());
-                    self.next.insert(p, offset + 1);
+                    self.next.insert(p, Some(offset + 1));
                     self.at_end.insert(p, false);
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
@@ -307,9 +305,11 @@ impl PartitionReader {
             .collect()
     }
 
-    /// Partition -> next offset to read.
-    pub fn positions(&self) -> &BTreeMap<u32, u64> {
-        &self.next
+    /// (partition, next offset to read) of every partition with a known position: read
+    /// from, or resumed at an offset. A partition still waiting for its first message
+    /// from its beginning has none, so a restart starts it from its beginning again.
+    pub fn positions(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.next.iter().filter_map(|(&p, &o)| Some((p, o?)))
     }
 
     /// Messages known to lie beyond what was read (from the broker's answers to the
@@ -332,6 +332,7 @@ impl PartitionReader {
                     )
                 };
                 if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    let next = next.unwrap_or(low.max(0) as u64);
                     (high.max(0) as u64).saturating_sub(next)
                 } else {
                     0
