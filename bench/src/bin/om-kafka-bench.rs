@@ -206,9 +206,12 @@ fn send(
 
 /// Partition -> next offset covered by the newest commit record in `data`.
 fn committed(data: &std::path::Path, url: &KafkaUrl) -> Vec<u64> {
-    let newest = std::fs::read_dir(data.join("_commits"))
-        .ok()
-        .and_then(|d| d.filter_map(Result::ok).map(|e| e.path()).max());
+    let newest = std::fs::read_dir(data.join("_commits")).ok().and_then(|d| {
+        d.filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .max()
+    });
     let record: Option<serde_json::Value> = newest
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| serde_json::from_str(&t).ok());

@@ -108,19 +108,26 @@ fn golden_cases_through_kafka_into_s3_equal_the_file_source() {
 
 /// The newest commit record's accepted + rejected + late count.
 fn committed_records(data: &Path) -> u64 {
-    let Ok(dir) = std::fs::read_dir(data.join("_commits")) else {
-        return 0;
-    };
-    let Some(newest) = dir.filter_map(Result::ok).map(|e| e.path()).max() else {
-        return 0;
-    };
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(newest).unwrap()).unwrap();
-    let c = &record["counts"];
-    ["accepted", "rejected", "late"]
-        .iter()
-        .map(|k| c[k].as_u64().unwrap())
-        .sum()
+    newest_commit(data).map_or(0, |record| {
+        let c = &record["counts"];
+        ["accepted", "rejected", "late"]
+            .iter()
+            .map(|k| c[k].as_u64().unwrap())
+            .sum()
+    })
+}
+
+/// The newest commit record in `data`, if any. Records are written atomically, to a
+/// staging file (`N.json#k`, left behind by a kill) then renamed; only `*.json` count.
+fn newest_commit(data: &Path) -> Option<serde_json::Value> {
+    let dir = std::fs::read_dir(data.join("_commits")).ok()?;
+    let newest = dir
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max()?;
+    let text = std::fs::read_to_string(newest).ok()?;
+    Some(serde_json::from_str(&text).expect("a commit record is JSON"))
 }
 
 #[test]
@@ -228,19 +235,13 @@ fn run_job(url: &str, data: &Path) -> std::process::Child {
 
 /// The epoch of the newest commit record in `data`.
 fn newest_commit_epoch(data: &Path) -> Option<u64> {
-    let dir = std::fs::read_dir(data.join("_commits")).ok()?;
-    let newest = dir.filter_map(Result::ok).map(|e| e.path()).max()?;
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(newest).ok()?).ok()?;
-    record["epoch"].as_u64()
+    newest_commit(data)?["epoch"].as_u64()
 }
 
-/// The newest commit names only whole files and its counts match what queries see.
+/// The newest commit names only whole files and its counts match what queries see;
+/// returns its epoch.
 fn newest_commit_is_whole(data: &Path) -> Option<u64> {
-    let dir = std::fs::read_dir(data.join("_commits")).ok()?;
-    let newest = dir.filter_map(Result::ok).map(|e| e.path()).max()?;
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&newest).unwrap()).unwrap();
+    let record = newest_commit(data)?;
     let got = query_csv(
         data,
         "SELECT (SELECT COUNT(*) FROM events) AS a, (SELECT COUNT(*) FROM rejected_events) AS r, (SELECT COUNT(*) FROM late_events) AS l",
@@ -249,8 +250,8 @@ fn newest_commit_is_whole(data: &Path) -> Option<u64> {
     assert_eq!(
         got[1],
         ["accepted", "rejected", "late"].map(|k| c[k].to_string()),
-        "{}: counts of the committed tables",
-        newest.display()
+        "commit of epoch {}: counts of the committed tables",
+        record["epoch"]
     );
     record["epoch"].as_u64()
 }
