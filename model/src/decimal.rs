@@ -75,6 +75,16 @@ impl Decimal9 {
         Some(Decimal9(div_half_even(wide, SCALE)))
     }
 
+    /// The exact sum of the products `a x b`, rounded half-even to 9 fractional digits
+    /// once at the end (not per product); `None` on overflow.
+    pub fn sum_of_products(pairs: impl IntoIterator<Item = (Decimal9, Decimal9)>) -> Option<Self> {
+        let mut wide: i128 = 0;
+        for (a, b) in pairs {
+            wide = wide.checked_add(a.0.checked_mul(b.0)?)?;
+        }
+        Some(Decimal9(div_half_even(wide, SCALE)))
+    }
+
     /// Division by an integer count, rounded half-even to 9 fractional digits.
     ///
     /// Panics when `n` is zero: callers never average an empty set.

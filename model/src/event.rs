@@ -66,6 +66,8 @@ pub struct DecodedEvent {
     pub event: Event,
     /// One reading per meter that reads this event type.
     pub readings: Vec<Reading>,
+    /// Credits the event burns: the sum over the matching burn rules.
+    pub burn: Decimal9,
 }
 
 /// Input that did not become an accepted event, kept whole.

@@ -2,13 +2,16 @@
 //! event time and windows, the configuration, the records that flow through the
 //! dataflow, and the Arrow schemas of the output tables.
 
+pub mod command;
 pub mod config;
+pub mod credit;
 pub mod decimal;
 pub mod event;
 pub mod fingerprint;
 pub mod schema;
 pub mod time;
 
+pub use command::{Command, Grant};
 pub use config::{Aggregation, Config, ConfigError, Meter};
 pub use decimal::Decimal9;
 pub use event::{

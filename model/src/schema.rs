@@ -25,7 +25,15 @@ fn source_fields() -> [Field; 3] {
 }
 
 /// The names of all tables, as registered for SQL.
-pub const TABLES: [&str; 4] = ["events", "usage_windows", "rejected_events", "late_events"];
+pub const TABLES: [&str; 7] = [
+    "events",
+    "usage_windows",
+    "rejected_events",
+    "late_events",
+    "credit_grants",
+    "credit_balances",
+    "credit_ledger",
+];
 
 /// `events`: one row per accepted event.
 pub static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -97,6 +105,54 @@ pub static LATE_EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ))
 });
 
+/// `credit_grants`: one row per grant.
+pub static CREDIT_GRANTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("grant_id", false),
+        utf8("customer_id", false),
+        Field::new("amount", DECIMAL, false),
+        Field::new("priority", DataType::Int64, false),
+        Field::new("effective_at", timestamp(), false),
+        Field::new("expires_at", timestamp(), true),
+        Field::new("voided_at", timestamp(), true),
+        Field::new("consumed", DECIMAL, false),
+        Field::new("expired", DECIMAL, false),
+        Field::new("voided", DECIMAL, false),
+        Field::new("remaining", DECIMAL, false),
+        Field::new("price", DECIMAL, true),
+        utf8("currency", true),
+    ]))
+});
+
+/// `credit_balances`: one row per customer with credits or burn.
+pub static CREDIT_BALANCES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        Field::new("balance", DECIMAL, false),
+        Field::new("granted", DECIMAL, false),
+        Field::new("consumed", DECIMAL, false),
+        Field::new("expired", DECIMAL, false),
+        Field::new("voided", DECIMAL, false),
+        Field::new("overage", DECIMAL, false),
+        Field::new("exhaustion_at", timestamp(), true),
+        Field::new("as_of", timestamp(), true),
+    ]))
+});
+
+/// `credit_ledger`: grant, expiry and void entries, and burn and overage per hour.
+pub static CREDIT_LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("grant_id", true),
+        utf8("entry", false),
+        Field::new("at", timestamp(), false),
+        Field::new("amount", DECIMAL, false),
+    ]))
+});
+
 /// The schema of a table by name.
 pub fn table_schema(name: &str) -> Option<SchemaRef> {
     Some(Arc::clone(match name {
@@ -104,6 +160,9 @@ pub fn table_schema(name: &str) -> Option<SchemaRef> {
         "usage_windows" => &USAGE_WINDOWS,
         "rejected_events" => &REJECTED_EVENTS,
         "late_events" => &LATE_EVENTS,
+        "credit_grants" => &CREDIT_GRANTS,
+        "credit_balances" => &CREDIT_BALANCES,
+        "credit_ledger" => &CREDIT_LEDGER,
         _ => return None,
     }))
 }

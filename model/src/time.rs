@@ -19,6 +19,9 @@ pub const DAY: Micros = 24 * HOUR;
 /// Greatest accepted epoch-millisecond timestamp: 9999-12-31T23:59:59.999Z.
 const MAX_MILLIS: i64 = 253_402_300_799_999;
 
+/// Greatest representable instant: 9999-12-31T23:59:59.999999Z.
+pub const MAX_MICROS: Micros = MAX_MILLIS * 1000 + 999;
+
 /// Parses an RFC 3339 timestamp (any offset) to UTC microseconds; digits below the
 /// microsecond are truncated.
 pub fn parse_rfc3339(text: &str) -> Option<Micros> {

@@ -30,6 +30,8 @@ pub struct ReaderCheckpoint {
     pub dedup: DedupState,
     /// The job's watermarks (the same on every worker).
     pub watermarks: Watermarks,
+    /// (tenant, grant id) of every grant accepted (worker 0, which reads the commands).
+    pub grants: std::collections::BTreeSet<(String, String)>,
 }
 
 /// The usage sink of one worker.
@@ -88,9 +90,13 @@ pub fn load<T: serde::de::DeserializeOwned>(
     bincode::deserialize(&bytes).with_context(|| format!("decoding checkpoint {}", entry.path))
 }
 
-/// What a restart must keep equal: the meters and pipeline settings, as a digest.
+/// What a restart must keep equal: the meters, burn rates and pipeline settings, as a
+/// digest.
 pub fn config_digest(config: &Config) -> String {
-    let text = format!("{:?}{:?}", config.meters, config.pipeline);
+    let text = format!(
+        "{:?}{:?}{:?}",
+        config.meters, config.pipeline, config.burn_rates
+    );
     format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
 }
 
@@ -114,7 +120,7 @@ pub fn check_resumable(
     }
     if commit.config_digest.as_deref() != Some(config_digest(config).as_str()) {
         bail!(
-            "its checkpoint was written with other meters or pipeline settings: restart with the same config, or use an empty location"
+            "its checkpoint was written with other meters, burn rates or pipeline settings: restart with the same config, or use an empty location"
         );
     }
     Ok(())

@@ -21,6 +21,9 @@ use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
 pub struct EpochInfo {
     /// Watermark after each epoch (identical on every worker).
     pub watermarks: BTreeMap<u64, Option<Micros>>,
+    /// Latest watermark (greatest accepted event time) after each epoch: the "now" of
+    /// balances.
+    pub latest: BTreeMap<u64, Option<Micros>>,
     /// Epochs that end with a commit (identical on every worker).
     pub commits: std::collections::BTreeSet<u64>,
 }
@@ -38,6 +41,10 @@ pub enum Meta {
         rejected: u64,
         /// Duplicates.
         duplicates: u64,
+        /// Valid commands.
+        commands_accepted: u64,
+        /// Rejected commands (in `rejected_events`, not in `rejected`).
+        commands_rejected: u64,
         /// Late events.
         late: u64,
         /// Watermark after the epoch.
@@ -252,7 +259,9 @@ pub fn committer<'s>(
                 for m in metas {
                     match m {
                         Meta::File(c) => changes.push(c),
-                        Meta::Stats { accepted, rejected, duplicates, late, watermark: w, sources } => {
+                        Meta::Stats { accepted, rejected, duplicates, commands_accepted, commands_rejected, late, watermark: w, sources } => {
+                            record.counts.commands_accepted += commands_accepted;
+                            record.counts.commands_rejected += commands_rejected;
                             record.counts.accepted += accepted;
                             record.counts.rejected += rejected;
                             record.counts.duplicates += duplicates;

@@ -5,10 +5,12 @@
 //! (`om_sources`), sends dedup probes through the dedup dataflow, judges lateness
 //! (`om_operators`), writes the accepted, rejected and late records of the epoch, and
 //! feeds window updates into the usage dataflow ([`dataflow`]), whose sink rewrites the
-//! changed `usage_windows` partitions; the committer on worker 0 then writes the epoch's
+//! changed `usage_windows` partitions, and its burn to the credits sink ([`credits_sink`]),
+//! which rewrites the credit tables; the committer on worker 0 then writes the epoch's
 //! commit record.
 
 pub mod checkpoint;
+pub mod credits_sink;
 pub mod dataflow;
 pub mod demo;
 pub mod run;

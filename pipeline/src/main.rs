@@ -56,7 +56,9 @@ enum Command {
         /// Events source: file:PATH (JSONL) or kafka://HOST:PORT[,HOST:PORT]/TOPIC.
         #[arg(long)]
         events: String,
-        /// Commands source (grants, plans, retractions): not supported yet.
+        /// Commands source (grants, voids, subscriptions; DESIGN.md 2.2): file:PATH when
+        /// the events are a file (read whole at the start), kafka://HOST:PORT/TOPIC when
+        /// they are a topic (read as it grows). Feeds the credit tables.
         #[arg(long)]
         commands: Option<String>,
         /// Where the tables go: a local path, file:///ABS/PATH, s3://BUCKET/PREFIX (AWS_*
@@ -86,7 +88,8 @@ enum Command {
     },
     /// Run SQL over the committed tables.
     ///
-    /// Tables: events, usage_windows, rejected_events, late_events.
+    /// Tables: events, usage_windows, rejected_events, late_events, credit_grants,
+    /// credit_balances, credit_ledger.
     Query {
         /// Data location the job wrote to.
         #[arg(long)]
@@ -209,11 +212,9 @@ fn main() -> anyhow::Result<()> {
             until_caught_up,
             quiet,
         } => {
-            if commands.is_some() {
-                anyhow::bail!(
-                    "--commands is not supported yet: grants, plans and retractions arrive with the credits work (issue #4)"
-                );
-            }
+            let commands: Option<Source> = commands
+                .map(|c| c.parse().with_context(|| format!("--commands `{c}`")))
+                .transpose()?;
             let events: Source = events
                 .parse()
                 .with_context(|| format!("--events `{events}`"))?;
@@ -236,6 +237,7 @@ fn main() -> anyhow::Result<()> {
                 until_caught_up,
                 stop,
                 progress: !quiet,
+                commands,
                 ..RunOptions::new(config, events, data.clone())
             })?;
             if stopped.load(std::sync::atomic::Ordering::SeqCst) {
@@ -244,6 +246,12 @@ fn main() -> anyhow::Result<()> {
             let c = &summary.commit.counts;
             let secs = summary.elapsed.as_secs_f64();
             let read = c.accepted + c.rejected + c.late;
+            if c.commands_accepted + c.commands_rejected > 0 {
+                eprintln!(
+                    "commands: accepted {}, rejected {} (in rejected_events)",
+                    c.commands_accepted, c.commands_rejected
+                );
+            }
             eprintln!(
                 "done: {read} records ({:.0}/s) in {secs:.2}s: accepted {}, rejected {} ({} duplicates), late {}; watermark {}; committed epoch {} to {data}",
                 read as f64 / secs.max(1e-9),

@@ -17,23 +17,25 @@
 //! read anything for Kafka, and the last epoch.
 
 use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
+use crate::credits_sink::{CreditInput, CreditSinkConfig, credits_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
 use anyhow::{Context, bail};
 use om_model::{
-    Aggregation, Config, LateRecord, Micros, RejectedRecord, SourcePosition, fingerprint,
+    Aggregation, Command, Config, Decimal9, LateRecord, Micros, RejectedRecord, SourcePosition,
+    fingerprint,
 };
 use om_operators::dedup::dedup;
 use om_operators::{
-    DedupProbe, DedupState, Fate, NameCache, NameRecord, Order, ReadingUpdate, UpdateValue,
-    Verdict, Watermarks, classify, late_reason,
+    BurnUpdate, CreditState, DedupProbe, DedupState, Fate, NameCache, NameRecord, Order,
+    ReadingUpdate, UpdateValue, Verdict, Watermarks, classify, late_reason,
 };
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{EventColumns, EventsBuilder};
 use om_sinks::{DataStore, FileChange};
-use om_sources::Decoder;
 use om_sources::decode::{MAX_RECORD_BYTES, Scratch, ValueRef};
 use om_sources::file::{JsonlFile, LineBuf};
 use om_sources::kafka::{KafkaUrl, MessageBuf, PartitionReader};
+use om_sources::{CommandDecoder, Decoder};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -81,7 +83,7 @@ impl std::str::FromStr for Source {
         } else if s.starts_with("kafka://") {
             Ok(Source::Kafka(s.parse()?))
         } else {
-            bail!("`{s}` is not an events source: use file:PATH (JSONL) or kafka://HOST:PORT/TOPIC")
+            bail!("`{s}` is not a source: use file:PATH (JSONL) or kafka://HOST:PORT/TOPIC")
         }
     }
 }
@@ -93,6 +95,8 @@ pub struct RunOptions {
     pub config: Config,
     /// The events source.
     pub events: Source,
+    /// The commands source (grants, voids, subscriptions, retractions), if any.
+    pub commands: Option<Source>,
     /// Where the tables go (`--data`).
     pub data: String,
     /// Number of timely workers.
@@ -120,6 +124,7 @@ impl RunOptions {
         RunOptions {
             config,
             events,
+            commands: None,
             data: data.into(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             epoch_bytes: DEFAULT_EPOCH_BYTES,
@@ -149,6 +154,21 @@ enum Input {
     Kafka { url: KafkaUrl, partitions: u32 },
 }
 
+impl Input {
+    fn open(source: &Source, what: &str) -> anyhow::Result<Input> {
+        Ok(match source {
+            Source::File(path) => Input::File(
+                JsonlFile::open(path)
+                    .with_context(|| format!("opening {what} file {}", path.display()))?,
+            ),
+            Source::Kafka(url) => Input::Kafka {
+                partitions: url.partition_count(Duration::from_secs(10))?,
+                url: url.clone(),
+            },
+        })
+    }
+}
+
 /// Runs the job: over a file until its end, over Kafka until stopped; returns the last
 /// commit.
 pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
@@ -156,16 +176,16 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         bail!("--workers must be at least 1");
     }
     let start = Instant::now();
-    let input = Arc::new(match &opts.events {
-        Source::File(path) => Input::File(
-            JsonlFile::open(path)
-                .with_context(|| format!("opening events file {}", path.display()))?,
-        ),
-        Source::Kafka(url) => Input::Kafka {
-            partitions: url.partition_count(Duration::from_secs(10))?,
-            url: url.clone(),
-        },
-    });
+    let input = Arc::new(Input::open(&opts.events, "events")?);
+    let commands = Arc::new(
+        opts.commands
+            .as_ref()
+            .map(|c| Input::open(c, "commands"))
+            .transpose()?,
+    );
+    if matches!(*input, Input::File(_)) != matches!(*commands, None | Some(Input::File(_))) {
+        bail!("--events and --commands must both be files or both be Kafka topics");
+    }
     let store = DataStore::open(&opts.data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -185,9 +205,22 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                 anyhow::anyhow!("cannot resume the job in {}: {why:#}", opts.data)
             };
             checkpoint::check_resumable(&prev, opts.workers, &opts.config).map_err(cannot)?;
-            let topic = format!("{url}#");
-            if let Some(other) = prev.sources.keys().find(|s| !s.starts_with(&topic)) {
-                return Err(cannot(anyhow::anyhow!("it was reading {other}, not {url}")));
+            let topics: Vec<String> = std::iter::once(url.to_string())
+                .chain(opts.commands.iter().map(|c| match c {
+                    Source::Kafka(u) => u.to_string(),
+                    Source::File(p) => p.display().to_string(),
+                }))
+                .map(|t| format!("{t}#"))
+                .collect();
+            if let Some(other) = prev
+                .sources
+                .keys()
+                .find(|s| !topics.iter().any(|t| s.starts_with(t.as_str())))
+            {
+                return Err(cannot(anyhow::anyhow!(
+                    "it was reading {other}, not {}",
+                    topics.join(" and ").replace('#', "")
+                )));
             }
             if opts.progress {
                 eprintln!(
@@ -211,7 +244,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         move |worker| {
             let _flag = FailFlag(&failed);
             let result = run_worker(
-                worker, &opts, &input, &resume, &store, &handle, &failed, &bytes,
+                worker, &opts, &input, &commands, &resume, &store, &handle, &failed, &bytes,
             );
             if result.is_err() {
                 failed.store(true, Ordering::SeqCst);
@@ -296,6 +329,8 @@ struct Chunk<'f> {
     readings_end: Vec<usize>,
     /// (meter, dimensions fingerprint, value) of every reading.
     readings: Vec<(u16, u64, UpdateValue)>,
+    /// Credits each event burns.
+    burns: Vec<Decimal9>,
     /// The dedup/lateness chunks among the events: (chunk, range of event indexes).
     chunks: Vec<(u32, Range<usize>)>,
 }
@@ -316,6 +351,7 @@ impl<D: Clone + 'static> AdvanceTo for TimelyInput<D> {
 struct ReaderCheckpointRef<'a> {
     dedup: &'a DedupState,
     watermarks: &'a Watermarks,
+    grants: &'a BTreeSet<(String, String)>,
 }
 
 /// What a worker read in one epoch.
@@ -372,6 +408,7 @@ fn run_worker(
     worker: &mut timely::worker::Worker,
     opts: &RunOptions,
     input: &Input,
+    commands: &Option<Input>,
     resume: &Option<CommitRecord>,
     store: &DataStore,
     runtime: &tokio::runtime::Handle,
@@ -417,7 +454,17 @@ fn run_worker(
         }
     };
     let source_name = reader.name();
-    let sources = vec![source_name.clone()];
+    let mut commands_reader = match commands {
+        Some(input) if index == 0 => Some(CommandReader::open(input, resume)?),
+        _ => None,
+    };
+    let command_decoder = CommandDecoder::new(config);
+    let sources: Vec<String> = std::iter::once(source_name.clone())
+        .chain(commands.as_ref().map(|c| match c {
+            Input::File(file) => format!("file:{}", file.path().display()),
+            Input::Kafka { url, .. } => url.to_string(),
+        }))
+        .collect();
     let file_boundary = |e: u64, w: usize| -> u64 {
         let Input::File(file) = input else { return 0 };
         let base = e * epoch_bytes;
@@ -434,22 +481,34 @@ fn run_worker(
     // State restored from the checkpoint of the commit the job resumes from.
     let checkpoints = matches!(input, Input::Kafka { .. });
     let first_epoch = resume.as_ref().map_or(0, |c| c.epoch + 1);
-    let (dedup_state, mut watermarks, usage_restore) = match resume {
-        Some(commit) => {
-            let reader: ReaderCheckpoint =
-                checkpoint::load(store, runtime, commit, "reader", index)?;
-            let usage: UsageCheckpoint = checkpoint::load(store, runtime, commit, "usage", index)?;
-            (reader.dedup, reader.watermarks, Some(usage))
-        }
-        None => (
-            DedupState::new(config.pipeline.dedup_horizon),
-            Watermarks::new(match input {
-                Input::File(_) => Order::Global,
-                Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
-            }),
-            None,
-        ),
-    };
+    let (dedup_state, mut watermarks, mut grants_seen, usage_restore, credits_restore) =
+        match resume {
+            Some(commit) => {
+                let reader: ReaderCheckpoint =
+                    checkpoint::load(store, runtime, commit, "reader", index)?;
+                let usage: UsageCheckpoint =
+                    checkpoint::load(store, runtime, commit, "usage", index)?;
+                let credits: CreditState =
+                    checkpoint::load(store, runtime, commit, "credits", index)?;
+                (
+                    reader.dedup,
+                    reader.watermarks,
+                    reader.grants,
+                    Some(usage),
+                    Some(credits),
+                )
+            }
+            None => (
+                DedupState::new(config.pipeline.dedup_horizon),
+                Watermarks::new(match input {
+                    Input::File(_) => Order::Global,
+                    Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
+                }),
+                BTreeSet::new(),
+                None,
+                None,
+            ),
+        };
     let dedup_state = Rc::new(RefCell::new(dedup_state));
 
     let mut probe_input: TimelyInput<DedupProbe> = InputHandle::new();
@@ -479,6 +538,8 @@ fn run_worker(
     let mut update_input: TimelyInput<ReadingUpdate> = InputHandle::new();
     let mut name_input: TimelyInput<NameRecord> = InputHandle::new();
     let mut meta_input: TimelyInput<Meta> = InputHandle::new();
+    let mut credit_input: TimelyInput<CreditInput> = InputHandle::new();
+    let mut command_input: TimelyInput<Command> = InputHandle::new();
     let usage_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
         let sink_cfg = UsageSinkConfig {
@@ -498,12 +559,27 @@ fn run_worker(
             sink_cfg,
             Rc::clone(&info),
         );
+        let credit_files = credits_sink(
+            credit_input.to_stream(scope),
+            command_input.to_stream(scope).broadcast(),
+            CreditSinkConfig {
+                store: store.clone(),
+                runtime: runtime.clone(),
+                worker: index,
+                peers,
+                checkpoints,
+                restore: credits_restore,
+            },
+            Rc::clone(&info),
+        );
         let mut start = resume.clone().unwrap_or_default();
         if checkpoints {
             start.config_digest = Some(checkpoint::config_digest(config));
         }
         committer(
-            files.concat(meta_input.to_stream(scope)),
+            files
+                .concat(credit_files)
+                .concat(meta_input.to_stream(scope)),
             store.clone(),
             runtime.clone(),
             start,
@@ -519,6 +595,8 @@ fn run_worker(
         &mut update_input,
         &mut name_input,
         &mut meta_input,
+        &mut credit_input,
+        &mut command_input,
     ] {
         epoch_start.advance(first_epoch);
     }
@@ -606,6 +684,7 @@ fn run_worker(
             customers: Vec::with_capacity(capacity),
             readings_end: Vec::with_capacity(capacity),
             readings: Vec::with_capacity(capacity * 3),
+            burns: Vec::with_capacity(capacity),
             chunks: Vec::new(),
         };
         let mut events = EventsBuilder::new(&sources, capacity);
@@ -649,6 +728,7 @@ fn run_worker(
                 chunk.readings.push((r.meter, dims, value));
             }
             chunk.readings_end.push(chunk.readings.len());
+            chunk.burns.push(scratch.burn);
             let c = chunk_of(partition);
             let i = chunk.arrivals.len();
             match chunk.chunks.last_mut() {
@@ -680,9 +760,59 @@ fn run_worker(
             );
         }
         total_read += records.len() as u64;
+
+        // Commands (worker 0 reads them all): valid ones go to every worker's credits
+        // sink, bad ones to rejected_events with the commands source's position.
+        let mut commands_caught_up = true;
+        let mut command_rejects = Vec::new();
+        let mut commands_accepted = 0u64;
+        let mut positions = positions;
+        if let Some(commands) = &mut commands_reader {
+            let read = commands.read(opts, epoch_bytes as usize)?;
+            commands_caught_up = read.caught_up;
+            positions.extend(read.positions);
+            for (partition, offset, line) in &read.records {
+                let position = SourcePosition {
+                    source: 1,
+                    partition: *partition,
+                    offset: *offset,
+                };
+                let reject = |tenant_id, reason| RejectedRecord {
+                    tenant_id,
+                    event_id: None,
+                    raw: lossy_truncated(line),
+                    reason,
+                    position: position.clone(),
+                };
+                match command_decoder.decode(line) {
+                    Ok(Command::Grant(g))
+                        if !grants_seen.insert((g.tenant_id.clone(), g.grant_id.clone())) =>
+                    {
+                        command_rejects.push(reject(
+                            Some(g.tenant_id.clone()),
+                            format!(
+                                "grant: duplicate grant_id {} of tenant {} (a grant is issued once; void it and grant anew to change it)",
+                                g.grant_id, g.tenant_id
+                            ),
+                        ));
+                    }
+                    Ok(Command::RetractEvent { tenant_id, .. }) => {
+                        command_rejects.push(reject(
+                            Some(tenant_id),
+                            "retract_event is not supported yet (see issue #4)".into(),
+                        ));
+                    }
+                    Ok(c) => {
+                        commands_accepted += 1;
+                        command_input.send(c);
+                    }
+                    Err(r) => command_rejects.push(reject(r.tenant_id, r.reason)),
+                }
+            }
+        }
         status_input.send(Status {
             read: records.len() as u64,
-            caught_up,
+            caught_up: caught_up && commands_caught_up,
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
         });
@@ -731,6 +861,7 @@ fn run_worker(
         {
             let mut info = info.borrow_mut();
             info.watermarks.insert(epoch, watermarks.closed());
+            info.latest.insert(epoch, watermarks.latest());
             if commit {
                 info.commits.insert(epoch);
             }
@@ -747,6 +878,7 @@ fn run_worker(
                 &ReaderCheckpointRef {
                     dedup: &dedup_state.borrow(),
                     watermarks: &watermarks,
+                    grants: &grants_seen,
                 },
             )?;
             meta_input.send(Meta::File(saved));
@@ -757,6 +889,9 @@ fn run_worker(
             usage_probe.less_than(&epoch.saturating_sub(1))
         })?;
         for n in new_names.drain(..) {
+            if matches!(n, NameRecord::Customer { .. }) {
+                credit_input.send(CreditInput::Name(n.clone()));
+            }
             name_input.send(n);
         }
         let mut late = Vec::new();
@@ -777,6 +912,14 @@ fn run_worker(
             };
             match fate {
                 Fate::Accepted => {
+                    let burn = chunk.burns[i];
+                    if burn != Decimal9::ZERO {
+                        credit_input.send(CreditInput::Burn(BurnUpdate {
+                            customer: chunk.customers[i],
+                            timestamp,
+                            burn,
+                        }));
+                    }
                     for (meter, dimensions, value) in own {
                         update_input.send(ReadingUpdate {
                             customer: chunk.customers[i],
@@ -823,6 +966,9 @@ fn run_worker(
             }
         }
         let accepted = keep.iter().filter(|k| **k).count();
+        let events_rejected = rejected.len() as u64;
+        let commands_rejected = command_rejects.len() as u64;
+        rejected.extend(command_rejects);
 
         // This worker's append-only tables for the epoch.
         let write = |table: &str,
@@ -866,8 +1012,10 @@ fn run_worker(
         }
         meta_input.send(Meta::Stats {
             accepted: accepted as u64,
-            rejected: rejected.len() as u64,
+            rejected: events_rejected,
             duplicates: duplicate_count,
+            commands_accepted,
+            commands_rejected,
             late: late.len() as u64,
             watermark: watermarks.latest(),
             sources: positions,
@@ -875,6 +1023,8 @@ fn run_worker(
         update_input.advance_to(epoch + 1);
         name_input.advance_to(epoch + 1);
         meta_input.advance_to(epoch + 1);
+        credit_input.advance_to(epoch + 1);
+        command_input.advance_to(epoch + 1);
 
         if opts.progress && (last_report.elapsed().as_secs_f64() >= 1.0 || last) {
             last_report = Instant::now();
@@ -917,10 +1067,93 @@ fn run_worker(
     drop(update_input);
     drop(name_input);
     drop(meta_input);
+    drop(credit_input);
+    drop(command_input);
     step_while(worker, failed, || {
         !usage_probe.done() || !dedup_probe.done()
     })?;
     Ok(last_commit.borrow_mut().take())
+}
+
+/// Worker 0's reader of the commands source.
+enum CommandReader<'a> {
+    /// A file, read whole in the first epoch.
+    File { file: &'a JsonlFile, done: bool },
+    /// A Kafka topic: every partition, read each epoch up to its end.
+    Kafka {
+        url: &'a KafkaUrl,
+        reader: PartitionReader,
+        buf: MessageBuf,
+    },
+}
+
+/// What one epoch read of the commands.
+struct CommandRead {
+    /// (partition, offset, record).
+    records: Vec<(u32, u64, Vec<u8>)>,
+    /// Everything available is read.
+    caught_up: bool,
+    /// (source name, position read up to).
+    positions: Vec<(String, u64)>,
+}
+
+impl<'a> CommandReader<'a> {
+    fn open(input: &'a Input, resume: &Option<CommitRecord>) -> anyhow::Result<Self> {
+        Ok(match input {
+            Input::File(file) => CommandReader::File { file, done: false },
+            Input::Kafka { url, partitions } => {
+                let all = (0..*partitions)
+                    .map(|p| {
+                        let committed = resume
+                            .as_ref()
+                            .and_then(|c| c.sources.get(&url.partition_name(p)).copied());
+                        (p, committed)
+                    })
+                    .collect();
+                CommandReader::Kafka {
+                    url,
+                    reader: PartitionReader::open(url, all)?,
+                    buf: MessageBuf::default(),
+                }
+            }
+        })
+    }
+
+    /// Reads what is there now (Kafka: waits at most a tenth of the commit interval).
+    fn read(&mut self, opts: &RunOptions, max_bytes: usize) -> anyhow::Result<CommandRead> {
+        match self {
+            CommandReader::File { file, done } => {
+                let mut read = CommandRead {
+                    records: Vec::new(),
+                    caught_up: true,
+                    positions: vec![(format!("file:{}", file.path().display()), file.len())],
+                };
+                if !*done {
+                    *done = true;
+                    let mut buf = LineBuf::default();
+                    file.read_lines(0, file.len(), &mut buf)
+                        .with_context(|| format!("reading {}", file.path().display()))?;
+                    read.records = buf
+                        .lines()
+                        .map(|(offset, line)| (0, offset, line.to_vec()))
+                        .collect();
+                }
+                Ok(read)
+            }
+            CommandReader::Kafka { url, reader, buf } => {
+                let wait = opts.commit_interval / 10;
+                reader.read(buf, Instant::now() + wait, max_bytes, true, &opts.stop)?;
+                Ok(CommandRead {
+                    records: buf.messages().map(|(p, o, m)| (p, o, m.to_vec())).collect(),
+                    caught_up: reader.caught_up(),
+                    positions: reader
+                        .positions()
+                        .map(|(p, next)| (url.partition_name(p), next))
+                        .collect(),
+                })
+            }
+        }
+    }
 }
 
 /// Gathers a stream's records by time into `into`, for the worker's driver loop.

@@ -48,6 +48,13 @@ pub struct Counts {
     pub duplicates: u64,
     /// Late events.
     pub late: u64,
+    /// Valid commands.
+    #[serde(default)]
+    pub commands_accepted: u64,
+    /// Rejected commands (they are rows of `rejected_events` too, but not in `rejected`,
+    /// which counts events).
+    #[serde(default)]
+    pub commands_rejected: u64,
 }
 
 /// One commit record.

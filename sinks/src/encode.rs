@@ -6,6 +6,7 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 pub use arrow::record_batch::RecordBatch;
+use om_model::credit::{BalanceRow, GrantRow, LedgerRow};
 use om_model::schema::{self, DECIMAL};
 use om_model::{Decimal9, LateRecord, Micros, RejectedRecord, SourcePosition, WindowSize};
 use std::sync::Arc;
@@ -291,6 +292,125 @@ pub fn usage_windows<'a>(rows: impl ExactSizeIterator<Item = UsageRow<'a>>) -> R
     ];
     Ok(RecordBatch::try_new(
         Arc::clone(&schema::USAGE_WINDOWS),
+        columns,
+    )?)
+}
+
+/// The `credit_grants` table.
+pub fn credit_grants(rows: &[GrantRow]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut tenant = StringBuilder::new();
+    let mut grant_id = StringBuilder::new();
+    let mut customer = StringBuilder::new();
+    let mut amount = dec_builder(n);
+    let mut priority = Int64Builder::with_capacity(n);
+    let mut effective_at = ts_builder(n);
+    let mut expires_at = ts_builder(n);
+    let mut voided_at = ts_builder(n);
+    let mut consumed = dec_builder(n);
+    let mut expired = dec_builder(n);
+    let mut voided = dec_builder(n);
+    let mut remaining = dec_builder(n);
+    let mut price = dec_builder(n);
+    let mut currency = StringBuilder::new();
+    for r in rows {
+        let g = &r.grant;
+        tenant.append_value(&g.tenant_id);
+        grant_id.append_value(&g.grant_id);
+        customer.append_value(&g.customer_id);
+        amount.append_value(g.amount.raw());
+        priority.append_value(g.priority);
+        effective_at.append_value(g.effective_at);
+        expires_at.append_option(g.expires_at);
+        voided_at.append_option(r.voided_at);
+        consumed.append_value(r.consumed.raw());
+        expired.append_value(r.expired.raw());
+        voided.append_value(r.voided.raw());
+        remaining.append_value(r.remaining.raw());
+        price.append_option(g.price.map(Decimal9::raw));
+        currency.append_option(g.currency.as_deref());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(tenant.finish()),
+        Arc::new(grant_id.finish()),
+        Arc::new(customer.finish()),
+        Arc::new(amount.finish()),
+        Arc::new(priority.finish()),
+        Arc::new(effective_at.finish()),
+        Arc::new(expires_at.finish()),
+        Arc::new(voided_at.finish()),
+        Arc::new(consumed.finish()),
+        Arc::new(expired.finish()),
+        Arc::new(voided.finish()),
+        Arc::new(remaining.finish()),
+        Arc::new(price.finish()),
+        Arc::new(currency.finish()),
+    ];
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::CREDIT_GRANTS),
+        columns,
+    )?)
+}
+
+/// The `credit_balances` table, as of `as_of` (the watermark).
+pub fn credit_balances(rows: &[BalanceRow], as_of: Option<Micros>) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut tenant = StringBuilder::new();
+    let mut customer = StringBuilder::new();
+    let mut decimals: [Decimal128Builder; 6] = std::array::from_fn(|_| dec_builder(n));
+    let mut exhaustion = ts_builder(n);
+    let mut as_of_col = ts_builder(n);
+    for r in rows {
+        tenant.append_value(&r.tenant_id);
+        customer.append_value(&r.customer_id);
+        let values = [
+            r.balance, r.granted, r.consumed, r.expired, r.voided, r.overage,
+        ];
+        for (b, v) in decimals.iter_mut().zip(values) {
+            b.append_value(v.raw());
+        }
+        exhaustion.append_option(r.exhaustion_at);
+        as_of_col.append_option(as_of);
+    }
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(tenant.finish()), Arc::new(customer.finish())];
+    for mut b in decimals {
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(exhaustion.finish()));
+    columns.push(Arc::new(as_of_col.finish()));
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::CREDIT_BALANCES),
+        columns,
+    )?)
+}
+
+/// The `credit_ledger` table.
+pub fn credit_ledger(rows: &[LedgerRow]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut tenant = StringBuilder::with_capacity(n, n * 8);
+    let mut customer = StringBuilder::with_capacity(n, n * 10);
+    let mut grant_id = StringBuilder::with_capacity(n, n * 12);
+    let mut entry = StringBuilder::with_capacity(n, n * 5);
+    let mut at = ts_builder(n);
+    let mut amount = dec_builder(n);
+    for r in rows {
+        tenant.append_value(&r.tenant_id);
+        customer.append_value(&r.customer_id);
+        grant_id.append_option(r.grant_id.as_deref());
+        entry.append_value(r.kind.as_str());
+        at.append_value(r.at);
+        amount.append_value(r.amount.raw());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(tenant.finish()),
+        Arc::new(customer.finish()),
+        Arc::new(grant_id.finish()),
+        Arc::new(entry.finish()),
+        Arc::new(at.finish()),
+        Arc::new(amount.finish()),
+    ];
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::CREDIT_LEDGER),
         columns,
     )?)
 }

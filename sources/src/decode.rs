@@ -190,6 +190,10 @@ pub struct Scratch {
     pub text: String,
     /// The readings of the last decoded event.
     pub readings: Vec<ReadingRef>,
+    /// The credits the last decoded event burns.
+    pub burn: Decimal9,
+    /// (quantity, credits per unit) of each burn rule that applies.
+    burn_terms: Vec<(Decimal9, Decimal9)>,
     /// Members of the record's top-level object.
     top: Vec<json::Member>,
     /// Members of the properties object: (key, value) ranges into it.
@@ -202,6 +206,8 @@ pub struct Decoder {
     config: Config,
     /// Event type -> indexes of the meters that read it.
     meters_by_type: HashMap<String, Vec<usize>>,
+    /// Event type -> indexes of the burn rules for it.
+    burns_by_type: HashMap<String, Vec<usize>>,
 }
 
 impl Decoder {
@@ -214,9 +220,17 @@ impl Decoder {
                 .or_default()
                 .push(index);
         }
+        let mut burns_by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, rule) in config.burn_rates.iter().enumerate() {
+            burns_by_type
+                .entry(rule.event_type.clone())
+                .or_default()
+                .push(index);
+        }
         Decoder {
             config,
             meters_by_type,
+            burns_by_type,
         }
     }
 
@@ -242,7 +256,11 @@ impl Decoder {
                 },
             })
             .collect();
-        Ok(DecodedEvent { event, readings })
+        Ok(DecodedEvent {
+            event,
+            readings,
+            burn: scratch.burn,
+        })
     }
 
     /// Decodes one record in place: strings borrow from `bytes`, readings go to
@@ -255,6 +273,7 @@ impl Decoder {
         scratch.text.clear();
         scratch.readings.clear();
         scratch.members.clear();
+        scratch.burn = Decimal9::ZERO;
         let reject = |reason: String| Rejection {
             tenant_id: None,
             event_id: None,
@@ -401,6 +420,42 @@ impl Decoder {
             });
         }
 
+        // Credits burned: every matching rule's quantity x rate, summed exactly and
+        // rounded once. A rule that applies but cannot read its quantity rejects the
+        // event, as a meter does: it must not silently burn nothing.
+        let rules = self.burns_by_type.get(event_type.as_ref());
+        let products = &mut scratch.burn_terms;
+        products.clear();
+        for &index in rules.map_or(&[][..], Vec::as_slice) {
+            let rule = &self.config.burn_rates[index];
+            let applies = rule.match_properties.iter().all(|(prop, want)| {
+                let found = props.as_ref().and_then(|p| p.get(prop));
+                found.is_some_and(|raw| scalar_equals(raw, want))
+            });
+            if !applies {
+                continue;
+            }
+            let quantity = if rule.value.segments() == ["value"] {
+                value
+            } else {
+                let rule_err = |what: &str| {
+                    with_ids(format!(
+                        "burn_rates[{index}] ({}): {} {what}",
+                        rule.event_type,
+                        rule.value.as_str()
+                    ))
+                };
+                let raw = lookup(rule.value.segments(), value_raw, props.as_ref())
+                    .ok_or_else(|| rule_err("is missing"))?;
+                number_of(raw).map_err(|e| rule_err(&e))?
+            };
+            products.push((quantity, rule.credits_per_unit));
+        }
+        if !products.is_empty() {
+            scratch.burn = Decimal9::sum_of_products(products.iter().copied())
+                .ok_or_else(|| with_ids("the credits it burns overflow".into()))?;
+        }
+
         Ok(EventRef {
             tenant_id,
             id,
@@ -517,6 +572,18 @@ fn scan_members(obj: &str, out: &mut Vec<(Range<usize>, Range<usize>)>) {
     }
 }
 
+/// Whether the raw JSON scalar `raw` equals a burn rule's `match` text: a string by its
+/// text, a number by its exact value, anything else by its JSON text.
+fn scalar_equals(raw: &str, want: &str) -> bool {
+    if let Some(s) = string_of(raw) {
+        return s == want;
+    }
+    match (Decimal9::parse(raw), Decimal9::parse(want)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => raw == want,
+    }
+}
+
 /// Follows a value path (`["properties", "a", "b"]`) through the event.
 fn lookup<'a>(
     segments: &[String],
@@ -547,7 +614,7 @@ fn lookup<'a>(
 }
 
 /// The text of a JSON string, borrowed when it holds no escapes; `None` for other kinds.
-fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn string_of(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.starts_with('"') || raw.len() < 2 {
         return None;
     }
@@ -559,7 +626,10 @@ fn string_of(raw: &str) -> Option<Cow<'_, str>> {
     }
 }
 
-fn required_string<'a>(raw: Option<&'a str>, name: &str) -> Result<Cow<'a, str>, String> {
+pub(crate) fn required_string<'a>(
+    raw: Option<&'a str>,
+    name: &str,
+) -> Result<Cow<'a, str>, String> {
     let raw = raw.ok_or_else(|| format!("missing field {name}"))?;
     match string_of(raw) {
         Some(s) if !s.is_empty() => Ok(s),
@@ -571,7 +641,7 @@ fn required_string<'a>(raw: Option<&'a str>, name: &str) -> Result<Cow<'a, str>,
     }
 }
 
-fn kind_of(raw: &str) -> &'static str {
+pub(crate) fn kind_of(raw: &str) -> &'static str {
     match raw.as_bytes().first() {
         Some(b'{') => "an object",
         Some(b'[') => "an array",
@@ -582,7 +652,7 @@ fn kind_of(raw: &str) -> &'static str {
     }
 }
 
-fn parse_time(raw: Option<&str>, name: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(raw: Option<&str>, name: &str) -> Result<i64, String> {
     let text = raw.ok_or_else(|| format!("missing field {name}"))?;
     if let Some(s) = string_of(text) {
         return time::parse_rfc3339(&s).ok_or_else(|| {
@@ -603,7 +673,7 @@ fn parse_time(raw: Option<&str>, name: &str) -> Result<i64, String> {
 }
 
 /// Reads a non-negative exact decimal from a JSON number or decimal string.
-fn number_of(text: &str) -> Result<Decimal9, String> {
+pub(crate) fn number_of(text: &str) -> Result<Decimal9, String> {
     let digits: Cow<'_, str> = match string_of(text) {
         Some(s) => s,
         None if text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) => {

@@ -36,7 +36,7 @@ pub fn openmonetize_env(args: &[&str], env: &[(String, String)]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// Runs the job over a golden case's events into `data`.
+/// Runs the job over a golden case's events and commands into `data`.
 pub fn run_case(case: &str, data: &Path, workers: usize, epoch_bytes: u64) {
     run_case_committing(case, data, workers, epoch_bytes, 1);
 }
@@ -51,6 +51,7 @@ pub fn run_case_committing(
 ) {
     let dir = golden_dir(case);
     let events = format!("file:{}", dir.join("events.jsonl").display());
+    let commands = format!("file:{}", dir.join("commands.jsonl").display());
     let config = dir.join("config.toml");
     openmonetize(&[
         "run",
@@ -58,6 +59,8 @@ pub fn run_case_committing(
         config.to_str().unwrap(),
         "--events",
         &events,
+        "--commands",
+        &commands,
         "--data",
         data.to_str().unwrap(),
         "--workers",
@@ -116,3 +119,11 @@ pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
 pub const USAGE_SQL: &str = "SELECT tenant_id, customer_id, meter, dimensions, window_size, \
     to_char(window_start, '%Y-%m-%dT%H:%M:%S') AS window_start, value, events FROM usage_windows \
     ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start";
+
+/// The credit_grants columns of the golden files, in golden format.
+pub const GRANTS_SQL: &str = "SELECT tenant_id, grant_id, customer_id, amount, consumed, expired, \
+    voided, remaining FROM credit_grants ORDER BY tenant_id, grant_id";
+
+/// The credit_balances columns of the golden files, in golden format.
+pub const BALANCES_SQL: &str = "SELECT tenant_id, customer_id, balance, granted, consumed, \
+    expired, voided, overage FROM credit_balances ORDER BY tenant_id, customer_id";

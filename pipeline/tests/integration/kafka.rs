@@ -1,6 +1,7 @@
-//! The Kafka source against a real broker: golden cases produced into 4-partition topics
-//! give the same tables as the file source, also when the tables go to an S3-compatible
-//! server, and a live job stops cleanly on SIGTERM after committing what it read.
+//! The Kafka source against a real broker: golden cases (events and commands) produced
+//! into 4-partition topics give the same tables as the file source, also when the tables
+//! go to an S3-compatible server, and a live job stops cleanly on SIGTERM after
+//! committing what it read.
 
 use super::common::{
     Data, golden_dir, openmonetize, openmonetize_env, query_at, query_csv, run_case,
@@ -15,21 +16,25 @@ use std::time::{Duration, Instant};
 /// versus a Kafka partition and offset), in a stable order. Late events are compared
 /// without the watermark they were judged against: with Kafka that is their partition's
 /// watermark (README, "Semantics we chose"), which is not the file's.
-const SAME_AS_FILE_SQL: [&str; 5] = [
+const SAME_AS_FILE_SQL: [&str; 8] = [
     "SELECT tenant_id, customer_id, meter, dimensions, window_size, window_start, window_end, value, events, is_final \
      FROM usage_windows ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start",
     "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties FROM events ORDER BY tenant_id, id",
     "SELECT tenant_id, event_id, raw, reason FROM rejected_events ORDER BY tenant_id, event_id, raw, reason",
     "SELECT tenant_id, event_id, customer_id, timestamp, raw FROM late_events ORDER BY tenant_id, event_id",
+    "SELECT * FROM credit_grants ORDER BY tenant_id, grant_id",
+    "SELECT * FROM credit_balances ORDER BY tenant_id, customer_id",
+    "SELECT * FROM credit_ledger ORDER BY tenant_id, customer_id, grant_id, entry, at",
     "SELECT COUNT(*), COUNT(DISTINCT source_partition) FROM events",
 ];
 
-fn produce(case: &str, url: &str) {
-    let events = golden_dir(case).join("events.jsonl");
-    openmonetize(&["produce", "--file", events.to_str().unwrap(), "--to", url]);
+/// Produces golden `case`'s `file` (events.jsonl or commands.jsonl) into a topic.
+fn produce(case: &str, file: &str, url: &str) {
+    let path = golden_dir(case).join(file);
+    openmonetize(&["produce", "--file", path.to_str().unwrap(), "--to", url]);
 }
 
-fn run_kafka(case: &str, url: &str, data: &Data) {
+fn run_kafka(case: &str, url: &str, commands: &str, data: &Data) {
     let config = golden_dir(case).join("config.toml");
     openmonetize_env(
         &[
@@ -38,6 +43,8 @@ fn run_kafka(case: &str, url: &str, data: &Data) {
             config.to_str().unwrap(),
             "--events",
             url,
+            "--commands",
+            commands,
             "--data",
             &data.url,
             "--workers",
@@ -51,25 +58,28 @@ fn run_kafka(case: &str, url: &str, data: &Data) {
     );
 }
 
-/// Produces golden `case` into a 4-partition topic, runs the job until caught up into
-/// `from_kafka`, and checks the tables against the golden files and the file source.
+/// Produces golden `case`'s events and commands into two 4-partition topics, runs the
+/// job until caught up into `from_kafka`, and checks the tables against the golden
+/// files and the file source.
 fn same_as_file(broker: &Broker, case: &str, from_kafka: &Data) {
     let url = broker.topic(case, 4);
-    produce(case, &url);
-    run_kafka(case, &url, from_kafka);
+    let commands = broker.topic(&format!("{case}-commands"), 4);
+    produce(case, "events.jsonl", &url);
+    produce(case, "commands.jsonl", &commands);
+    run_kafka(case, &url, &commands, from_kafka);
     check_golden_at(case, from_kafka);
 
     let tmp = tempfile::tempdir().unwrap();
     let from_file = tmp.path().join("file");
     run_case(case, &from_file, 1, 64 << 20);
-    for sql in &SAME_AS_FILE_SQL[..4] {
+    for sql in &SAME_AS_FILE_SQL[..7] {
         assert_eq!(
             query_at(from_kafka, sql),
             query_at(&from_file.as_path().into(), sql),
             "{case}: {sql}"
         );
     }
-    let spread = query_at(from_kafka, SAME_AS_FILE_SQL[4]);
+    let spread = query_at(from_kafka, SAME_AS_FILE_SQL[7]);
     assert_eq!(
         spread[1][1], "4",
         "{case}: events come from all 4 partitions"
@@ -157,7 +167,7 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
         .unwrap();
     // The job is already running when the events arrive.
     std::thread::sleep(Duration::from_millis(500));
-    produce("small", &url);
+    produce("small", "events.jsonl", &url);
     let lines = std::fs::read_to_string(golden_dir("small").join("events.jsonl"))
         .unwrap()
         .lines()

@@ -1,13 +1,16 @@
-//! The tables do not depend on the number of workers nor on how the input is cut into
-//! epochs.
+//! The tables (usage, events, rejections, late events and the three credit tables) do
+//! not depend on the number of workers nor on how the input is cut into epochs.
 
 use super::common::{query_csv, run_case_committing};
 
-const TABLE_SQL: [&str; 4] = [
+const TABLE_SQL: [&str; 7] = [
     super::common::USAGE_SQL,
     "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties, source_offset FROM events ORDER BY source_offset",
-    "SELECT tenant_id, event_id, raw, reason, source_offset FROM rejected_events ORDER BY source_offset",
+    "SELECT tenant_id, event_id, raw, reason, source, source_offset FROM rejected_events ORDER BY source, source_offset",
     "SELECT tenant_id, event_id, customer_id, timestamp, watermark, raw, reason, source_offset FROM late_events ORDER BY source_offset",
+    "SELECT * FROM credit_grants ORDER BY tenant_id, grant_id",
+    "SELECT * FROM credit_balances ORDER BY tenant_id, customer_id",
+    "SELECT * FROM credit_ledger ORDER BY tenant_id, customer_id, grant_id, entry, at",
 ];
 
 fn tables(workers: usize, epoch_bytes: u64, commit_every: u64) -> Vec<Vec<Vec<String>>> {
