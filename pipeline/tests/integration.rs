@@ -5,6 +5,7 @@
 mod integration {
     mod cli;
     pub mod common;
+    mod credit_model;
     mod golden;
     mod kafka;
     mod model_check;
