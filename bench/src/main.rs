@@ -1,10 +1,14 @@
 //! `om-bench`: end-to-end benchmarks of OpenMonetize.
 //!
-//! Workload `file-usage`: generate N synthetic AI/SaaS usage events (default 10 million
-//! over 10,000 customers, 7 days) as JSONL once, then run the whole file pipeline
-//! (decode, dedup, lateness, windowed usage, Parquet commit of all four tables) with the
-//! built-in config, once per worker count. Each run happens in a fresh child process so
-//! its peak RSS is its own. Prints CSV:
+//! Generates N synthetic AI/SaaS usage events (default 10 million over 10,000
+//! customers, 7 days) as JSONL once, then runs the whole file pipeline once per workload
+//! and worker count:
+//! - `usage`: the built-in config without its burn rules (decode, dedup, lateness,
+//!   windowed usage, Parquet commit of the events, rejection, lateness and usage tables);
+//! - `credits`: the built-in config with its burn rules, plus a commands file of 3 grants
+//!   per customer (some voided), so the credit tables are maintained too.
+//!
+//! Each run happens in a fresh child process so its peak RSS is its own. Prints CSV:
 //! `code,workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib`, where
 //! `code` is `current`, or `baseline` for the binary given with `--compare-with`.
 //!
@@ -20,7 +24,9 @@ use std::process::Command;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(about = "End-to-end benchmark: events file -> usage_windows -> Parquet")]
+#[command(
+    about = "End-to-end benchmark: events file (+ grants) -> usage and credit tables -> Parquet"
+)]
 struct Args {
     /// Number of events.
     #[arg(long, default_value_t = 10_000_000, env = "OM_BENCH_EVENTS")]
@@ -37,6 +43,9 @@ struct Args {
     /// Input bytes per epoch.
     #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
     epoch_bytes: u64,
+    /// Workloads to measure, comma separated: usage, credits.
+    #[arg(long, default_value = "usage,credits", value_delimiter = ',')]
+    workloads: Vec<String>,
     /// Internal: run once in this process and print one CSV row.
     /// Another om-bench binary (e.g. built from an earlier commit) to run on the same
     /// input right before this one, for before/after ratios from one run.
@@ -61,22 +70,30 @@ fn main() -> anyhow::Result<()> {
     let events = args
         .dir
         .join(format!("events-{}-{}.jsonl", args.events, args.customers));
+    let commands = args.dir.join(format!("grants-{}.jsonl", args.customers));
     if args.child {
         let workers = args.workers[0];
+        let workload = args.workloads[0].as_str();
         let data = args.dir.join(format!("data-w{workers}"));
         if data.exists() {
             std::fs::remove_dir_all(&data)?;
         }
+        let mut config = om_model::Config::builtin();
+        let commands = match workload {
+            "usage" => {
+                config.burn_rates.clear();
+                None
+            }
+            "credits" => Some(Source::File(commands)),
+            other => bail!("unknown workload {other} (usage or credits)"),
+        };
         let start = Instant::now();
         let summary = run(RunOptions {
             workers,
             epoch_bytes: args.epoch_bytes,
             progress: false,
-            ..RunOptions::new(
-                om_model::Config::builtin(),
-                Source::File(events.clone()),
-                data.to_string_lossy(),
-            )
+            commands,
+            ..RunOptions::new(config, Source::File(events.clone()), data.to_string_lossy())
         })?;
         let secs = start.elapsed().as_secs_f64();
         let c = &summary.commit.counts;
@@ -85,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             bail!("read {records} records, expected {}", args.events);
         }
         println!(
-            "file-usage,{},{},{workers},{secs:.3},{:.0},{:.0}",
+            "{workload},{},{},{workers},{secs:.3},{:.0},{:.0}",
             args.events,
             args.customers,
             args.events as f64 / secs,
@@ -112,6 +129,14 @@ fn main() -> anyhow::Result<()> {
         drop(w);
         std::fs::rename(&tmp, &events)?;
     }
+    if !commands.exists() {
+        let lines = om_sources::generator::grant_commands(&GenOptions {
+            events: args.events,
+            customers: args.customers,
+            ..GenOptions::default()
+        });
+        std::fs::write(&commands, lines.join("\n") + "\n")?;
+    }
     let size = std::fs::metadata(&events)?.len();
     eprintln!("input: {} ({:.0} MB)", events.display(), size as f64 / 1e6);
     println!("code,workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib");
@@ -121,33 +146,37 @@ fn main() -> anyhow::Result<()> {
         binaries.insert(0, ("baseline", baseline.clone()));
     }
     for &workers in &args.workers {
-        for (code, exe) in &binaries {
-            let out = Command::new(exe)
-                .args([
-                    "--child",
-                    "--events",
-                    &args.events.to_string(),
-                    "--customers",
-                    &args.customers.to_string(),
-                ])
-                .args([
-                    "--workers",
-                    &workers.to_string(),
-                    "--epoch-bytes",
-                    &args.epoch_bytes.to_string(),
-                ])
-                .arg("--dir")
-                .arg(&args.dir)
-                .output()
-                .context("running the measured child")?;
-            if !out.status.success() {
-                bail!(
-                    "{code} run with {workers} workers failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+        for workload in &args.workloads {
+            for (code, exe) in &binaries {
+                let out = Command::new(exe)
+                    .args([
+                        "--child",
+                        "--events",
+                        &args.events.to_string(),
+                        "--customers",
+                        &args.customers.to_string(),
+                    ])
+                    .args([
+                        "--workloads",
+                        workload,
+                        "--workers",
+                        &workers.to_string(),
+                        "--epoch-bytes",
+                        &args.epoch_bytes.to_string(),
+                    ])
+                    .arg("--dir")
+                    .arg(&args.dir)
+                    .output()
+                    .context("running the measured child")?;
+                if !out.status.success() {
+                    bail!(
+                        "{code} run with {workers} workers failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                print!("{code},{}", String::from_utf8_lossy(&out.stdout));
+                std::io::stdout().flush()?;
             }
-            print!("{code},{}", String::from_utf8_lossy(&out.stdout));
-            std::io::stdout().flush()?;
         }
     }
     Ok(())

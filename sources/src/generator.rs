@@ -42,6 +42,37 @@ impl Default for GenOptions {
     }
 }
 
+/// Three credit grants per customer of `opts` as command lines (DESIGN.md 2.2), spread
+/// over its time span: a starter grant of 500 that expires after 3 days (priority 1), a
+/// top-up of 2,000 from day 1 that never expires (priority 2), and a promotional 100 from
+/// day 2 that expires on day 6 (priority 0), voided on day 4 for every third customer.
+pub fn grant_commands(opts: &GenOptions) -> Vec<String> {
+    let at = |days: i64| format_micros(opts.start + days * DAY);
+    let mut lines = Vec::with_capacity(opts.customers as usize * 3);
+    for c in 0..opts.customers {
+        let tenant = if c % 5 == 0 { "acme" } else { "default" };
+        let grant = |n: u32, amount: &str, priority: u32, from: i64, until: Option<i64>| {
+            let expires = until
+                .map(|d| format!(",\"expires_at\":\"{}\"", at(d)))
+                .unwrap_or_default();
+            format!(
+                "{{\"kind\":\"grant\",\"grant_id\":\"g_{c:05}_{n}\",\"tenant_id\":\"{tenant}\",\"customer_id\":\"cust_{c:05}\",\"amount\":\"{amount}\",\"priority\":{priority},\"effective_at\":\"{}\",\"price\":\"{amount}\",\"currency\":\"USD\"{expires}}}",
+                at(from)
+            )
+        };
+        lines.push(grant(0, "500", 1, 0, Some(3)));
+        lines.push(grant(1, "2000", 2, 1, None));
+        lines.push(grant(2, "100", 0, 2, Some(6)));
+        if c % 3 == 0 {
+            lines.push(format!(
+                "{{\"kind\":\"void_grant\",\"grant_id\":\"g_{c:05}_2\",\"tenant_id\":\"{tenant}\",\"at\":\"{}\"}}",
+                at(4)
+            ));
+        }
+    }
+    lines
+}
+
 /// Counts of what was generated, by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GenSummary {
@@ -191,6 +222,22 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_commands_decode() {
+        let opts = GenOptions {
+            customers: 6,
+            ..GenOptions::default()
+        };
+        let lines = grant_commands(&opts);
+        assert_eq!(lines.len(), 6 * 3 + 2);
+        let decoder = crate::CommandDecoder::new(&om_model::Config::builtin());
+        for l in &lines {
+            decoder
+                .decode(l.as_bytes())
+                .unwrap_or_else(|r| panic!("{l}: {}", r.reason));
+        }
+    }
     use crate::Decoder;
 
     #[test]
