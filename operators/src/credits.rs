@@ -409,3 +409,160 @@ pub fn allocate(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Micros = HOUR;
+
+    fn d(s: &str) -> Decimal9 {
+        Decimal9::parse(s).unwrap()
+    }
+
+    fn grant(id: &str, amount: &str, priority: i64, from: Micros, until: Option<Micros>) -> Grant {
+        Grant {
+            tenant_id: "t".into(),
+            grant_id: id.into(),
+            customer_id: "c".into(),
+            amount: d(amount),
+            priority,
+            effective_at: from,
+            expires_at: until,
+            price: None,
+            currency: None,
+        }
+    }
+
+    fn burns(items: &[(Micros, &str)]) -> BTreeMap<Micros, Decimal9> {
+        items.iter().map(|(t, b)| (*t, d(b))).collect()
+    }
+
+    #[test]
+    fn burn_follows_priority_then_expiry_then_effective_then_id() {
+        // Same priority: the one expiring first goes first; no expiry goes last; then
+        // the earlier effective_at, then the grant id.
+        let g = [
+            grant("d", "1", 1, 0, None),
+            grant("c", "1", 1, 0, Some(10 * H)),
+            grant("b", "1", 1, 0, Some(5 * H)),
+            grant("a", "1", 0, H, None),
+            grant("e", "1", 1, 0, Some(5 * H)),
+        ];
+        let refs: Vec<&Grant> = g.iter().collect();
+        let a = allocate(&refs, &[None; 5], &burns(&[(2 * H, "2.5")]), 3 * H);
+        let consumed: Vec<Decimal9> = a.grants.iter().map(|s| s.consumed).collect();
+        // a (priority 0) then b (expires at 5h, id b < e) then half of e.
+        assert_eq!(consumed, [d("0"), d("0"), d("1"), d("1"), d("0.5")]);
+        assert_eq!(a.overage, d("0"));
+    }
+
+    #[test]
+    fn expiry_void_and_overage_at_their_instants() {
+        let g = [
+            grant("x", "10", 0, 0, Some(2 * H)),
+            grant("y", "10", 1, 0, None),
+        ];
+        let refs: Vec<&Grant> = g.iter().collect();
+        // x burns 4 before 2h and expires with 6; y is voided at 3h after burning 3;
+        // burn at exactly 2h is not x's (expired at that instant), burn after 3h is overage.
+        let b = burns(&[(H, "4"), (2 * H, "3"), (3 * H, "7"), (4 * H, "1")]);
+        let a = allocate(&refs, &[None, Some(3 * H)], &b, 5 * H);
+        assert_eq!(a.grants[0].consumed, d("4"));
+        assert_eq!(a.grants[0].expired, d("6"));
+        assert_eq!(a.grants[1].consumed, d("3"));
+        assert_eq!(a.grants[1].voided, d("7"));
+        assert_eq!(a.overage, d("8"));
+        assert!(!a.grants[0].active && !a.grants[1].active);
+        let kinds: Vec<(EntryKind, Micros, Decimal9)> =
+            a.ledger.iter().map(|e| (e.kind, e.at, e.amount)).collect();
+        assert!(kinds.contains(&(EntryKind::Expiry, 2 * H, d("6"))));
+        assert!(kinds.contains(&(EntryKind::Void, 3 * H, d("7"))));
+        assert!(kinds.contains(&(EntryKind::Overage, 3 * H, d("7"))));
+        assert!(kinds.contains(&(EntryKind::Overage, 4 * H, d("1"))));
+    }
+
+    #[test]
+    fn a_void_before_the_grant_starts_voids_all_of_it() {
+        let g = [grant("x", "10", 0, 2 * H, None)];
+        let a = allocate(&[&g[0]], &[Some(H)], &burns(&[(3 * H, "1")]), 4 * H);
+        assert_eq!(a.grants[0].voided, d("10"));
+        assert_eq!(a.grants[0].consumed, d("0"));
+        assert_eq!(a.overage, d("1"));
+    }
+
+    #[test]
+    fn a_grant_not_yet_effective_is_not_in_the_balance() {
+        let mut state = CreditState::new();
+        state.grant(7, grant("now", "5", 0, 0, None));
+        state.grant(7, grant("later", "100", 0, 10 * H, None));
+        state.burn(&BurnUpdate {
+            customer: 7,
+            timestamp: H,
+            burn: d("2"),
+        });
+        let t = state.tables(Some(2 * H));
+        let b = &t.balances[0];
+        assert_eq!((b.balance, b.granted, b.consumed), (d("3"), d("5"), d("2")));
+        let later = t
+            .grants
+            .iter()
+            .find(|g| g.grant.grant_id == "later")
+            .unwrap();
+        assert_eq!(later.remaining, d("100"));
+        assert!(!state.changed());
+    }
+
+    #[test]
+    fn retracted_burn_and_arrival_order_do_not_matter() {
+        let updates = [(H, "4"), (3 * H, "1"), (2 * H, "2.5"), (H, "0.5")];
+        let mut forward = CreditState::new();
+        let mut backward = CreditState::new();
+        for s in [&mut forward, &mut backward] {
+            s.name(1, "t", "c");
+            s.grant(1, grant("g", "6", 0, 0, Some(5 * H)));
+        }
+        for (t, b) in updates {
+            forward.burn(&BurnUpdate {
+                customer: 1,
+                timestamp: t,
+                burn: d(b),
+            });
+        }
+        for (t, b) in updates.iter().rev() {
+            backward.burn(&BurnUpdate {
+                customer: 1,
+                timestamp: *t,
+                burn: d(b),
+            });
+        }
+        // An event burned and then retracted leaves no trace.
+        backward.burn(&BurnUpdate {
+            customer: 1,
+            timestamp: 4 * H,
+            burn: d("9"),
+        });
+        backward.burn(&BurnUpdate {
+            customer: 1,
+            timestamp: 4 * H,
+            burn: -d("9"),
+        });
+        let (f, b) = (forward.tables(Some(4 * H)), backward.tables(Some(4 * H)));
+        assert_eq!(f, b);
+        assert_eq!(f.balances[0].overage, d("2"));
+        assert_eq!(f.grants[0].consumed, d("6"));
+    }
+
+    #[test]
+    fn exhaustion_at_follows_the_trailing_seven_day_rate() {
+        // 7 credits burned over the last 7 days = 1 per day; 3 left -> 3 days from now.
+        assert_eq!(exhaustion_at(10 * DAY, d("3"), d("7")), Some(13 * DAY));
+        assert_eq!(exhaustion_at(10 * DAY, d("3"), d("0")), None);
+        assert_eq!(exhaustion_at(10 * DAY, d("0"), d("7")), None);
+        // Far beyond year 9999: none rather than an overflow.
+        assert_eq!(
+            exhaustion_at(0, d("100000000000000000"), d("0.000000001")),
+            None
+        );
+    }
+}

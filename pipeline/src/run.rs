@@ -1082,7 +1082,7 @@ enum CommandReader<'a> {
     /// A Kafka topic: every partition, read each epoch up to its end.
     Kafka {
         url: &'a KafkaUrl,
-        reader: PartitionReader,
+        reader: Box<PartitionReader>,
         buf: MessageBuf,
     },
 }
@@ -1112,7 +1112,7 @@ impl<'a> CommandReader<'a> {
                     .collect();
                 CommandReader::Kafka {
                     url,
-                    reader: PartitionReader::open(url, all)?,
+                    reader: Box::new(PartitionReader::open(url, all)?),
                     buf: MessageBuf::default(),
                 }
             }
@@ -1239,7 +1239,7 @@ mod tests {
         assert_eq!(first, again);
         for v in ["0", "10", "100", "0.5", "12.000000001"] {
             let mut e = first.event.clone();
-            e.value = om_model::Decimal9::parse(v).unwrap();
+            e.value = Decimal9::parse(v).unwrap();
             let back = decoder.decode(normalized_json(&e).as_bytes()).unwrap();
             assert_eq!(back.event.value, e.value, "{v}");
         }

@@ -161,14 +161,14 @@ impl CommandDecoder {
                     None => None,
                     Some(_) => Some(time("expires_at")?),
                 };
-                if let Some(end) = expires_at {
-                    if end <= effective_at {
-                        return Err(with_kind(format!(
-                            "expires_at {} is not after effective_at {}",
-                            om_model::time::format_micros(end),
-                            om_model::time::format_micros(effective_at)
-                        )));
-                    }
+                if let Some(end) = expires_at
+                    && end <= effective_at
+                {
+                    return Err(with_kind(format!(
+                        "expires_at {} is not after effective_at {}",
+                        om_model::time::format_micros(end),
+                        om_model::time::format_micros(effective_at)
+                    )));
                 }
                 let price = get("price").map(|raw| decimal("price", raw)).transpose()?;
                 let currency = match get("currency") {

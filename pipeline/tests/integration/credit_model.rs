@@ -268,16 +268,18 @@ fn model(input: &Input) -> (BTreeSet<GrantRow>, BTreeSet<BalanceRow>) {
         .collect();
     let close_until = |grants: &mut Vec<G>, t: i64| {
         for g in grants.iter_mut() {
-            if let Some((at, is_void)) = g.end {
-                if !g.closed && g.effective <= t && at <= t {
-                    g.closed = true;
-                    if is_void {
-                        g.voided = g.remaining;
-                    } else {
-                        g.expired = g.remaining;
-                    }
-                    g.remaining = Decimal9::ZERO;
+            if let Some((at, is_void)) = g.end
+                && !g.closed
+                && g.effective <= t
+                && at <= t
+            {
+                g.closed = true;
+                if is_void {
+                    g.voided = g.remaining;
+                } else {
+                    g.expired = g.remaining;
                 }
+                g.remaining = Decimal9::ZERO;
             }
         }
     };
