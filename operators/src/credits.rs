@@ -65,6 +65,8 @@ pub struct CreditState {
     customers: BTreeMap<u64, Customer>,
     /// (tenant, grant id) -> the earliest void instant commanded.
     voids: BTreeMap<(String, String), Micros>,
+    /// (tenant, grant id) -> the customer of a grant this worker holds.
+    owners: BTreeMap<(String, String), u64>,
     /// Customers whose inputs changed since the last [`CreditState::tables`].
     #[serde(skip)]
     dirty: BTreeSet<u64>,
@@ -106,6 +108,8 @@ impl CreditState {
         if c.names.is_none() {
             c.names = Some((grant.tenant_id.clone(), grant.customer_id.clone()));
         }
+        self.owners
+            .insert((grant.tenant_id.clone(), grant.grant_id.clone()), customer);
         c.grants.insert(grant.grant_id.clone(), grant);
         self.dirty.insert(customer);
     }
@@ -114,18 +118,11 @@ impl CreditState {
     /// may arrive later). The earliest void of a grant wins.
     pub fn void(&mut self, tenant_id: &str, grant_id: &str, at: Micros) {
         let key = (tenant_id.to_string(), grant_id.to_string());
+        if let Some(fp) = self.owners.get(&key) {
+            self.dirty.insert(*fp);
+        }
         let slot = self.voids.entry(key).or_insert(at);
         *slot = (*slot).min(at);
-        let owner = self.customers.iter().find_map(|(fp, c)| {
-            let owns = c
-                .grants
-                .get(grant_id)
-                .is_some_and(|g| g.tenant_id == tenant_id);
-            owns.then_some(*fp)
-        });
-        if let Some(fp) = owner {
-            self.dirty.insert(fp);
-        }
     }
 
     /// Customers with any credit input.
