@@ -32,6 +32,8 @@ pub struct ReaderCheckpoint {
     pub watermarks: Watermarks,
     /// (tenant, grant id) of every grant accepted (worker 0, which reads the commands).
     pub grants: std::collections::BTreeSet<(String, String)>,
+    /// Retractions waiting and done (worker 0).
+    pub retractions: crate::retract::Retractions,
 }
 
 /// The usage sink of one worker.

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod credits_sink;
 pub mod dataflow;
 pub mod demo;
+pub mod retract;
 pub mod run;
 
 pub use run::{RunOptions, RunSummary, Source, run};

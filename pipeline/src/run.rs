@@ -19,10 +19,11 @@
 use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
 use crate::credits_sink::{CreditInput, CreditSinkConfig, credits_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
+use crate::retract::{self, Pending, Retractions};
 use anyhow::{Context, bail};
 use om_model::{
-    Aggregation, Command, Config, Decimal9, LateRecord, Micros, RejectedRecord, SourcePosition,
-    fingerprint,
+    Aggregation, Command, Config, Decimal9, LateRecord, Micros, ReadingValue, RejectedRecord,
+    SourcePosition, fingerprint,
 };
 use om_operators::dedup::dedup;
 use om_operators::{
@@ -352,6 +353,7 @@ struct ReaderCheckpointRef<'a> {
     dedup: &'a DedupState,
     watermarks: &'a Watermarks,
     grants: &'a BTreeSet<(String, String)>,
+    retractions: &'a Retractions,
 }
 
 /// What a worker read in one epoch.
@@ -371,6 +373,8 @@ struct EpochRead<'a> {
 struct Status {
     /// Records read in the epoch.
     read: u64,
+    /// Retractions wait for a commit (worker 0).
+    retracting: bool,
     /// Every partition of the worker is read to its end (Kafka).
     caught_up: bool,
     /// The worker's partitions read to their end (Kafka).
@@ -481,34 +485,40 @@ fn run_worker(
     // State restored from the checkpoint of the commit the job resumes from.
     let checkpoints = matches!(input, Input::Kafka { .. });
     let first_epoch = resume.as_ref().map_or(0, |c| c.epoch + 1);
-    let (dedup_state, mut watermarks, mut grants_seen, usage_restore, credits_restore) =
-        match resume {
-            Some(commit) => {
-                let reader: ReaderCheckpoint =
-                    checkpoint::load(store, runtime, commit, "reader", index)?;
-                let usage: UsageCheckpoint =
-                    checkpoint::load(store, runtime, commit, "usage", index)?;
-                let credits: CreditState =
-                    checkpoint::load(store, runtime, commit, "credits", index)?;
-                (
-                    reader.dedup,
-                    reader.watermarks,
-                    reader.grants,
-                    Some(usage),
-                    Some(credits),
-                )
-            }
-            None => (
-                DedupState::new(config.pipeline.dedup_horizon),
-                Watermarks::new(match input {
-                    Input::File(_) => Order::Global,
-                    Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
-                }),
-                BTreeSet::new(),
-                None,
-                None,
-            ),
-        };
+    let (
+        dedup_state,
+        mut watermarks,
+        mut grants_seen,
+        mut retractions,
+        usage_restore,
+        credits_restore,
+    ) = match resume {
+        Some(commit) => {
+            let reader: ReaderCheckpoint =
+                checkpoint::load(store, runtime, commit, "reader", index)?;
+            let usage: UsageCheckpoint = checkpoint::load(store, runtime, commit, "usage", index)?;
+            let credits: CreditState = checkpoint::load(store, runtime, commit, "credits", index)?;
+            (
+                reader.dedup,
+                reader.watermarks,
+                reader.grants,
+                reader.retractions,
+                Some(usage),
+                Some(credits),
+            )
+        }
+        None => (
+            DedupState::new(config.pipeline.dedup_horizon),
+            Watermarks::new(match input {
+                Input::File(_) => Order::Global,
+                Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
+            }),
+            BTreeSet::new(),
+            Retractions::default(),
+            None,
+            None,
+        ),
+    };
     let dedup_state = Rc::new(RefCell::new(dedup_state));
 
     let mut probe_input: TimelyInput<DedupProbe> = InputHandle::new();
@@ -609,6 +619,49 @@ fn run_worker(
 
     for epoch in first_epoch.. {
         let ingested_at = chrono::Utc::now().timestamp_micros();
+
+        // Retractions whose events are committed by now (worker 0, which reads the
+        // commands): a file run looks them all up in one extra epoch after its last
+        // events epoch is committed; a Kafka job once the commit covering the epoch that
+        // read them exists.
+        let mut retracted = Retracted::default();
+        if commands_reader.is_some() {
+            let due = match &reader {
+                Reader::File { epochs, .. } if epoch >= *epochs => {
+                    step_while(worker, failed, || {
+                        last_commit
+                            .borrow()
+                            .as_ref()
+                            .is_none_or(|c| c.epoch + 1 < epoch)
+                    })?;
+                    Some(u64::MAX)
+                }
+                Reader::File { .. } => None,
+                Reader::Kafka { .. } => last_commit
+                    .borrow()
+                    .as_ref()
+                    .or(resume.as_ref())
+                    .map(|c| c.epoch),
+            };
+            if let Some(committed) = due {
+                let batch = retractions.take_due(committed);
+                retracted = retract_events(
+                    batch,
+                    &mut retractions,
+                    &RetractContext {
+                        data: &opts.data,
+                        runtime,
+                        decoder: &decoder,
+                        is_latest: &is_latest,
+                        closed: watermarks.closed(),
+                        lateness,
+                        peers,
+                    },
+                    &mut names,
+                    &mut new_names,
+                )?;
+            }
+        }
 
         // Read this worker's records of the epoch: (partition, offset, bytes), in
         // arrival order.
@@ -796,11 +849,20 @@ fn run_worker(
                             ),
                         ));
                     }
-                    Ok(Command::RetractEvent { tenant_id, .. }) => {
-                        command_rejects.push(reject(
-                            Some(tenant_id),
-                            "retract_event is not supported yet (see issue #4)".into(),
-                        ));
+                    Ok(Command::RetractEvent {
+                        tenant_id,
+                        event_id,
+                    }) => {
+                        let queued = retractions.add(Pending {
+                            tenant_id: tenant_id.clone(),
+                            event_id,
+                            read_epoch: epoch,
+                            position: position.clone(),
+                            raw: lossy_truncated(line),
+                        });
+                        if let Err(reason) = queued {
+                            command_rejects.push(reject(Some(tenant_id), reason));
+                        }
                     }
                     Ok(c) => {
                         commands_accepted += 1;
@@ -810,9 +872,12 @@ fn run_worker(
                 }
             }
         }
+        command_rejects.append(&mut retracted.rejected);
+        commands_accepted += retracted.applied;
         status_input.send(Status {
             read: records.len() as u64,
-            caught_up: caught_up && commands_caught_up,
+            retracting: !retractions.pending.is_empty(),
+            caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
         });
@@ -826,13 +891,15 @@ fn run_worker(
         // A stop request (Ctrl-C, SIGTERM) ends any job after committing this epoch.
         let last = all.iter().any(|s| s.stop)
             || match input {
-                Input::File(_) => caught_up,
+                Input::File(_) => all.iter().all(|s| s.caught_up),
                 Input::Kafka { .. } => opts.until_caught_up && all.iter().all(|s| s.caught_up),
             };
+        // The end of a file commits (retractions look their events up in that commit);
+        // a Kafka job with retractions waiting commits so that they come due.
         let commit = last
             || match input {
-                Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0,
-                Input::Kafka { .. } => all.iter().any(|s| s.read > 0),
+                Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0 || caught_up,
+                Input::Kafka { .. } => all.iter().any(|s| s.read > 0 || s.retracting),
             };
         let mut duplicates: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut chunk_max = BTreeMap::new();
@@ -879,6 +946,7 @@ fn run_worker(
                     dedup: &dedup_state.borrow(),
                     watermarks: &watermarks,
                     grants: &grants_seen,
+                    retractions: &retractions,
                 },
             )?;
             meta_input.send(Meta::File(saved));
@@ -893,6 +961,12 @@ fn run_worker(
                 credit_input.send(CreditInput::Name(n.clone()));
             }
             name_input.send(n);
+        }
+        for u in retracted.updates.drain(..) {
+            update_input.send(u);
+        }
+        for b in retracted.burns.drain(..) {
+            credit_input.send(CreditInput::Burn(b));
         }
         let mut late = Vec::new();
         let mut keep = Vec::with_capacity(fates.len());
@@ -1073,6 +1147,120 @@ fn run_worker(
         !usage_probe.done() || !dedup_probe.done()
     })?;
     Ok(last_commit.borrow_mut().take())
+}
+
+/// The negations of the events retracted in an epoch, and the refused retractions.
+#[derive(Default)]
+struct Retracted {
+    updates: Vec<ReadingUpdate>,
+    burns: Vec<BurnUpdate>,
+    rejected: Vec<RejectedRecord>,
+    applied: u64,
+}
+
+/// What [`retract_events`] reads.
+struct RetractContext<'a> {
+    data: &'a str,
+    runtime: &'a tokio::runtime::Handle,
+    decoder: &'a Decoder,
+    is_latest: &'a [bool],
+    closed: Option<Micros>,
+    lateness: Micros,
+    peers: usize,
+}
+
+/// Looks up the events of due retractions in the committed `events` table and returns
+/// the negation of each one's window updates and burn, or why it is refused.
+fn retract_events(
+    batch: Vec<Pending>,
+    retractions: &mut Retractions,
+    cx: &RetractContext<'_>,
+    names: &mut NameCache,
+    new_names: &mut Vec<NameRecord>,
+) -> anyhow::Result<Retracted> {
+    let mut out = Retracted::default();
+    if batch.is_empty() {
+        return Ok(out);
+    }
+    let keys: Vec<(String, String)> = batch
+        .iter()
+        .map(|p| (p.tenant_id.clone(), p.event_id.clone()))
+        .collect();
+    let found: BTreeMap<(String, String), om_model::Event> =
+        retract::lookup(cx.data, cx.runtime, &keys)
+            .context("looking up retracted events")?
+            .into_iter()
+            .map(|e| ((e.tenant_id.clone(), e.id.clone()), e))
+            .collect();
+    for p in batch {
+        let key = (p.tenant_id.clone(), p.event_id.clone());
+        let refuse = |reason: String| RejectedRecord {
+            tenant_id: Some(p.tenant_id.clone()),
+            event_id: None,
+            raw: p.raw.clone(),
+            reason,
+            position: p.position.clone(),
+        };
+        let Some(e) = found.get(&key) else {
+            out.rejected.push(refuse(format!(
+                "retract_event: event {} of tenant {} is not among the accepted events",
+                p.event_id, p.tenant_id
+            )));
+            continue;
+        };
+        if let Some(w) = cx.closed
+            && e.timestamp < w - cx.lateness
+        {
+            out.rejected.push(refuse(format!(
+                "retract_event: event {} of tenant {} at {} is older than the watermark {} minus allowed_lateness: its windows are final; correct it with a backfill",
+                p.event_id,
+                p.tenant_id,
+                om_model::time::format_micros(e.timestamp),
+                om_model::time::format_micros(w)
+            )));
+            continue;
+        }
+        let decoded = match cx.decoder.decode(normalized_json(e).as_bytes()) {
+            Ok(d) => d,
+            Err(r) => {
+                out.rejected.push(refuse(format!(
+                    "retract_event: event {} no longer decodes with this config: {}",
+                    p.event_id, r.reason
+                )));
+                continue;
+            }
+        };
+        let (customer, name) = names.customer(&e.tenant_id, &e.customer_id)?;
+        new_names.extend(name);
+        for r in decoded.readings {
+            let dimensions = names.dimensions(&r.dimensions, cx.peers as u32, new_names)?;
+            let value = match r.value {
+                ReadingValue::Number(v) if cx.is_latest[r.meter as usize] => {
+                    UpdateValue::Latest(v, e.id.as_str().into())
+                }
+                ReadingValue::Number(v) => UpdateValue::Number(v),
+                ReadingValue::Scalar(text) => UpdateValue::Scalar(fingerprint::scalar(&text)),
+            };
+            out.updates.push(ReadingUpdate {
+                customer,
+                dimensions,
+                timestamp: e.timestamp,
+                meter: r.meter,
+                diff: -1,
+                value,
+            });
+        }
+        if decoded.burn != Decimal9::ZERO {
+            out.burns.push(BurnUpdate {
+                customer,
+                timestamp: e.timestamp,
+                burn: -decoded.burn,
+            });
+        }
+        retractions.done.insert(key);
+        out.applied += 1;
+    }
+    Ok(out)
 }
 
 /// Worker 0's reader of the commands source.

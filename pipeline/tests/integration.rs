@@ -10,6 +10,7 @@ mod integration {
     mod kafka;
     mod model_check;
     mod parquet_interop;
+    mod retract;
     pub mod services;
     mod workers;
 }
