@@ -1,10 +1,11 @@
-//! `openmonetize demo`: generate sample events, run the whole pipeline on the built-in
-//! config into a local directory, and show what came out, with no Kafka and no config.
+//! `openmonetize demo`: generate sample events and credit grants, run the whole pipeline
+//! on the built-in config into a local directory, and show what came out, with no Kafka
+//! and no config.
 
 use crate::run::{RunOptions, Source, run};
 use anyhow::Context;
 use om_queries::{Format, QueryEngine, format};
-use om_sources::generator::{GenOptions, Generator};
+use om_sources::generator::{GenOptions, Generator, grant_commands};
 use std::path::PathBuf;
 
 /// Options of the demo.
@@ -36,19 +37,27 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "   (LLM generations, API calls, storage, seats; with retries, out-of-order and late events)"
     );
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&events_path)?);
-    let summary = Generator::new(GenOptions {
+    let gen_opts = GenOptions {
         events: opts.events,
         customers: opts.customers,
         ..GenOptions::default()
-    })
-    .write_all(&mut out)?;
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&events_path)?);
+    let summary = Generator::new(gen_opts.clone()).write_all(&mut out)?;
     drop(out);
+    let commands_path = opts.dir.join("commands.jsonl");
+    let grants = grant_commands(&gen_opts);
+    std::fs::write(&commands_path, grants.join("\n") + "\n")?;
     println!(
-        "   -> {} ({} duplicates, {} very late)\n",
+        "   -> {} ({} duplicates, {} very late)",
         events_path.display(),
         summary.duplicates,
         summary.very_late
+    );
+    println!(
+        "   -> {}: {} prepaid credit grants and voids (3 grants per customer)\n",
+        commands_path.display(),
+        grants.len()
     );
 
     println!(
@@ -59,6 +68,7 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     let result = run(RunOptions {
         workers: opts.workers,
         progress: false,
+        commands: Some(Source::File(commands_path.clone())),
         ..RunOptions::new(
             om_model::Config::builtin(),
             Source::File(events_path.clone()),
@@ -98,7 +108,17 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
              ORDER BY meter, dimensions, window_start LIMIT 12",
         ),
         (
-            "5. Why events were turned away (rejected_events, late_events)",
+            "5. Credit balances and runway: who runs out first (credit_balances)",
+            "SELECT tenant_id, customer_id, balance, consumed, expired, overage, exhaustion_at \
+             FROM credit_balances WHERE exhaustion_at IS NOT NULL ORDER BY exhaustion_at LIMIT 5",
+        ),
+        (
+            "6. Where one customer's credits went, hour by hour (credit_ledger)",
+            "SELECT grant_id, entry, at, amount FROM credit_ledger \
+             WHERE customer_id = (SELECT MIN(customer_id) FROM credit_ledger) ORDER BY at, entry LIMIT 12",
+        ),
+        (
+            "7. Why events were turned away (rejected_events, late_events)",
             "SELECT reason, COUNT(*) AS n FROM (SELECT regexp_replace(reason, ':.*', '') AS reason FROM rejected_events UNION ALL SELECT 'late' FROM late_events) GROUP BY reason ORDER BY n DESC",
         ),
     ];

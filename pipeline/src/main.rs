@@ -132,6 +132,11 @@ enum Command {
         /// by tenant and customer.
         #[arg(long)]
         to: Option<String>,
+        /// Write credit grant commands for the same customers instead of events: three
+        /// per customer over the same days (500 expiring on day 3, 2,000 from day 1, 100
+        /// from day 2 to 6, voided on day 4 for every third customer).
+        #[arg(long)]
+        grants: bool,
     },
 }
 
@@ -299,6 +304,7 @@ fn main() -> anyhow::Result<()> {
             days,
             out,
             to,
+            grants,
         } => {
             let opts = om_sources::generator::GenOptions {
                 events,
@@ -307,6 +313,29 @@ fn main() -> anyhow::Result<()> {
                 days,
                 ..Default::default()
             };
+            if grants {
+                let lines = om_sources::generator::grant_commands(&opts);
+                let target = match (&out, &to) {
+                    (Some(out), _) => {
+                        std::fs::write(out, lines.join("\n") + "\n")
+                            .with_context(|| format!("writing {}", out.display()))?;
+                        out.display().to_string()
+                    }
+                    (None, Some(to)) => {
+                        let url = kafka_target(to)?;
+                        let producer = KafkaProducer::open(&url)?;
+                        let mut next = lines.iter();
+                        produce_lines(&producer, |line| {
+                            line.clear();
+                            Ok(next.next().map(|l| line.push_str(l)).is_some())
+                        })?;
+                        url.to_string()
+                    }
+                    (None, None) => unreachable!("clap requires --out or --to"),
+                };
+                eprintln!("wrote {} grant commands to {target}", lines.len());
+                return Ok(());
+            }
             let mut generator = om_sources::generator::Generator::new(opts);
             let target = match (&out, &to) {
                 (Some(out), _) => {

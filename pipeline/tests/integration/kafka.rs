@@ -209,9 +209,10 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
     check_golden("small", &data);
 }
 
-/// Every table, every column but `ingested_at`, in a stable order (Kafka positions are
-/// the same in every run over the same topic).
-const ALL_TABLES_SQL: [&str; 4] = [
+/// Every table (the credit tables too: the job reads a commands topic of grants), every
+/// column but `ingested_at`, in a stable order (Kafka positions are the same in every run
+/// over the same topic).
+const ALL_TABLES_SQL: [&str; 7] = [
     "SELECT tenant_id, customer_id, meter, dimensions, window_size, window_start, window_end, value, events, is_final \
      FROM usage_windows ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start",
     "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties, source, source_partition, source_offset \
@@ -220,14 +221,19 @@ const ALL_TABLES_SQL: [&str; 4] = [
      FROM rejected_events ORDER BY source_partition, source_offset",
     "SELECT tenant_id, event_id, customer_id, timestamp, watermark, raw, reason, source, source_partition, source_offset \
      FROM late_events ORDER BY source_partition, source_offset",
+    "SELECT * FROM credit_grants ORDER BY tenant_id, grant_id",
+    "SELECT * FROM credit_balances ORDER BY tenant_id, customer_id",
+    "SELECT * FROM credit_ledger ORDER BY tenant_id, customer_id, grant_id, entry, at",
 ];
 
-fn run_job(url: &str, data: &Path) -> std::process::Child {
+fn run_job(url: &str, commands: &str, data: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_openmonetize"))
         .args([
             "run",
             "--events",
             url,
+            "--commands",
+            commands,
             "--data",
             data.to_str().unwrap(),
             "--workers",
@@ -271,21 +277,29 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
     use rand::{Rng, SeedableRng};
     let broker = Broker::start();
     let url = broker.topic("crash", 4);
-    openmonetize(&[
-        "gen",
-        "--events",
-        "1000000",
-        "--customers",
-        "2000",
-        "--seed",
-        "11",
-        "--to",
-        &url,
-    ]);
+    let commands = broker.topic("crash-commands", 2);
+    // 1M events, and 3 grants for each of their 2,000 customers (some voided).
+    let generate = |extra: Option<&str>, to: &str| {
+        let mut args = vec![
+            "gen",
+            "--events",
+            "1000000",
+            "--customers",
+            "2000",
+            "--seed",
+            "11",
+            "--to",
+            to,
+        ];
+        args.extend(extra);
+        openmonetize(&args);
+    };
+    generate(None, &url);
+    generate(Some("--grants"), &commands);
     let tmp = tempfile::tempdir().unwrap();
 
     let whole = tmp.path().join("whole");
-    let out = run_job(&url, &whole).wait_with_output().unwrap();
+    let out = run_job(&url, &commands, &whole).wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -303,7 +317,7 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
         // Each run is killed at a random moment after it committed something new, so
         // the kills land in different places of the work (reading, writing files,
         // checkpointing, committing) and every restart makes progress.
-        let mut job = run_job(&url, &crashed);
+        let mut job = run_job(&url, &commands, &crashed);
         let before = epochs.last().copied().flatten();
         let deadline = Instant::now() + Duration::from_secs(120);
         while newest_commit_epoch(&crashed) <= before {
@@ -326,7 +340,9 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
         epochs.windows(2).all(|w| w[0] < w[1]),
         "seed {seed}: every killed run committed something: {epochs:?}"
     );
-    let out = run_job(&url, &crashed).wait_with_output().unwrap();
+    let out = run_job(&url, &commands, &crashed)
+        .wait_with_output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
