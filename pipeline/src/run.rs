@@ -184,7 +184,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             .map(|c| Input::open(c, "commands"))
             .transpose()?,
     );
-    if matches!(*input, Input::File(_)) != matches!(*commands, None | Some(Input::File(_))) {
+    if let Some(c) = commands.as_ref()
+        && matches!(*input, Input::File(_)) != matches!(c, Input::File(_))
+    {
         bail!("--events and --commands must both be files or both be Kafka topics");
     }
     let store = DataStore::open(&opts.data)?;
@@ -371,7 +373,7 @@ struct EpochRead<'a> {
 /// One worker's report at the end of an epoch's reading, seen by every worker.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Status {
-    /// Records read in the epoch.
+    /// Records (events and commands) read in the epoch.
     read: u64,
     /// Retractions wait for a commit (worker 0).
     retracting: bool,
@@ -819,10 +821,12 @@ fn run_worker(
         let mut commands_caught_up = true;
         let mut command_rejects = Vec::new();
         let mut commands_accepted = 0u64;
+        let mut commands_read = 0u64;
         let mut positions = positions;
         if let Some(commands) = &mut commands_reader {
             let read = commands.read(opts, epoch_bytes as usize)?;
             commands_caught_up = read.caught_up;
+            commands_read = read.records.len() as u64;
             positions.extend(read.positions);
             for (partition, offset, line) in &read.records {
                 let position = SourcePosition {
@@ -875,7 +879,7 @@ fn run_worker(
         command_rejects.append(&mut retracted.rejected);
         commands_accepted += retracted.applied;
         status_input.send(Status {
-            read: records.len() as u64,
+            read: records.len() as u64 + commands_read,
             retracting: !retractions.pending.is_empty(),
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             idle,
@@ -1307,7 +1311,7 @@ impl<'a> CommandReader<'a> {
         })
     }
 
-    /// Reads what is there now (Kafka: waits at most a tenth of the commit interval).
+    /// Reads what is there now (Kafka: for a tenth of the commit interval).
     fn read(&mut self, opts: &RunOptions, max_bytes: usize) -> anyhow::Result<CommandRead> {
         match self {
             CommandReader::File { file, done } => {
@@ -1329,8 +1333,11 @@ impl<'a> CommandReader<'a> {
                 Ok(read)
             }
             CommandReader::Kafka { url, reader, buf } => {
+                // A live job waits a tenth of the epoch for new commands; a catch-up run
+                // stops at the end of every partition.
                 let wait = opts.commit_interval / 10;
-                reader.read(buf, Instant::now() + wait, max_bytes, true, &opts.stop)?;
+                let deadline = Instant::now() + wait;
+                reader.read(buf, deadline, max_bytes, opts.until_caught_up, &opts.stop)?;
                 Ok(CommandRead {
                     records: buf.messages().map(|(p, o, m)| (p, o, m.to_vec())).collect(),
                     caught_up: reader.caught_up(),

@@ -127,6 +127,17 @@ fn committed_records(data: &Path) -> u64 {
     })
 }
 
+/// The newest commit record's accepted + rejected commands.
+fn committed_commands(data: &Path) -> u64 {
+    newest_commit(data).map_or(0, |record| {
+        let c = &record["counts"];
+        ["commands_accepted", "commands_rejected"]
+            .iter()
+            .map(|k| c[k].as_u64().unwrap())
+            .sum()
+    })
+}
+
 /// The newest commit record in `data`, if any. Records are written atomically, to a
 /// staging file (`N.json#k`, left behind by a kill) then renamed; only `*.json` count.
 fn newest_commit(data: &Path) -> Option<serde_json::Value> {
@@ -144,6 +155,7 @@ fn newest_commit(data: &Path) -> Option<serde_json::Value> {
 fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
     let broker = Broker::start();
     let url = broker.topic("live", 4);
+    let commands = broker.topic("live-commands", 1);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let config = golden_dir("small").join("config.toml");
@@ -154,6 +166,8 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
             config.to_str().unwrap(),
             "--events",
             &url,
+            "--commands",
+            &commands,
             "--data",
             data.to_str().unwrap(),
             "--workers",
@@ -168,13 +182,17 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
     // The job is already running when the events arrive.
     std::thread::sleep(Duration::from_millis(500));
     produce("small", "events.jsonl", &url);
-    let lines = std::fs::read_to_string(golden_dir("small").join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64;
+    produce("small", "commands.jsonl", &commands);
+    let count = |file: &str| {
+        std::fs::read_to_string(golden_dir("small").join(file))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count() as u64
+    };
+    let (lines, command_lines) = (count("events.jsonl"), count("commands.jsonl"));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed_records(&data) < lines {
+    while committed_records(&data) < lines || committed_commands(&data) < command_lines {
         assert!(
             Instant::now() < deadline,
             "the live job committed {} of {lines} records within 30 s",
