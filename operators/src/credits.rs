@@ -140,6 +140,10 @@ impl CreditState {
             let Some((tenant_id, customer_id)) = &c.names else {
                 continue;
             };
+            if c.grants.is_empty() && c.burns.is_empty() {
+                // Known by name only (events that burn nothing): no credit rows.
+                continue;
+            }
             let grants: Vec<&Grant> = c.grants.values().collect();
             let voids: Vec<Option<Micros>> = grants
                 .iter()
@@ -544,6 +548,8 @@ mod tests {
             timestamp: 4 * H,
             burn: -d("9"),
         });
+        // A customer whose events burn nothing has no rows.
+        backward.name(2, "t", "idle");
         let (f, b) = (forward.tables(Some(4 * H)), backward.tables(Some(4 * H)));
         assert_eq!(f, b);
         assert_eq!(f.balances[0].overage, d("2"));
