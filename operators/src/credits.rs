@@ -24,8 +24,11 @@
 //! `remaining` = amount) but not in the customer's balance or `granted`.
 //!
 //! Cost: a replay is linear in the customer's burn instants plus its grants, and runs
-//! only for customers that changed or whose grants changed state since the last one; the
-//! trailing-7-day rate behind `exhaustion_at` is a range sum.
+//! only for customers whose inputs changed, or whose grants started or ended, since
+//! their last one; other customers' rows are reused. The trailing-7-day rate behind
+//! `exhaustion_at` sums hourly totals plus the instants of the two partial hours. Not
+//! yet: folding history older than the lateness horizon into a prefix state, so a busy
+//! customer's replay (and the state) still grows with its whole history.
 
 use om_model::command::Grant;
 use om_model::credit::{BalanceRow, CreditTables, EntryKind, GrantRow, LedgerRow};
@@ -55,6 +58,8 @@ struct Customer {
     names: Option<(String, String)>,
     /// Burn per instant.
     burns: BTreeMap<Micros, Decimal9>,
+    /// Burn per hour (start), for the trailing rate without walking every instant.
+    hourly: BTreeMap<Micros, Decimal9>,
     /// Grants by id.
     grants: BTreeMap<String, Grant>,
 }
@@ -70,6 +75,22 @@ pub struct CreditState {
     /// Customers whose inputs changed since the last [`CreditState::tables`].
     #[serde(skip)]
     dirty: BTreeSet<u64>,
+    /// Each customer's rows from its last replay (rebuilt after a restore).
+    #[serde(skip)]
+    replayed: BTreeMap<u64, Replayed>,
+}
+
+/// A customer's rows from its last replay, and the span of `now` they hold for.
+#[derive(Clone, Debug)]
+struct Replayed {
+    grants: Vec<GrantRow>,
+    /// The balance row; `exhaustion_at` is recomputed at every `now`.
+    balance: BalanceRow,
+    ledger: Vec<LedgerRow>,
+    /// The `now` of the replay.
+    at: Micros,
+    /// The next instant after `at` where a grant starts or ends.
+    until: Micros,
 }
 
 impl CreditState {
@@ -92,11 +113,12 @@ impl CreditState {
             return;
         }
         let c = self.customers.entry(u.customer).or_default();
-        let at = c.burns.entry(u.timestamp).or_insert(Decimal9::ZERO);
-        *at += u.burn;
-        if *at == Decimal9::ZERO {
-            c.burns.remove(&u.timestamp);
-        }
+        add_or_remove(&mut c.burns, u.timestamp, u.burn);
+        add_or_remove(
+            &mut c.hourly,
+            u.timestamp - u.timestamp.rem_euclid(HOUR),
+            u.burn,
+        );
         self.dirty.insert(u.customer);
     }
 
@@ -131,88 +153,154 @@ impl CreditState {
     }
 
     /// The tables of every customer as of `now` (the watermark; none before the first
-    /// event). Clears the changed set.
+    /// event). Clears the changed set. A customer is replayed only when its inputs
+    /// changed or `now` passed one of its grants' starts or ends since its last replay;
+    /// otherwise its rows are reused, with `exhaustion_at` recomputed.
     pub fn tables(&mut self, now: Option<Micros>) -> CreditTables {
-        self.dirty.clear();
         let now = now.unwrap_or(Micros::MIN);
         let mut out = CreditTables::default();
-        for c in self.customers.values() {
-            let Some((tenant_id, customer_id)) = &c.names else {
+        for (fp, c) in &self.customers {
+            let Some(names) = &c.names else {
                 continue;
             };
             if c.grants.is_empty() && c.burns.is_empty() {
                 // Known by name only (events that burn nothing): no credit rows.
+                self.replayed.remove(fp);
                 continue;
             }
-            let grants: Vec<&Grant> = c.grants.values().collect();
-            let voids: Vec<Option<Micros>> = grants
-                .iter()
-                .map(|g| {
-                    self.voids
-                        .get(&(g.tenant_id.clone(), g.grant_id.clone()))
-                        .copied()
-                })
-                .collect();
-            let a = allocate(&grants, &voids, &c.burns, now);
-            let rate_from = now.saturating_sub(RATE_WINDOW);
-            let recent: Decimal9 = if now == Micros::MIN {
-                Decimal9::ZERO
-            } else {
-                c.burns
-                    .range(rate_from.saturating_add(1)..=now)
-                    .map(|(_, b)| *b)
-                    .sum()
-            };
-            let mut total = BalanceRow {
-                tenant_id: tenant_id.clone(),
-                customer_id: customer_id.clone(),
-                balance: Decimal9::ZERO,
-                granted: Decimal9::ZERO,
-                consumed: Decimal9::ZERO,
-                expired: Decimal9::ZERO,
-                voided: Decimal9::ZERO,
-                overage: a.overage,
-                exhaustion_at: None,
-            };
-            for (i, g) in grants.iter().enumerate() {
-                let s = &a.grants[i];
-                if g.effective_at <= now {
-                    total.granted += g.amount;
-                    if s.active {
-                        total.balance += s.remaining;
-                    }
-                }
-                total.consumed += s.consumed;
-                total.expired += s.expired;
-                total.voided += s.voided;
-                out.grants.push(GrantRow {
-                    grant: (*g).clone(),
-                    voided_at: voids[i],
-                    consumed: s.consumed,
-                    expired: s.expired,
-                    voided: s.voided,
-                    remaining: s.remaining,
-                });
+            let fresh = self
+                .replayed
+                .get(fp)
+                .is_some_and(|r| !self.dirty.contains(fp) && r.at <= now && now < r.until);
+            if !fresh {
+                let r = replay(c, names, &self.voids, now);
+                self.replayed.insert(*fp, r);
             }
-            total.exhaustion_at = exhaustion_at(now, total.balance, recent);
-            out.balances.push(total);
-            for e in a.ledger {
-                out.ledger.push(LedgerRow {
-                    tenant_id: tenant_id.clone(),
-                    customer_id: customer_id.clone(),
-                    grant_id: e.grant.map(|i| grants[i].grant_id.clone()),
-                    kind: e.kind,
-                    at: e.at,
-                    amount: e.amount,
-                });
-            }
+            let r = &self.replayed[fp];
+            out.grants.extend(r.grants.iter().cloned());
+            let mut balance = r.balance.clone();
+            balance.exhaustion_at = exhaustion_at(now, balance.balance, recent_burn(c, now));
+            out.balances.push(balance);
+            out.ledger.extend(r.ledger.iter().cloned());
         }
+        self.dirty.clear();
         out
     }
 
     /// Whether anything changed since the last [`CreditState::tables`].
     pub fn changed(&self) -> bool {
         !self.dirty.is_empty()
+    }
+}
+
+/// Adds `v` at `key`, dropping the entry when it comes back to zero.
+fn add_or_remove(map: &mut BTreeMap<Micros, Decimal9>, key: Micros, v: Decimal9) {
+    let slot = map.entry(key).or_insert(Decimal9::ZERO);
+    *slot += v;
+    if *slot == Decimal9::ZERO {
+        map.remove(&key);
+    }
+}
+
+/// Burn in `(now - RATE_WINDOW, now]`: whole hours from the hourly sums, the two partial
+/// hours at the edges from the instants.
+fn recent_burn(c: &Customer, now: Micros) -> Decimal9 {
+    if now == Micros::MIN {
+        return Decimal9::ZERO;
+    }
+    let from = now.saturating_sub(RATE_WINDOW).saturating_add(1);
+    let first_full = from + (HOUR - from.rem_euclid(HOUR)) % HOUR;
+    let last_start = now - now.rem_euclid(HOUR);
+    if first_full >= last_start {
+        return c.burns.range(from..=now).map(|(_, b)| *b).sum();
+    }
+    let head: Decimal9 = c.burns.range(from..first_full).map(|(_, b)| *b).sum();
+    let middle: Decimal9 = c
+        .hourly
+        .range(first_full..last_start)
+        .map(|(_, b)| *b)
+        .sum();
+    let tail: Decimal9 = c.burns.range(last_start..=now).map(|(_, b)| *b).sum();
+    head + middle + tail
+}
+
+/// Replays one customer as of `now` into its rows.
+fn replay(
+    c: &Customer,
+    (tenant_id, customer_id): &(String, String),
+    all_voids: &BTreeMap<(String, String), Micros>,
+    now: Micros,
+) -> Replayed {
+    let grants: Vec<&Grant> = c.grants.values().collect();
+    let voids: Vec<Option<Micros>> = grants
+        .iter()
+        .map(|g| {
+            all_voids
+                .get(&(g.tenant_id.clone(), g.grant_id.clone()))
+                .copied()
+        })
+        .collect();
+    let a = allocate(&grants, &voids, &c.burns, now);
+    let mut until = Micros::MAX;
+    let mut balance = BalanceRow {
+        tenant_id: tenant_id.clone(),
+        customer_id: customer_id.clone(),
+        balance: Decimal9::ZERO,
+        granted: Decimal9::ZERO,
+        consumed: Decimal9::ZERO,
+        expired: Decimal9::ZERO,
+        voided: Decimal9::ZERO,
+        overage: a.overage,
+        exhaustion_at: None,
+    };
+    let mut rows = Vec::with_capacity(grants.len());
+    for (i, g) in grants.iter().enumerate() {
+        let s = &a.grants[i];
+        let end = [g.expires_at, voids[i].map(|v| v.max(g.effective_at))]
+            .into_iter()
+            .flatten()
+            .min();
+        for instant in std::iter::once(g.effective_at).chain(end) {
+            if instant > now {
+                until = until.min(instant);
+            }
+        }
+        if g.effective_at <= now {
+            balance.granted += g.amount;
+            if s.active {
+                balance.balance += s.remaining;
+            }
+        }
+        balance.consumed += s.consumed;
+        balance.expired += s.expired;
+        balance.voided += s.voided;
+        rows.push(GrantRow {
+            grant: (*g).clone(),
+            voided_at: voids[i],
+            consumed: s.consumed,
+            expired: s.expired,
+            voided: s.voided,
+            remaining: s.remaining,
+        });
+    }
+    let ledger = a
+        .ledger
+        .into_iter()
+        .map(|e| LedgerRow {
+            tenant_id: tenant_id.clone(),
+            customer_id: customer_id.clone(),
+            grant_id: e.grant.map(|i| grants[i].grant_id.clone()),
+            kind: e.kind,
+            at: e.at,
+            amount: e.amount,
+        })
+        .collect();
+    Replayed {
+        grants: rows,
+        balance,
+        ledger,
+        at: now,
+        until,
     }
 }
 
@@ -554,6 +642,36 @@ mod tests {
         assert_eq!(f, b);
         assert_eq!(f.balances[0].overage, d("2"));
         assert_eq!(f.grants[0].consumed, d("6"));
+    }
+
+    #[test]
+    fn recent_burn_equals_the_sum_over_the_instants() {
+        let mut c = Customer::default();
+        let mut x: u64 = 7;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let t = ((x >> 20) % (10 * DAY as u64)) as Micros;
+            let b = Decimal9::from_raw(((x >> 5) % 1_000_000_000_000) as i128);
+            add_or_remove(&mut c.burns, t, b);
+            add_or_remove(&mut c.hourly, t - t.rem_euclid(HOUR), b);
+        }
+        for now in [
+            0,
+            HOUR,
+            7 * DAY,
+            7 * DAY + 1,
+            8 * DAY + 12_345,
+            10 * DAY - 1,
+        ] {
+            let naive: Decimal9 = c
+                .burns
+                .range(now - RATE_WINDOW + 1..=now)
+                .map(|(_, b)| *b)
+                .sum();
+            assert_eq!(recent_burn(&c, now), naive, "now {now}");
+        }
     }
 
     #[test]
