@@ -86,7 +86,8 @@ struct Replayed {
     grants: Vec<GrantRow>,
     /// The balance row; `exhaustion_at` is recomputed at every `now`.
     balance: BalanceRow,
-    ledger: Vec<LedgerRow>,
+    /// Ledger entries, compact (grant by index into `grants`) until written.
+    ledger: Vec<Entry>,
     /// The `now` of the replay.
     at: Micros,
     /// The next instant after `at` where a grant starts or ends.
@@ -181,7 +182,15 @@ impl CreditState {
             let mut balance = r.balance.clone();
             balance.exhaustion_at = exhaustion_at(now, balance.balance, recent_burn(c, now));
             out.balances.push(balance);
-            out.ledger.extend(r.ledger.iter().cloned());
+            let (tenant_id, customer_id) = names;
+            out.ledger.extend(r.ledger.iter().map(|e| LedgerRow {
+                tenant_id: tenant_id.clone(),
+                customer_id: customer_id.clone(),
+                grant_id: e.grant.map(|i| r.grants[i].grant.grant_id.clone()),
+                kind: e.kind,
+                at: e.at,
+                amount: e.amount,
+            }));
         }
         self.dirty.clear();
         out
@@ -283,22 +292,10 @@ fn replay(
             remaining: s.remaining,
         });
     }
-    let ledger = a
-        .ledger
-        .into_iter()
-        .map(|e| LedgerRow {
-            tenant_id: tenant_id.clone(),
-            customer_id: customer_id.clone(),
-            grant_id: e.grant.map(|i| grants[i].grant_id.clone()),
-            kind: e.kind,
-            at: e.at,
-            amount: e.amount,
-        })
-        .collect();
     Replayed {
         grants: rows,
         balance,
-        ledger,
+        ledger: a.ledger,
         at: now,
         until,
     }
