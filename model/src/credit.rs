@@ -74,16 +74,17 @@ impl EntryKind {
     }
 }
 
-/// A `credit_ledger` row. Amounts are positive; a grant's remaining is its `grant`
-/// entry minus its `burn`, `expiry` and `void` entries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LedgerRow {
+/// A `credit_ledger` row, borrowing its names from the credit state (there are many
+/// rows per customer). Amounts are positive; a grant's remaining is its `grant` entry
+/// minus its `burn`, `expiry` and `void` entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerRow<'a> {
     /// Tenant.
-    pub tenant_id: String,
+    pub tenant_id: &'a str,
     /// Customer.
-    pub customer_id: String,
+    pub customer_id: &'a str,
     /// The grant, none for overage.
-    pub grant_id: Option<String>,
+    pub grant_id: Option<&'a str>,
     /// The kind of entry.
     pub kind: EntryKind,
     /// When: the instant of a lifecycle entry, the hour's start for burn and overage.
@@ -94,11 +95,11 @@ pub struct LedgerRow {
 
 /// The credit tables of some customers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CreditTables {
+pub struct CreditTables<'a> {
     /// `credit_grants` rows.
     pub grants: Vec<GrantRow>,
     /// `credit_balances` rows.
     pub balances: Vec<BalanceRow>,
     /// `credit_ledger` rows.
-    pub ledger: Vec<LedgerRow>,
+    pub ledger: Vec<LedgerRow<'a>>,
 }

@@ -157,9 +157,8 @@ impl CreditState {
     /// event). Clears the changed set. A customer is replayed only when its inputs
     /// changed or `now` passed one of its grants' starts or ends since its last replay;
     /// otherwise its rows are reused, with `exhaustion_at` recomputed.
-    pub fn tables(&mut self, now: Option<Micros>) -> CreditTables {
+    pub fn tables(&mut self, now: Option<Micros>) -> CreditTables<'_> {
         let now = now.unwrap_or(Micros::MIN);
-        let mut out = CreditTables::default();
         for (fp, c) in &self.customers {
             let Some(names) = &c.names else {
                 continue;
@@ -177,22 +176,26 @@ impl CreditState {
                 let r = replay(c, names, &self.voids, now);
                 self.replayed.insert(*fp, r);
             }
-            let r = &self.replayed[fp];
+        }
+        self.dirty.clear();
+        let mut out = CreditTables::default();
+        for (fp, c) in &self.customers {
+            let (Some(names), Some(r)) = (&c.names, self.replayed.get(fp)) else {
+                continue;
+            };
             out.grants.extend(r.grants.iter().cloned());
             let mut balance = r.balance.clone();
             balance.exhaustion_at = exhaustion_at(now, balance.balance, recent_burn(c, now));
             out.balances.push(balance);
-            let (tenant_id, customer_id) = names;
             out.ledger.extend(r.ledger.iter().map(|e| LedgerRow {
-                tenant_id: tenant_id.clone(),
-                customer_id: customer_id.clone(),
-                grant_id: e.grant.map(|i| r.grants[i].grant.grant_id.clone()),
+                tenant_id: &names.0,
+                customer_id: &names.1,
+                grant_id: e.grant.map(|i| r.grants[i].grant.grant_id.as_str()),
                 kind: e.kind,
                 at: e.at,
                 amount: e.amount,
             }));
         }
-        self.dirty.clear();
         out
     }
 

@@ -385,7 +385,7 @@ pub fn credit_balances(rows: &[BalanceRow], as_of: Option<Micros>) -> Result<Rec
 }
 
 /// The `credit_ledger` table.
-pub fn credit_ledger(rows: &[LedgerRow]) -> Result<RecordBatch> {
+pub fn credit_ledger(rows: &[LedgerRow<'_>]) -> Result<RecordBatch> {
     let n = rows.len();
     let mut tenant = StringBuilder::with_capacity(n, n * 8);
     let mut customer = StringBuilder::with_capacity(n, n * 10);
@@ -394,9 +394,9 @@ pub fn credit_ledger(rows: &[LedgerRow]) -> Result<RecordBatch> {
     let mut at = ts_builder(n);
     let mut amount = dec_builder(n);
     for r in rows {
-        tenant.append_value(&r.tenant_id);
-        customer.append_value(&r.customer_id);
-        grant_id.append_option(r.grant_id.as_deref());
+        tenant.append_value(r.tenant_id);
+        customer.append_value(r.customer_id);
+        grant_id.append_option(r.grant_id);
         entry.append_value(r.kind.as_str());
         at.append_value(r.at);
         amount.append_value(r.amount.raw());
