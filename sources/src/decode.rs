@@ -805,6 +805,60 @@ mod tests {
     }
 
     #[test]
+    fn burn_sums_the_matching_rules_exactly() {
+        let d = decoder();
+        // The golden config's rules: gpt-4o input tokens x 0.0025 + output tokens x 0.01;
+        // no rule for other models.
+        let line = r#"{"id":"e1","customer_id":"c","event_type":"ai_generation","timestamp":"2024-01-15T10:30:00Z","properties":{"provider":"openai","model":"gpt-4o","input_tokens":1200,"output_tokens":310,"latency_ms":5}}"#;
+        assert_eq!(
+            d.decode(line.as_bytes()).unwrap().burn,
+            Decimal9::parse("6.1").unwrap()
+        );
+        let other = line.replace("\"gpt-4o\"", "\"llama-3\"");
+        assert_eq!(d.decode(other.as_bytes()).unwrap().burn, Decimal9::ZERO);
+
+        let config = Config::from_toml(
+            r#"
+[[burn_rates]]
+event_type = "job"
+match = { tier = 2 }
+value = "$.properties.seconds"
+credits_per_unit = "0.333333333"
+[[burn_rates]]
+event_type = "job"
+credits_per_unit = "0.5"
+"#,
+        )
+        .unwrap();
+        let d = Decoder::new(config);
+        let job = |props: &str| {
+            format!(
+                r#"{{"id":"j","customer_id":"c","event_type":"job","timestamp":0,"value":3,"properties":{props}}}"#
+            )
+        };
+        // 2.0 matches tier 2 exactly; 3 x 0.333333333 + 3 x 0.5, rounded once.
+        let burn = d
+            .decode(job(r#"{"tier":2.0,"seconds":3}"#).as_bytes())
+            .unwrap()
+            .burn;
+        assert_eq!(burn, Decimal9::parse("2.499999999").unwrap());
+        // Tier 1 does not match: only the value rule.
+        let burn = d
+            .decode(job(r#"{"tier":1,"seconds":3}"#).as_bytes())
+            .unwrap()
+            .burn;
+        assert_eq!(burn, Decimal9::parse("1.5").unwrap());
+        // A matching rule without its quantity rejects the event.
+        let r = d.decode(job(r#"{"tier":2}"#).as_bytes()).unwrap_err();
+        assert!(
+            r.reason
+                .contains("burn_rates[0] (job): $.properties.seconds is missing"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
     fn rejects_with_specific_reasons() {
         let cases = [
             ("not json at all", "not a JSON object"),
