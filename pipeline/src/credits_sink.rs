@@ -9,7 +9,7 @@
 //! a job with checkpoints, saves the state.
 
 use crate::checkpoint;
-use crate::dataflow::{EpochInfo, Meta};
+use crate::dataflow::{EpochInfo, EpochSchedule, Meta, follow_inputs};
 use om_model::{Command, fingerprint};
 use om_operators::{BurnUpdate, CreditState, NameRecord};
 use om_sinks::commit::FileEntry;
@@ -82,7 +82,7 @@ pub fn credits_sink<'s>(
             // The watermark the files on record were computed at (none written yet).
             let mut written_at: Option<Option<i64>> = None;
             let mut pending: BTreeMap<u64, (Vec<CreditInput>, Vec<Command>)> = BTreeMap::new();
-            let mut next_commit_from = 0u64;
+            let mut schedule = EpochSchedule::default();
             move |(in_c, frontier_c), (in_k, frontier_k), output| {
                 in_c.for_each(|cap, data| {
                     let t = *cap.retain_least(0).expect("capability for its time").time();
@@ -92,20 +92,10 @@ pub fn credits_sink<'s>(
                     let t = *cap.retain_least(0).expect("capability for its time").time();
                     pending.entry(t).or_default().1.append(data);
                 });
-                loop {
-                    let next_update = pending.keys().next().copied();
-                    let next_commit = info
-                        .borrow()
-                        .commits
-                        .range(next_commit_from..)
-                        .next()
-                        .copied();
-                    let Some(t) = next_update.into_iter().chain(next_commit).min() else {
-                        break;
-                    };
-                    if frontier_c.less_equal(&t) || frontier_k.less_equal(&t) {
-                        break;
-                    }
+                let frontiers = [frontier_c, frontier_k];
+                while let Some((t, commits)) =
+                    schedule.next(pending.keys().next().copied(), &info, &frontiers)
+                {
                     if let Some((inputs, commands)) = pending.remove(&t) {
                         for i in inputs {
                             match i {
@@ -122,10 +112,9 @@ pub fn credits_sink<'s>(
                             apply_command(&mut state, c, cfg.worker, cfg.peers);
                         }
                     }
-                    if next_commit != Some(t) {
+                    if !commits {
                         continue;
                     }
-                    next_commit_from = t + 1;
                     let now = info.borrow().latest.get(&t).copied().flatten();
                     let at = cap
                         .as_ref()
@@ -186,20 +175,7 @@ pub fn credits_sink<'s>(
                         session.give(Meta::File(change));
                     }
                 }
-                let lowest = frontier_c
-                    .frontier()
-                    .iter()
-                    .chain(frontier_k.frontier().iter())
-                    .min()
-                    .copied();
-                match lowest {
-                    Some(t) => {
-                        if let Some(c) = cap.as_mut() {
-                            c.downgrade(&t);
-                        }
-                    }
-                    None => cap = None,
-                }
+                follow_inputs(&mut cap, &frontiers);
             }
         },
     )

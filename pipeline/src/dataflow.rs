@@ -14,7 +14,9 @@ use std::rc::Rc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
+use timely::progress::frontier::MutableAntichain;
 
 /// Per-epoch facts the driver loop shares with the operators of its worker.
 #[derive(Debug, Default)]
@@ -53,6 +55,59 @@ pub enum Meta {
         /// offset of each Kafka partition the worker reads.
         sources: Vec<(String, u64)>,
     },
+}
+
+/// Where a sink stands in the epochs: the next epoch it can handle, in time order, is
+/// the earliest epoch with pending input or a commit it has not handled, once every
+/// input's frontier has passed it. Both sinks share this schedule, so a commit epoch
+/// that brings a worker no input still gets its files written.
+#[derive(Debug, Default)]
+pub struct EpochSchedule {
+    next_commit_from: u64,
+}
+
+impl EpochSchedule {
+    /// The next epoch to handle and whether it commits; `None` while it is not complete
+    /// on every input.
+    pub fn next(
+        &mut self,
+        first_pending: Option<u64>,
+        info: &RefCell<EpochInfo>,
+        frontiers: &[&MutableAntichain<u64>],
+    ) -> Option<(u64, bool)> {
+        let next_commit = info
+            .borrow()
+            .commits
+            .range(self.next_commit_from..)
+            .next()
+            .copied();
+        let t = first_pending.into_iter().chain(next_commit).min()?;
+        if frontiers.iter().any(|f| f.less_equal(&t)) {
+            return None;
+        }
+        let commits = next_commit == Some(t);
+        if commits {
+            self.next_commit_from = t + 1;
+        }
+        Some((t, commits))
+    }
+}
+
+/// Moves a sink's own capability to the least time its inputs may still bring, and
+/// drops it once they are done.
+pub fn follow_inputs(cap: &mut Option<Capability<u64>>, frontiers: &[&MutableAntichain<u64>]) {
+    match frontiers
+        .iter()
+        .filter_map(|f| f.frontier().iter().min().copied())
+        .min()
+    {
+        Some(t) => {
+            if let Some(c) = cap.as_mut() {
+                c.downgrade(&t);
+            }
+        }
+        None => *cap = None,
+    }
 }
 
 /// What the usage sink needs to write files.
@@ -113,7 +168,7 @@ pub fn usage_sink<'s>(
             known = saved.names;
         }
         let mut pending: BTreeMap<u64, (Vec<ReadingUpdate>, Vec<NameRecord>)> = BTreeMap::new();
-        let mut next_commit_from = 0u64;
+        let mut schedule = EpochSchedule::default();
         move |(in_u, frontier_u), (in_n, frontier_n), output| {
             in_u.for_each(|cap, data| {
                 let t = *cap.retain_least(0).expect("capability for its time").time();
@@ -123,20 +178,10 @@ pub fn usage_sink<'s>(
                 let t = *cap.retain_least(0).expect("capability for its time").time();
                 pending.entry(t).or_default().1.append(data);
             });
-            loop {
-                let next_update = pending.keys().next().copied();
-                let next_commit = info
-                    .borrow()
-                    .commits
-                    .range(next_commit_from..)
-                    .next()
-                    .copied();
-                let Some(t) = next_update.into_iter().chain(next_commit).min() else {
-                    break;
-                };
-                if frontier_u.less_equal(&t) || frontier_n.less_equal(&t) {
-                    break;
-                }
+            let frontiers = [frontier_u, frontier_n];
+            while let Some((t, commits)) =
+                schedule.next(pending.keys().next().copied(), &info, &frontiers)
+            {
                 if let Some((updates, names)) = pending.remove(&t) {
                     for n in names {
                         known.register(n).unwrap_or_else(|e| panic!("{e}"));
@@ -145,10 +190,9 @@ pub fn usage_sink<'s>(
                         state.apply(u);
                     }
                 }
-                if next_commit != Some(t) {
+                if !commits {
                     continue;
                 }
-                next_commit_from = t + 1;
                 let watermark = info.borrow().watermarks.get(&t).copied().flatten();
                 let at = cap
                     .as_ref()
@@ -185,20 +229,7 @@ pub fn usage_sink<'s>(
                     session.give(Meta::File(change));
                 }
             }
-            let lowest = frontier_u
-                .frontier()
-                .iter()
-                .chain(frontier_n.frontier().iter())
-                .min()
-                .copied();
-            match lowest {
-                Some(t) => {
-                    if let Some(c) = cap.as_mut() {
-                        c.downgrade(&t);
-                    }
-                }
-                None => cap = None,
-            }
+            follow_inputs(&mut cap, &frontiers);
         }
     })
 }
