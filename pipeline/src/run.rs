@@ -156,6 +156,31 @@ enum Input {
 }
 
 impl Input {
+    /// The name of the source in the tables' `source` column and the commit record.
+    fn name(&self) -> String {
+        match self {
+            Input::File(file) => format!("file:{}", file.path().display()),
+            Input::Kafka { url, .. } => url.to_string(),
+        }
+    }
+
+    /// Kafka: where each of `partitions` resumes, from the commit a job resumes from
+    /// (none: from its beginning).
+    fn resume_offsets(
+        url: &KafkaUrl,
+        partitions: impl Iterator<Item = u32>,
+        resume: &Option<CommitRecord>,
+    ) -> BTreeMap<u32, Option<u64>> {
+        partitions
+            .map(|p| {
+                let committed = resume
+                    .as_ref()
+                    .and_then(|c| c.sources.get(&url.partition_name(p)).copied());
+                (p, committed)
+            })
+            .collect()
+    }
+
     fn open(source: &Source, what: &str) -> anyhow::Result<Input> {
         Ok(match source {
             Source::File(path) => Input::File(
@@ -399,16 +424,6 @@ enum Reader<'a> {
     },
 }
 
-impl Reader<'_> {
-    /// The name of the source in the tables' `source` column.
-    fn name(&self) -> String {
-        match self {
-            Reader::File { file, .. } => format!("file:{}", file.path().display()),
-            Reader::Kafka { url, .. } => url.to_string(),
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_worker(
     worker: &mut timely::worker::Worker,
@@ -439,15 +454,11 @@ fn run_worker(
             epochs: file.len().div_ceil(epoch_bytes).max(1),
         },
         Input::Kafka { url, partitions } => {
-            let mine: BTreeMap<u32, Option<u64>> = (0..*partitions)
-                .filter(|p| *p as usize % peers == index)
-                .map(|p| {
-                    let committed = resume
-                        .as_ref()
-                        .and_then(|c| c.sources.get(&url.partition_name(p)).copied());
-                    (p, committed)
-                })
-                .collect();
+            let mine = Input::resume_offsets(
+                url,
+                (0..*partitions).filter(|p| *p as usize % peers == index),
+                resume,
+            );
             Reader::Kafka {
                 url,
                 reader: if mine.is_empty() {
@@ -459,17 +470,14 @@ fn run_worker(
             }
         }
     };
-    let source_name = reader.name();
+    let source_name = input.name();
     let mut commands_reader = match commands {
         Some(input) if index == 0 => Some(CommandReader::open(input, resume)?),
         _ => None,
     };
     let command_decoder = CommandDecoder::new(config);
     let sources: Vec<String> = std::iter::once(source_name.clone())
-        .chain(commands.as_ref().map(|c| match c {
-            Input::File(file) => format!("file:{}", file.path().display()),
-            Input::Kafka { url, .. } => url.to_string(),
-        }))
+        .chain(commands.as_ref().map(Input::name))
         .collect();
     let file_boundary = |e: u64, w: usize| -> u64 {
         let Input::File(file) = input else { return 0 };
@@ -1270,7 +1278,11 @@ fn retract_events(
 /// Worker 0's reader of the commands source.
 enum CommandReader<'a> {
     /// A file, read whole in the first epoch.
-    File { file: &'a JsonlFile, done: bool },
+    File {
+        file: &'a JsonlFile,
+        name: String,
+        done: bool,
+    },
     /// A Kafka topic: every partition, read each epoch up to its end.
     Kafka {
         url: &'a KafkaUrl,
@@ -1292,16 +1304,13 @@ struct CommandRead {
 impl<'a> CommandReader<'a> {
     fn open(input: &'a Input, resume: &Option<CommitRecord>) -> anyhow::Result<Self> {
         Ok(match input {
-            Input::File(file) => CommandReader::File { file, done: false },
+            Input::File(file) => CommandReader::File {
+                file,
+                name: input.name(),
+                done: false,
+            },
             Input::Kafka { url, partitions } => {
-                let all = (0..*partitions)
-                    .map(|p| {
-                        let committed = resume
-                            .as_ref()
-                            .and_then(|c| c.sources.get(&url.partition_name(p)).copied());
-                        (p, committed)
-                    })
-                    .collect();
+                let all = Input::resume_offsets(url, 0..*partitions, resume);
                 CommandReader::Kafka {
                     url,
                     reader: Box::new(PartitionReader::open(url, all)?),
@@ -1314,11 +1323,11 @@ impl<'a> CommandReader<'a> {
     /// Reads what is there now (Kafka: for a tenth of the commit interval).
     fn read(&mut self, opts: &RunOptions, max_bytes: usize) -> anyhow::Result<CommandRead> {
         match self {
-            CommandReader::File { file, done } => {
+            CommandReader::File { file, name, done } => {
                 let mut read = CommandRead {
                     records: Vec::new(),
                     caught_up: true,
-                    positions: vec![(format!("file:{}", file.path().display()), file.len())],
+                    positions: vec![(name.clone(), file.len())],
                 };
                 if !*done {
                     *done = true;

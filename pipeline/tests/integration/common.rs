@@ -127,3 +127,16 @@ pub const GRANTS_SQL: &str = "SELECT tenant_id, grant_id, customer_id, amount, c
 /// The credit_balances columns of the golden files, in golden format.
 pub const BALANCES_SQL: &str = "SELECT tenant_id, customer_id, balance, granted, consumed, \
     expired, voided, overage FROM credit_balances ORDER BY tenant_id, customer_id";
+
+/// Query result rows (no header) of a location this process can reach (e.g. the
+/// `memory://` tables of a run in the same process).
+pub fn query_in_process(data: &str, sql: &str) -> Vec<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(om_queries::QueryEngine::open(data)).unwrap();
+    let batches = rt.block_on(engine.sql(sql)).unwrap();
+    let text = om_queries::format(&batches, om_queries::Format::Csv).unwrap();
+    parse_csv(&text).into_iter().skip(1).collect()
+}

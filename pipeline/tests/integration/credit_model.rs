@@ -6,7 +6,6 @@
 
 use om_model::time::{MINUTE, format_micros};
 use om_model::{Config, Decimal9};
-use om_queries::QueryEngine;
 use openmonetize::{RunOptions, Source, run};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -384,19 +383,7 @@ fn pipeline(
         )
     })
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = rt.block_on(QueryEngine::open(&data)).unwrap();
-    let rows = |sql: &str| {
-        let batches = rt.block_on(engine.sql(sql)).unwrap();
-        let text = om_queries::format(&batches, om_queries::Format::Csv).unwrap();
-        super::common::parse_csv(&text)
-            .into_iter()
-            .skip(1)
-            .collect::<Vec<_>>()
-    };
+    let rows = |sql: &str| super::common::query_in_process(&data, sql);
     let d = |s: &str| Decimal9::parse(s).unwrap();
     let grants = rows(
         "SELECT tenant_id, grant_id, customer_id, CAST(amount AS VARCHAR), CAST(consumed AS VARCHAR), \

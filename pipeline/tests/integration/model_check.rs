@@ -4,7 +4,6 @@
 
 use om_model::time::{MINUTE, format_micros};
 use om_model::{Aggregation, Config, Decimal9, ReadingValue, WindowSize};
-use om_queries::QueryEngine;
 use om_sources::Decoder;
 use openmonetize::{RunOptions, Source, run};
 use proptest::prelude::*;
@@ -260,22 +259,13 @@ fn pipeline(
         ..RunOptions::new(config.clone(), Source::File(events), data.clone())
     })
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = rt.block_on(QueryEngine::open(&data)).unwrap();
-    let batches = rt
-        .block_on(engine.sql(
-            "SELECT tenant_id, customer_id, meter, dimensions, window_size, CAST(window_start AS BIGINT) AS s, \
-             CAST(value AS VARCHAR) AS v, events FROM usage_windows",
-        ))
-        .unwrap();
-    let text = om_queries::format(&batches, om_queries::Format::Csv).unwrap();
-    super::common::parse_csv(&text)
-        .into_iter()
-        .skip(1)
-        .map(|r| {
+    super::common::query_in_process(
+        &data,
+        "SELECT tenant_id, customer_id, meter, dimensions, window_size, CAST(window_start AS BIGINT) AS s, \
+         CAST(value AS VARCHAR) AS v, events FROM usage_windows",
+    )
+    .into_iter()
+    .map(|r| {
             (
                 r[0].clone(),
                 r[1].clone(),
