@@ -5,6 +5,7 @@
 //! [`Config::builtin`] is the embedded default used by `openmonetize demo`.
 
 use crate::decimal::Decimal9;
+use crate::prices::PriceCatalog;
 use crate::time::{Micros, WindowSize, parse_duration};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -177,6 +178,41 @@ pub struct Plan {
     pub features: BTreeMap<String, Feature>,
 }
 
+/// `[costs]`: how AI generation events feed the `costs` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostSettings {
+    /// Off: no `costs` table.
+    pub enabled: bool,
+    /// The event type of a model call.
+    pub event_type: String,
+    /// Where the provider is read; when the event has none, the model alone is looked up.
+    pub provider: ValuePath,
+    /// Where the model id is read.
+    pub model: ValuePath,
+    /// Input tokens billed at the input price (missing = 0).
+    pub input_tokens: ValuePath,
+    /// Cached input tokens billed at the cached-input price (missing = 0).
+    pub cached_input_tokens: ValuePath,
+    /// Output tokens (missing = 0).
+    pub output_tokens: ValuePath,
+    /// What one credit is worth in USD, for `credit_value_usd` and `margin_usd`; both
+    /// are null without it.
+    pub credit_price: Option<Decimal9>,
+    /// The shipped catalog with the config's `[[model_prices]]` applied.
+    pub prices: PriceCatalog,
+}
+
+/// `[anomaly]`: the `anomaly_scores` table over every sum and count meter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnomalySettings {
+    /// Off: no `anomaly_scores` table.
+    pub enabled: bool,
+    /// Flag when score >= threshold (default 3)...
+    pub threshold: Decimal9,
+    /// ...and the hour's value >= min_value (default 10).
+    pub min_value: Decimal9,
+}
+
 /// `[pipeline]` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineSettings {
@@ -195,8 +231,25 @@ pub struct Config {
     pub burn_rates: Vec<BurnRate>,
     /// Plans.
     pub plans: Vec<Plan>,
+    /// The `costs` view.
+    pub costs: CostSettings,
+    /// The `anomaly_scores` view.
+    pub anomaly: AnomalySettings,
+    /// Whether the `forecasts` table is kept (over every sum and count meter).
+    pub forecasts: bool,
     /// Pipeline settings.
     pub pipeline: PipelineSettings,
+}
+
+impl Config {
+    /// Whether a meter's usage adds up across its dimension groups and hours (sum and
+    /// count): the meters behind metered features, anomaly scores and forecasts.
+    pub fn is_summable(&self, meter: usize) -> bool {
+        matches!(
+            self.meters[meter].aggregation,
+            Aggregation::Sum | Aggregation::Count
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -209,7 +262,42 @@ struct RawConfig {
     #[serde(default)]
     plans: Vec<RawPlan>,
     #[serde(default)]
+    costs: RawCosts,
+    #[serde(default)]
+    model_prices: Vec<crate::prices::RawPrice>,
+    #[serde(default)]
+    anomaly: RawAnomaly,
+    #[serde(default)]
+    forecasts: RawForecasts,
+    #[serde(default)]
     pipeline: RawPipeline,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCosts {
+    enabled: Option<bool>,
+    event_type: Option<String>,
+    provider: Option<String>,
+    model: Option<String>,
+    input_tokens: Option<String>,
+    cached_input_tokens: Option<String>,
+    output_tokens: Option<String>,
+    credit_price: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    enabled: Option<bool>,
+    threshold: Option<toml::Value>,
+    min_value: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawForecasts {
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -348,7 +436,10 @@ impl Config {
             });
         }
 
-        let meter_names: BTreeSet<&str> = meters.iter().map(|m| m.name.as_str()).collect();
+        let meter_names: BTreeMap<&str, Aggregation> = meters
+            .iter()
+            .map(|m| (m.name.as_str(), m.aggregation))
+            .collect();
         let mut plans = Vec::with_capacity(raw.plans.len());
         let mut plan_names = BTreeSet::new();
         for (i, p) in raw.plans.into_iter().enumerate() {
@@ -386,10 +477,62 @@ impl Config {
                 "must be at least pipeline.allowed_lateness, or a duplicate of an accepted event could be accepted again",
             ));
         }
+        let c = raw.costs;
+        let path = |text: Option<String>, default: &str, field: &str| {
+            parse_path(
+                text.as_deref().unwrap_or(default),
+                &format!("costs.{field}"),
+            )
+        };
+        let mut prices = PriceCatalog::builtin();
+        for (i, p) in raw.model_prices.into_iter().enumerate() {
+            let key = format!("model_prices[{i}]");
+            let price = p.parse(&key).map_err(|message| invalid(key, message))?;
+            prices.insert(price);
+        }
+        let costs = CostSettings {
+            enabled: c.enabled.unwrap_or(true),
+            event_type: c.event_type.unwrap_or_else(|| "ai_generation".into()),
+            provider: path(c.provider, "$.properties.provider", "provider")?,
+            model: path(c.model, "$.properties.model", "model")?,
+            input_tokens: path(c.input_tokens, "$.properties.input_tokens", "input_tokens")?,
+            cached_input_tokens: path(
+                c.cached_input_tokens,
+                "$.properties.cached_input_tokens",
+                "cached_input_tokens",
+            )?,
+            output_tokens: path(
+                c.output_tokens,
+                "$.properties.output_tokens",
+                "output_tokens",
+            )?,
+            credit_price: c
+                .credit_price
+                .map(|v| parse_decimal_value(&v, "costs.credit_price"))
+                .transpose()?,
+            prices,
+        };
+        let a = raw.anomaly;
+        let anomaly = AnomalySettings {
+            enabled: a.enabled.unwrap_or(true),
+            threshold: a
+                .threshold
+                .map(|v| parse_decimal_value(&v, "anomaly.threshold"))
+                .transpose()?
+                .unwrap_or(Decimal9::from_int(3)),
+            min_value: a
+                .min_value
+                .map(|v| parse_decimal_value(&v, "anomaly.min_value"))
+                .transpose()?
+                .unwrap_or(Decimal9::from_int(10)),
+        };
         Ok(Config {
             meters,
             burn_rates,
             plans,
+            costs,
+            anomaly,
+            forecasts: raw.forecasts.enabled.unwrap_or(true),
             pipeline: PipelineSettings {
                 allowed_lateness,
                 dedup_horizon,
@@ -434,7 +577,7 @@ fn parse_decimal_value(v: &toml::Value, key: &str) -> Result<Decimal9, ConfigErr
 fn parse_feature(
     v: &toml::Value,
     key: &str,
-    meters: &BTreeSet<&str>,
+    meters: &BTreeMap<&str, Aggregation>,
 ) -> Result<Feature, ConfigError> {
     let shape = "must be `true`/`false`, `{ meter = \"NAME\", limit = \"N\", period = \"month\" }` or `{ credits = true }`";
     match v {
@@ -449,11 +592,22 @@ fn parse_feature(
                 Some(toml::Value::String(m)) => m.clone(),
                 _ => return Err(invalid(key, shape)),
             };
-            if !meters.contains(meter.as_str()) {
-                return Err(invalid(
-                    format!("{key}.meter"),
-                    format!("no meter is named `{meter}`"),
-                ));
+            match meters.get(meter.as_str()) {
+                None => {
+                    return Err(invalid(
+                        format!("{key}.meter"),
+                        format!("no meter is named `{meter}`"),
+                    ));
+                }
+                Some(Aggregation::Sum | Aggregation::Count) => {}
+                Some(_) => {
+                    return Err(invalid(
+                        format!("{key}.meter"),
+                        format!(
+                            "meter `{meter}` is not a sum or count meter; a limit needs usage that adds up over the month"
+                        ),
+                    ));
+                }
             }
             let limit = parse_decimal_value(
                 t.get("limit")

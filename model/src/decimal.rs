@@ -85,6 +85,26 @@ impl Decimal9 {
         Some(Decimal9(div_half_even(wide, SCALE)))
     }
 
+    /// The exact sum of the products `a x b` divided by `divisor` (> 0), rounded
+    /// half-even to 9 fractional digits once; `None` on overflow. Prices per million
+    /// tokens use `divisor = 1_000_000`.
+    pub fn sum_of_products_div(
+        pairs: impl IntoIterator<Item = (Decimal9, Decimal9)>,
+        divisor: i128,
+    ) -> Option<Self> {
+        let mut wide: i128 = 0;
+        for (a, b) in pairs {
+            wide = wide.checked_add(a.0.checked_mul(b.0)?)?;
+        }
+        Some(Decimal9(div_half_even(wide, SCALE.checked_mul(divisor)?)))
+    }
+
+    /// `self x num / den` (den > 0), exact until one half-even rounding to 9 fractional
+    /// digits; `None` on overflow.
+    pub fn mul_ratio(self, num: i128, den: i128) -> Option<Self> {
+        Some(Decimal9(div_half_even(self.0.checked_mul(num)?, den)))
+    }
+
     /// Division by an integer count, rounded half-even to 9 fractional digits.
     ///
     /// Panics when `n` is zero: callers never average an empty set.
@@ -167,7 +187,7 @@ impl Decimal9 {
 }
 
 /// `n / d` rounded half to even (d > 0).
-fn div_half_even(n: i128, d: i128) -> i128 {
+pub(crate) fn div_half_even(n: i128, d: i128) -> i128 {
     let q = n.div_euclid(d);
     let r = n.rem_euclid(d);
     match (2 * r).cmp(&d) {
@@ -324,6 +344,15 @@ mod tests {
         assert_eq!(Decimal9::from_raw(-5).div_count_half_even(2).raw(), -2);
         assert_eq!(d("10").div_count_half_even(3).to_string(), "3.333333333");
         assert_eq!(d("20").div_count_half_even(3).to_string(), "6.666666667");
+        // 1,000 tokens at $2.50 per million + 3 at $0.01875 per million: one rounding.
+        let cost = Decimal9::sum_of_products_div(
+            [(d("1000"), d("2.5")), (d("3"), d("0.01875"))],
+            1_000_000,
+        )
+        .unwrap();
+        assert_eq!(cost.to_string(), "0.002500056");
+        assert_eq!(d("10").mul_ratio(1, 7).unwrap().to_string(), "1.428571429");
+        assert_eq!(d("0.000000005").mul_ratio(1, 2).unwrap().raw(), 2);
     }
 
     #[test]

@@ -68,6 +68,19 @@ pub struct DecodedEvent {
     pub readings: Vec<Reading>,
     /// Credits the event burns: the sum over the matching burn rules.
     pub burn: Decimal9,
+    /// The model call it records, when it is one (`[costs]`).
+    pub cost: Option<CostReading>,
+}
+
+/// A model call read from an event, for the `costs` table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CostReading {
+    /// The provider, when the event names one.
+    pub provider: Option<String>,
+    /// The model id (empty when the event names none).
+    pub model: String,
+    /// Input, cached input and output tokens.
+    pub tokens: [Decimal9; 3],
 }
 
 /// Input that did not become an accepted event, kept whole.

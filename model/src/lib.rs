@@ -8,8 +8,10 @@ pub mod credit;
 pub mod decimal;
 pub mod event;
 pub mod fingerprint;
+pub mod prices;
 pub mod schema;
 pub mod time;
+pub mod views;
 
 pub use command::{Command, Grant};
 pub use config::{Aggregation, Config, ConfigError, Meter};

@@ -25,7 +25,7 @@ fn source_fields() -> [Field; 3] {
 }
 
 /// The names of all tables, as registered for SQL.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 11] = [
     "events",
     "usage_windows",
     "rejected_events",
@@ -33,6 +33,10 @@ pub const TABLES: [&str; 7] = [
     "credit_grants",
     "credit_balances",
     "credit_ledger",
+    "entitlements",
+    "costs",
+    "anomaly_scores",
+    "forecasts",
 ];
 
 /// `events`: one row per accepted event.
@@ -153,6 +157,72 @@ pub static CREDIT_LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `entitlements`: one row per (customer, feature of any plan), as of the watermark.
+pub static ENTITLEMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("feature", false),
+        utf8("plan", true),
+        Field::new("has_access", DataType::Boolean, false),
+        Field::new("usage", DECIMAL, true),
+        Field::new("limit", DECIMAL, true),
+        Field::new("remaining", DECIMAL, true),
+        utf8("reason", false),
+        Field::new("as_of", timestamp(), true),
+    ]))
+});
+
+/// `costs`: one row per (customer, provider, model, UTC day) of model calls.
+pub static COSTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("provider", false),
+        utf8("model", false),
+        Field::new("day", timestamp(), false),
+        Field::new("events", DataType::Int64, false),
+        Field::new("input_tokens", DECIMAL, false),
+        Field::new("cached_input_tokens", DECIMAL, false),
+        Field::new("output_tokens", DECIMAL, false),
+        Field::new("provider_cost_usd", DECIMAL, true),
+        Field::new("credits", DECIMAL, false),
+        Field::new("credit_value_usd", DECIMAL, true),
+        Field::new("margin_usd", DECIMAL, true),
+        Field::new("priced", DataType::Boolean, false),
+    ]))
+});
+
+/// `anomaly_scores`: one row per (customer, meter, hour window with usage).
+pub static ANOMALY_SCORES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("meter", false),
+        Field::new("window_start", timestamp(), false),
+        Field::new("value", DECIMAL, false),
+        Field::new("baseline_mean", DECIMAL, false),
+        Field::new("baseline_std", DECIMAL, false),
+        Field::new("score", DECIMAL, true),
+        Field::new("flagged", DataType::Boolean, false),
+    ]))
+});
+
+/// `forecasts`: one row per (customer, meter) for the month holding the watermark.
+pub static FORECASTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("meter", false),
+        Field::new("month", timestamp(), false),
+        Field::new("as_of", timestamp(), false),
+        Field::new("usage_to_date", DECIMAL, false),
+        Field::new("trailing_7d", DECIMAL, false),
+        Field::new("daily_rate", DECIMAL, false),
+        Field::new("forecast", DECIMAL, true),
+    ]))
+});
+
 /// The schema of a table by name.
 pub fn table_schema(name: &str) -> Option<SchemaRef> {
     Some(Arc::clone(match name {
@@ -163,6 +233,10 @@ pub fn table_schema(name: &str) -> Option<SchemaRef> {
         "credit_grants" => &CREDIT_GRANTS,
         "credit_balances" => &CREDIT_BALANCES,
         "credit_ledger" => &CREDIT_LEDGER,
+        "entitlements" => &ENTITLEMENTS,
+        "costs" => &COSTS,
+        "anomaly_scores" => &ANOMALY_SCORES,
+        "forecasts" => &FORECASTS,
         _ => return None,
     }))
 }

@@ -6,16 +6,27 @@
 //! worker owning the customer, so late and out-of-order events correct their windows.
 //! [`credits`] burns prepaid grants down by the same customers' events.
 //! [`names`] carries the texts behind the fingerprints that key that state.
+//! The monetization views live on the same owner: [`meter_series`] keeps hourly usage
+//! for [`anomaly`] scores, [`forecast`]s and [`entitlements`]; [`costs`] prices model
+//! calls.
 #![deny(missing_docs)]
 
+pub mod anomaly;
+pub mod costs;
 pub mod credits;
 pub mod dedup;
+pub mod entitlements;
+pub mod forecast;
 pub mod lateness;
+pub mod meter_series;
 pub mod names;
 pub mod windowed_usage;
 
+pub use costs::{CostState, CostUpdate};
 pub use credits::{BurnUpdate, CreditState};
 pub use dedup::{DedupProbe, DedupState, Verdict};
+pub use entitlements::Subscriptions;
 pub use lateness::{Fate, Order, Watermarks, classify, late_reason};
+pub use meter_series::{HourUpdate, MeterSeries};
 pub use names::{Collision, NameCache, NameRecord, Names};
 pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageData, UsageState, WindowRow};

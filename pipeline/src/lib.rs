@@ -10,11 +10,12 @@
 //! commit record.
 
 pub mod checkpoint;
-pub mod credits_sink;
+pub mod customer_sink;
 pub mod dataflow;
 pub mod demo;
 pub mod retract;
 pub mod run;
+pub mod view_updates;
 
 pub use run::{RunOptions, RunSummary, Source, run};
 

@@ -17,9 +17,10 @@
 //! read anything for Kafka, and the last epoch.
 
 use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
-use crate::credits_sink::{CreditInput, CreditSinkConfig, credits_sink};
+use crate::customer_sink::{CustomerInput, CustomerSinkConfig, CustomerViews, customer_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
 use crate::retract::{self, Pending, Retractions};
+use crate::view_updates::{ViewUpdates, tracked_meters};
 use anyhow::{Context, bail};
 use om_model::{
     Aggregation, Command, Config, Decimal9, LateRecord, Micros, ReadingValue, RejectedRecord,
@@ -27,8 +28,8 @@ use om_model::{
 };
 use om_operators::dedup::dedup;
 use om_operators::{
-    BurnUpdate, CreditState, DedupProbe, DedupState, Fate, NameCache, NameRecord, Order,
-    ReadingUpdate, UpdateValue, Verdict, Watermarks, classify, late_reason,
+    BurnUpdate, DedupProbe, DedupState, Fate, NameCache, NameRecord, Order, ReadingUpdate,
+    UpdateValue, Verdict, Watermarks, classify, late_reason,
 };
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{EventColumns, EventsBuilder};
@@ -359,6 +360,8 @@ struct Chunk<'f> {
     readings: Vec<(u16, u64, UpdateValue)>,
     /// Credits each event burns.
     burns: Vec<Decimal9>,
+    /// (event index, model key, tokens) of the events that are model calls.
+    calls: Vec<(usize, u32, [Decimal9; 3])>,
     /// The dedup/lateness chunks among the events: (chunk, range of event indexes).
     chunks: Vec<(u32, Range<usize>)>,
 }
@@ -446,6 +449,8 @@ fn run_worker(
         .iter()
         .map(|m| m.aggregation == Aggregation::Latest)
         .collect();
+    let tracked = tracked_meters(config);
+    let mut view_updates = ViewUpdates::default();
     let epoch_bytes = opts.epoch_bytes.max(1);
     let mut reader = match input {
         Input::File(file) => Reader::File {
@@ -501,20 +506,21 @@ fn run_worker(
         mut grants_seen,
         mut retractions,
         usage_restore,
-        credits_restore,
+        customers_restore,
     ) = match resume {
         Some(commit) => {
             let reader: ReaderCheckpoint =
                 checkpoint::load(store, runtime, commit, "reader", index)?;
             let usage: UsageCheckpoint = checkpoint::load(store, runtime, commit, "usage", index)?;
-            let credits: CreditState = checkpoint::load(store, runtime, commit, "credits", index)?;
+            let customers: CustomerViews =
+                checkpoint::load(store, runtime, commit, "customers", index)?;
             (
                 reader.dedup,
                 reader.watermarks,
                 reader.grants,
                 reader.retractions,
                 Some(usage),
-                Some(credits),
+                Some(customers),
             )
         }
         None => (
@@ -558,7 +564,7 @@ fn run_worker(
     let mut update_input: TimelyInput<ReadingUpdate> = InputHandle::new();
     let mut name_input: TimelyInput<NameRecord> = InputHandle::new();
     let mut meta_input: TimelyInput<Meta> = InputHandle::new();
-    let mut credit_input: TimelyInput<CreditInput> = InputHandle::new();
+    let mut credit_input: TimelyInput<CustomerInput> = InputHandle::new();
     let mut command_input: TimelyInput<Command> = InputHandle::new();
     let usage_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
@@ -579,16 +585,17 @@ fn run_worker(
             sink_cfg,
             Rc::clone(&info),
         );
-        let credit_files = credits_sink(
+        let credit_files = customer_sink(
             credit_input.to_stream(scope),
             command_input.to_stream(scope).broadcast(),
-            CreditSinkConfig {
+            CustomerSinkConfig {
                 store: store.clone(),
                 runtime: runtime.clone(),
+                config: Arc::new(config.clone()),
                 worker: index,
                 peers,
                 checkpoints,
-                restore: credits_restore,
+                restore: customers_restore,
             },
             Rc::clone(&info),
         );
@@ -663,12 +670,14 @@ fn run_worker(
                         runtime,
                         decoder: &decoder,
                         is_latest: &is_latest,
+                        tracked: &tracked,
                         closed: watermarks.closed(),
                         lateness,
                         peers,
                     },
                     &mut names,
                     &mut new_names,
+                    &mut view_updates,
                 )?;
             }
         }
@@ -748,6 +757,7 @@ fn run_worker(
             readings_end: Vec::with_capacity(capacity),
             readings: Vec::with_capacity(capacity * 3),
             burns: Vec::with_capacity(capacity),
+            calls: Vec::new(),
             chunks: Vec::new(),
         };
         let mut events = EventsBuilder::new(&sources, capacity);
@@ -792,6 +802,14 @@ fn run_worker(
             }
             chunk.readings_end.push(chunk.readings.len());
             chunk.burns.push(scratch.burn);
+            if let Some(call) = &scratch.cost {
+                let provider = call.provider.clone().map(|r| &scratch.text[r]);
+                let model =
+                    view_updates.model_key(config, provider, &scratch.text[call.model.clone()]);
+                chunk
+                    .calls
+                    .push((chunk.burns.len() - 1, model, call.tokens));
+            }
             let c = chunk_of(partition);
             let i = chunk.arrivals.len();
             match chunk.chunks.last_mut() {
@@ -970,7 +988,7 @@ fn run_worker(
         })?;
         for n in new_names.drain(..) {
             if matches!(n, NameRecord::Customer { .. }) {
-                credit_input.send(CreditInput::Name(n.clone()));
+                credit_input.send(CustomerInput::Name(n.clone()));
             }
             name_input.send(n);
         }
@@ -978,12 +996,13 @@ fn run_worker(
             update_input.send(u);
         }
         for b in retracted.burns.drain(..) {
-            credit_input.send(CreditInput::Burn(b));
+            credit_input.send(CustomerInput::Burn(b));
         }
         let mut late = Vec::new();
         let mut keep = Vec::with_capacity(fates.len());
         let mut duplicate_count = 0u64;
         let mut readings = chunk.readings.into_iter();
+        let mut calls = chunk.calls.iter().copied().peekable();
         let mut readings_start = 0;
         for (i, fate) in fates.into_iter().enumerate() {
             let taken = chunk.readings_end[i] - readings_start;
@@ -999,14 +1018,42 @@ fn run_worker(
             match fate {
                 Fate::Accepted => {
                     let burn = chunk.burns[i];
+                    while let Some(&(at, model, tokens)) = calls.peek() {
+                        if at > i {
+                            break;
+                        }
+                        calls.next();
+                        if at == i {
+                            view_updates.call(
+                                chunk.customers[i],
+                                model,
+                                timestamp,
+                                tokens,
+                                burn,
+                                1,
+                            );
+                        }
+                    }
                     if burn != Decimal9::ZERO {
-                        credit_input.send(CreditInput::Burn(BurnUpdate {
+                        credit_input.send(CustomerInput::Burn(BurnUpdate {
                             customer: chunk.customers[i],
                             timestamp,
                             burn,
                         }));
                     }
                     for (meter, dimensions, value) in own {
+                        if let (Some(aggregation), UpdateValue::Number(v)) =
+                            (tracked[meter as usize], &value)
+                        {
+                            view_updates.reading(
+                                chunk.customers[i],
+                                meter,
+                                aggregation,
+                                timestamp,
+                                *v,
+                                1,
+                            );
+                        }
                         update_input.send(ReadingUpdate {
                             customer: chunk.customers[i],
                             dimensions,
@@ -1051,6 +1098,7 @@ fn run_worker(
                 Fate::Accepted => unreachable!("handled above"),
             }
         }
+        view_updates.drain(|u| credit_input.send(u));
         let accepted = keep.iter().filter(|k| **k).count();
         let events_rejected = rejected.len() as u64;
         let commands_rejected = command_rejects.len() as u64;
@@ -1176,6 +1224,7 @@ struct RetractContext<'a> {
     runtime: &'a tokio::runtime::Handle,
     decoder: &'a Decoder,
     is_latest: &'a [bool],
+    tracked: &'a [Option<Aggregation>],
     closed: Option<Micros>,
     lateness: Micros,
     peers: usize,
@@ -1189,6 +1238,7 @@ fn retract_events(
     cx: &RetractContext<'_>,
     names: &mut NameCache,
     new_names: &mut Vec<NameRecord>,
+    views: &mut ViewUpdates,
 ) -> anyhow::Result<Retracted> {
     let mut out = Retracted::default();
     if batch.is_empty() {
@@ -1245,6 +1295,11 @@ fn retract_events(
         let (customer, name) = names.customer(&e.tenant_id, &e.customer_id)?;
         new_names.extend(name);
         for r in decoded.readings {
+            if let (Some(aggregation), ReadingValue::Number(v)) =
+                (cx.tracked[r.meter as usize], &r.value)
+            {
+                views.reading(customer, r.meter, aggregation, e.timestamp, *v, -1);
+            }
             let dimensions = names.dimensions(&r.dimensions, cx.peers as u32, new_names)?;
             let value = match r.value {
                 ReadingValue::Number(v) if cx.is_latest[r.meter as usize] => {
@@ -1261,6 +1316,10 @@ fn retract_events(
                 diff: -1,
                 value,
             });
+        }
+        if let Some(call) = &decoded.cost {
+            let model = views.model_key(cx.decoder.config(), call.provider.as_deref(), &call.model);
+            views.call(customer, model, e.timestamp, call.tokens, decoded.burn, -1);
         }
         if decoded.burn != Decimal9::ZERO {
             out.burns.push(BurnUpdate {

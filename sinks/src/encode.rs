@@ -8,6 +8,7 @@ use arrow::array::{
 pub use arrow::record_batch::RecordBatch;
 use om_model::credit::{BalanceRow, GrantRow, LedgerRow};
 use om_model::schema::{self, DECIMAL};
+use om_model::views::{AnomalyRow, CostRow, EntitlementRow, ForecastRow};
 use om_model::{Decimal9, LateRecord, Micros, RejectedRecord, SourcePosition, WindowSize};
 use std::sync::Arc;
 
@@ -411,6 +412,177 @@ pub fn credit_ledger(rows: &[LedgerRow<'_>]) -> Result<RecordBatch> {
     ];
     Ok(RecordBatch::try_new(
         Arc::clone(&schema::CREDIT_LEDGER),
+        columns,
+    )?)
+}
+
+/// The `entitlements` table, as of `as_of`.
+pub fn entitlements(rows: &[EntitlementRow<'_>], as_of: Option<Micros>) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut tenant = StringBuilder::with_capacity(n, n * 8);
+    let mut customer = StringBuilder::with_capacity(n, n * 10);
+    let mut feature = StringBuilder::with_capacity(n, n * 8);
+    let mut plan = StringBuilder::with_capacity(n, n * 6);
+    let mut access = BooleanBuilder::with_capacity(n);
+    let mut decimals: [Decimal128Builder; 3] = std::array::from_fn(|_| dec_builder(n));
+    let mut reason = StringBuilder::with_capacity(n, n * 8);
+    let mut as_of_col = ts_builder(n);
+    for r in rows {
+        tenant.append_value(r.tenant_id);
+        customer.append_value(r.customer_id);
+        feature.append_value(r.feature);
+        plan.append_option(r.plan);
+        access.append_value(r.has_access);
+        for (b, v) in decimals.iter_mut().zip([r.usage, r.limit, r.remaining]) {
+            b.append_option(v.map(Decimal9::raw));
+        }
+        reason.append_value(r.reason.as_str());
+        as_of_col.append_option(as_of);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(tenant.finish()),
+        Arc::new(customer.finish()),
+        Arc::new(feature.finish()),
+        Arc::new(plan.finish()),
+        Arc::new(access.finish()),
+    ];
+    for mut b in decimals {
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(reason.finish()));
+    columns.push(Arc::new(as_of_col.finish()));
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::ENTITLEMENTS),
+        columns,
+    )?)
+}
+
+/// The `costs` table.
+pub fn costs(rows: &[CostRow<'_>]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut strings: [StringBuilder; 4] =
+        std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 10));
+    let mut day = ts_builder(n);
+    let mut events = Int64Builder::with_capacity(n);
+    let mut decimals: [Decimal128Builder; 7] = std::array::from_fn(|_| dec_builder(n));
+    let mut priced = BooleanBuilder::with_capacity(n);
+    for r in rows {
+        for (b, v) in strings
+            .iter_mut()
+            .zip([r.tenant_id, r.customer_id, r.provider, r.model])
+        {
+            b.append_value(v);
+        }
+        day.append_value(r.day);
+        events.append_value(r.tally.events);
+        let t = &r.tally;
+        let values = [
+            Some(t.input_tokens),
+            Some(t.cached_input_tokens),
+            Some(t.output_tokens),
+            r.provider_cost_usd,
+            Some(t.credits),
+            r.credit_value_usd,
+            r.margin_usd,
+        ];
+        for (b, v) in decimals.iter_mut().zip(values) {
+            b.append_option(v.map(Decimal9::raw));
+        }
+        priced.append_value(r.provider_cost_usd.is_some());
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(14);
+    for mut b in strings {
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(day.finish()));
+    columns.push(Arc::new(events.finish()));
+    for mut b in decimals {
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(priced.finish()));
+    Ok(RecordBatch::try_new(Arc::clone(&schema::COSTS), columns)?)
+}
+
+/// The `anomaly_scores` table.
+pub fn anomaly_scores(rows: &[AnomalyRow<'_>]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut strings: [StringBuilder; 3] =
+        std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 10));
+    let mut start = ts_builder(n);
+    let mut decimals: [Decimal128Builder; 4] = std::array::from_fn(|_| dec_builder(n));
+    let mut flagged = BooleanBuilder::with_capacity(n);
+    for r in rows {
+        for (b, v) in strings
+            .iter_mut()
+            .zip([r.tenant_id, r.customer_id, r.meter])
+        {
+            b.append_value(v);
+        }
+        start.append_value(r.window_start);
+        let values = [
+            Some(r.value),
+            Some(r.baseline_mean),
+            Some(r.baseline_std),
+            r.score,
+        ];
+        for (b, v) in decimals.iter_mut().zip(values) {
+            b.append_option(v.map(Decimal9::raw));
+        }
+        flagged.append_value(r.flagged);
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(9);
+    for mut b in strings {
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(start.finish()));
+    for mut b in decimals {
+        columns.push(Arc::new(b.finish()));
+    }
+    columns.push(Arc::new(flagged.finish()));
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::ANOMALY_SCORES),
+        columns,
+    )?)
+}
+
+/// The `forecasts` table.
+pub fn forecasts(rows: &[ForecastRow<'_>]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut strings: [StringBuilder; 3] =
+        std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 10));
+    let mut times: [TimestampMicrosecondBuilder; 2] = std::array::from_fn(|_| ts_builder(n));
+    let mut decimals: [Decimal128Builder; 4] = std::array::from_fn(|_| dec_builder(n));
+    for r in rows {
+        for (b, v) in strings
+            .iter_mut()
+            .zip([r.tenant_id, r.customer_id, r.meter])
+        {
+            b.append_value(v);
+        }
+        times[0].append_value(r.month);
+        times[1].append_value(r.as_of);
+        let values = [
+            Some(r.usage_to_date),
+            Some(r.trailing_7d),
+            Some(r.daily_rate),
+            r.forecast,
+        ];
+        for (b, v) in decimals.iter_mut().zip(values) {
+            b.append_option(v.map(Decimal9::raw));
+        }
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(9);
+    for mut b in strings {
+        columns.push(Arc::new(b.finish()));
+    }
+    for mut b in times {
+        columns.push(Arc::new(b.finish()));
+    }
+    for mut b in decimals {
+        columns.push(Arc::new(b.finish()));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::FORECASTS),
         columns,
     )?)
 }

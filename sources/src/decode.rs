@@ -3,6 +3,8 @@
 //! reason (DESIGN.md 2.1). Never panics on input; numbers are read from their text.
 
 use crate::json;
+use om_model::config::ValuePath;
+use om_model::event::CostReading;
 use om_model::{Aggregation, Config, Decimal9, DecodedEvent, Event, Reading, ReadingValue, time};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -182,6 +184,18 @@ pub enum ValueRef {
     Scalar(Range<usize>),
 }
 
+/// A model call read from an event for the `costs` table: provider and model as ranges
+/// of [`Scratch::text`], and the tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostRef {
+    /// The provider, when the event names one.
+    pub provider: Option<Range<usize>>,
+    /// The model id (empty when the event names none).
+    pub model: Range<usize>,
+    /// Input, cached input and output tokens (missing = 0).
+    pub tokens: [Decimal9; 3],
+}
+
 /// Buffers reused from one record to the next, so decoding allocates nothing per event
 /// unless a string holds escapes.
 #[derive(Debug, Default)]
@@ -194,6 +208,8 @@ pub struct Scratch {
     pub burn: Decimal9,
     /// (quantity, credits per unit) of each burn rule that applies.
     burn_terms: Vec<(Decimal9, Decimal9)>,
+    /// The model call of the last decoded event, when it is one (`[costs]`).
+    pub cost: Option<CostRef>,
     /// Members of the record's top-level object.
     top: Vec<json::Member>,
     /// Members of the properties object: (key, value) ranges into it.
@@ -256,10 +272,16 @@ impl Decoder {
                 },
             })
             .collect();
+        let cost = scratch.cost.as_ref().map(|c| CostReading {
+            provider: c.provider.as_ref().map(&text),
+            model: text(&c.model),
+            tokens: c.tokens,
+        });
         Ok(DecodedEvent {
             event,
             readings,
             burn: scratch.burn,
+            cost,
         })
     }
 
@@ -274,6 +296,7 @@ impl Decoder {
         scratch.readings.clear();
         scratch.members.clear();
         scratch.burn = Decimal9::ZERO;
+        scratch.cost = None;
         let reject = |reason: String| Rejection {
             tenant_id: None,
             event_id: None,
@@ -454,6 +477,39 @@ impl Decoder {
         if !products.is_empty() {
             scratch.burn = Decimal9::sum_of_products(products.iter().copied())
                 .ok_or_else(|| with_ids("the credits it burns overflow".into()))?;
+        }
+
+        // A model call: its provider, model and tokens for the `costs` table. Missing
+        // tokens count 0 and a missing model is reported as unknown, but tokens that are
+        // there and not numbers reject the event, as a meter's value does.
+        let costs = &self.config.costs;
+        if costs.enabled && event_type.as_ref() == costs.event_type {
+            let mut text_at = |path: &ValuePath| {
+                let s = lookup(path.segments(), value_raw, props.as_ref())
+                    .map(|raw| string_of(raw).unwrap_or(Cow::Borrowed(raw)))?;
+                let from = scratch.text.len();
+                scratch.text.push_str(&s);
+                Some(from..scratch.text.len())
+            };
+            let provider = text_at(&costs.provider);
+            let model = text_at(&costs.model).unwrap_or(0..0);
+            let mut tokens = [Decimal9::ZERO; 3];
+            let paths = [
+                &costs.input_tokens,
+                &costs.cached_input_tokens,
+                &costs.output_tokens,
+            ];
+            for (t, path) in tokens.iter_mut().zip(paths) {
+                if let Some(raw) = lookup(path.segments(), value_raw, props.as_ref()) {
+                    *t = number_of(raw)
+                        .map_err(|e| with_ids(format!("costs: {} {e}", path.as_str())))?;
+                }
+            }
+            scratch.cost = Some(CostRef {
+                provider,
+                model,
+                tokens,
+            });
         }
 
         Ok(EventRef {

@@ -1,0 +1,185 @@
+//! Anomaly scores (DESIGN.md section 3): how far an hour's usage of a (customer, meter)
+//! stands out against the 24 hours before it.
+//!
+//! For an hour window with usage x, the baseline is the previous 24 hour windows, a
+//! missing hour counting as 0: mean m and population standard deviation s, each rounded
+//! half-even to 9 digits. score = (x - m) / max(s, 1), computed from the rounded m and s
+//! (so anyone can recompute it from the row) and rounded half-even to 9 digits; the hour
+//! is flagged when score >= threshold and x >= min_value. Everything is exact integer
+//! arithmetic: the variance's numerator 24·Σx² - (Σx)² is formed in 256 bits and the
+//! square root is an integer square root, rounded half-even.
+//!
+//! Which hours to score, and when, is [`crate::meter_series`]'s business; this module is
+//! the arithmetic.
+
+use ethnum::{I256, U256};
+use om_model::Decimal9;
+use om_model::config::AnomalySettings;
+
+/// Hours in the baseline.
+pub const BASELINE_HOURS: usize = 24;
+
+/// 10^9: the scale of [`Decimal9`].
+const SCALE: i128 = 1_000_000_000;
+
+/// The score of one hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Score {
+    /// Baseline mean.
+    pub mean: Decimal9,
+    /// Baseline population standard deviation.
+    pub std: Decimal9,
+    /// (x - mean) / max(std, 1); none when the 38-digit range overflows.
+    pub score: Option<Decimal9>,
+    /// score >= threshold and x >= min_value.
+    pub flagged: bool,
+}
+
+/// Scores `x` against the 24 hours before it (oldest first; missing hours are 0).
+pub fn score(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySettings) -> Score {
+    let n = BASELINE_HOURS as i128;
+    let sum: I256 = baseline.iter().map(|v| I256::from(v.raw())).sum();
+    let squares: I256 = baseline
+        .iter()
+        .map(|v| I256::from(v.raw()) * I256::from(v.raw()))
+        .sum();
+    let mean = to_decimal(div_half_even(sum, I256::from(n)));
+    // Variance = (n·Σx² - (Σx)²) / n², in units of 10^-18; std = sqrt(that) / n.
+    let numerator = (I256::from(n) * squares - sum * sum).as_u256();
+    let std = to_decimal(I256::from(sqrt_div_half_even(numerator, n as u128)));
+    let (mean, std) = (
+        mean.unwrap_or(Decimal9::ZERO),
+        std.unwrap_or(Decimal9::ZERO),
+    );
+    let divisor = std.raw().max(SCALE);
+    let score = to_decimal(div_half_even(
+        (I256::from(x.raw()) - I256::from(mean.raw())) * I256::from(SCALE),
+        I256::from(divisor),
+    ));
+    Score {
+        mean,
+        std,
+        score,
+        flagged: score.is_some_and(|v| v >= s.threshold) && x >= s.min_value,
+    }
+}
+
+/// A 256-bit value as a decimal when it fits 38 digits.
+fn to_decimal(v: I256) -> Option<Decimal9> {
+    let limit = I256::from(10i128.pow(38));
+    (v.abs() < limit).then(|| Decimal9::from_raw(v.as_i128()))
+}
+
+/// `n / d` rounded half to even (d > 0); symmetric around zero.
+fn div_half_even(n: I256, d: I256) -> I256 {
+    let (q, r) = (n.abs() / d, n.abs() % d);
+    let twice = r * I256::from(2);
+    let up = twice > d || (twice == d && q % I256::from(2) == I256::ONE);
+    let q = if up { q + I256::ONE } else { q };
+    if n < I256::ZERO { -q } else { q }
+}
+
+/// sqrt(v) / n rounded half to even, exactly: with a = floor(sqrt(v / n²)), the result
+/// is a + 1 when sqrt(v) / n > a + 1/2, i.e. 4v > n²(2a + 1)²; a tie (equality) rounds
+/// to the even one of a and a + 1.
+fn sqrt_div_half_even(v: U256, n: u128) -> i128 {
+    let n2 = U256::from(n * n);
+    let a = isqrt(v / n2);
+    let edge = n2 * (U256::from(2u8) * a + U256::ONE) * (U256::from(2u8) * a + U256::ONE);
+    let four_v = v * U256::from(4u8);
+    let up = four_v > edge || (four_v == edge && a % U256::from(2u8) == U256::ONE);
+    (if up { a + U256::ONE } else { a }).as_i128()
+}
+
+/// floor(sqrt(v)) by Newton's iteration from above.
+fn isqrt(v: U256) -> U256 {
+    if v < U256::from(2u8) {
+        return v;
+    }
+    let bits = 256 - v.leading_zeros();
+    let mut x = U256::ONE << bits.div_ceil(2);
+    loop {
+        let y = (x + v / x) >> 1;
+        if y >= x {
+            return x;
+        }
+        x = y;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal9 {
+        Decimal9::parse(s).unwrap()
+    }
+
+    fn settings() -> AnomalySettings {
+        AnomalySettings {
+            enabled: true,
+            threshold: Decimal9::from_int(3),
+            min_value: Decimal9::from_int(10),
+        }
+    }
+
+    #[test]
+    fn steady_usage_is_not_flagged_and_a_spike_is() {
+        // 24 hours of 10 each: mean 10, std 0, so the divisor is 1.
+        let steady = [d("10"); 24];
+        let s = score(d("12"), &steady, &settings());
+        assert_eq!((s.mean, s.std, s.score), (d("10"), d("0"), Some(d("2"))));
+        assert!(!s.flagged);
+        let s = score(d("100"), &steady, &settings());
+        assert_eq!(s.score, Some(d("90")));
+        assert!(s.flagged);
+    }
+
+    #[test]
+    fn hand_worked_baseline_with_missing_hours() {
+        // 12 hours of 4 and 12 missing hours (0): mean 2, population variance
+        // (12·(4-2)² + 12·(0-2)²) / 24 = 4, std 2. x = 9: score (9 - 2) / 2 = 3.5.
+        let mut b = [Decimal9::ZERO; 24];
+        for v in b.iter_mut().take(12) {
+            *v = d("4");
+        }
+        let s = score(d("9"), &b, &settings());
+        assert_eq!((s.mean, s.std, s.score), (d("2"), d("2"), Some(d("3.5"))));
+        assert!(!s.flagged, "x = 9 is under min_value 10");
+        let s = score(d("10"), &b, &settings());
+        assert_eq!(s.score, Some(d("4")));
+        assert!(s.flagged);
+    }
+
+    #[test]
+    fn irrational_std_rounds_half_even_at_nine_digits() {
+        // One hour of 1, 23 of 0: mean 1/24 = 0.041666667, variance (1/24)(1 - 1/24),
+        // std = sqrt(23)/24 = 0.199826313... -> 0.199826313.
+        let mut b = [Decimal9::ZERO; 24];
+        b[0] = d("1");
+        let s = score(d("0.5"), &b, &settings());
+        assert_eq!(s.mean, d("0.041666667"));
+        assert_eq!(s.std, d("0.199826313"));
+        // std < 1, so the divisor is 1: 0.5 - 0.041666667.
+        assert_eq!(s.score, Some(d("0.458333333")));
+    }
+
+    #[test]
+    fn huge_values_do_not_overflow() {
+        let big = Decimal9::from_raw(10i128.pow(36));
+        let s = score(big, &[big; 24], &settings());
+        assert_eq!(
+            (s.mean, s.std, s.score),
+            (big, Decimal9::ZERO, Some(Decimal9::ZERO))
+        );
+    }
+
+    #[test]
+    fn integer_square_roots() {
+        for v in [0u64, 1, 2, 3, 4, 15, 16, 17, 99, 100, 101, u64::MAX] {
+            let r = isqrt(U256::from(v)).as_u64();
+            assert!(r as u128 * r as u128 <= v as u128);
+            assert!((r as u128 + 1) * (r as u128 + 1) > v as u128);
+        }
+    }
+}

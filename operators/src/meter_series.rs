@@ -1,0 +1,267 @@
+//! Meter series: the hourly usage of every (customer, meter) of a summable meter (sum or
+//! count), all dimension groups together, with its monthly totals. It feeds three views
+//! on the customer's owner worker:
+//! - `anomaly_scores` ([`crate::anomaly`]): every hour with usage, scored against the
+//!   24 hours before it;
+//! - `forecasts` ([`crate::forecast`]): month to date and the trailing 7 days;
+//! - `entitlements`: a metered feature's usage this month.
+//!
+//! Readers add each accepted event's reading to its hour (pre-summed per epoch), a
+//! retraction subtracts it; an hour or month that sums to zero is removed, so the state
+//! equals a recomputation from `usage_windows` whatever the arrival order.
+//!
+//! Anomaly rows are kept by UTC day of the hour: a change to hour g changes the scores
+//! of hours g..=g+24h, so it marks their days for rewriting. A day is final once all its
+//! hours are older than the hour holding (watermark - allowed_lateness): no accepted
+//! event or retraction can reach its hours or their baselines any more. Hours are kept
+//! while a non-final day's baseline or the trailing 7 days may need them, months while
+//! they hold a kept hour.
+
+use crate::anomaly::{self, BASELINE_HOURS};
+use om_model::config::AnomalySettings;
+use om_model::time::{DAY, HOUR};
+use om_model::views::{AnomalyRow, ForecastRow};
+use om_model::{Decimal9, Micros, WindowSize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The trailing window of forecasts, in hours.
+pub const TRAILING_HOURS: i64 = 7 * 24;
+
+/// One (customer, meter, hour)'s usage change, summed over an epoch's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HourUpdate {
+    /// Fingerprint of (tenant, customer): the routing key.
+    pub customer: u64,
+    /// Index into `Config::meters`.
+    pub meter: u16,
+    /// Start of the hour.
+    pub hour: Micros,
+    /// Usage added (negative: retracted).
+    pub value: Decimal9,
+    /// Events added (negative: retracted).
+    pub events: i64,
+}
+
+/// Usage and event count of an hour or a month.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Summed usage.
+    pub value: Decimal9,
+    /// Events behind it.
+    pub events: i64,
+}
+
+/// One (customer, meter)'s usage.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Series {
+    /// Usage per hour start; only hours with events.
+    pub hours: BTreeMap<Micros, Usage>,
+    /// Usage per month start; only months with events.
+    pub months: BTreeMap<Micros, Usage>,
+}
+
+/// The series of the customers a worker owns.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct MeterSeries {
+    series: BTreeMap<(u64, u16), Series>,
+    /// Days whose anomaly rows changed since they were last taken.
+    dirty_days: BTreeSet<Micros>,
+    /// Anything changed since [`MeterSeries::take_changed`].
+    changed: bool,
+}
+
+fn add(map: &mut BTreeMap<Micros, Usage>, key: Micros, u: &HourUpdate) {
+    let slot = map.entry(key).or_default();
+    slot.value += u.value;
+    slot.events += u.events;
+    if slot.events == 0 {
+        map.remove(&key);
+    }
+}
+
+/// Names of the rows' customers and meters.
+pub struct RowNames<'a> {
+    /// Customer fingerprint -> (tenant, customer).
+    pub customers: &'a BTreeMap<u64, (String, String)>,
+    /// Meter names by index.
+    pub meters: &'a [String],
+}
+
+impl<'a> RowNames<'a> {
+    fn get(&self, customer: u64, meter: u16) -> Option<(&'a str, &'a str, &'a str)> {
+        let (t, c) = self.customers.get(&customer)?;
+        Some((t, c, self.meters.get(meter as usize)?))
+    }
+}
+
+/// The first hour whose score may still change at `closed` (the watermark every input
+/// has passed): the hour holding `closed - lateness`.
+fn first_open_hour(closed: Option<Micros>, lateness: Micros) -> Micros {
+    closed.map_or(Micros::MIN, |w| {
+        WindowSize::Hour.start(w.saturating_sub(lateness))
+    })
+}
+
+impl MeterSeries {
+    /// Adds one update.
+    pub fn apply(&mut self, u: &HourUpdate) {
+        if u.value == Decimal9::ZERO && u.events == 0 {
+            return;
+        }
+        let s = self.series.entry((u.customer, u.meter)).or_default();
+        add(&mut s.hours, u.hour, u);
+        add(&mut s.months, WindowSize::Month.start(u.hour), u);
+        if s.hours.is_empty() && s.months.is_empty() {
+            self.series.remove(&(u.customer, u.meter));
+        }
+        self.dirty_days.insert(WindowSize::Day.start(u.hour));
+        self.dirty_days
+            .insert(WindowSize::Day.start(u.hour + BASELINE_HOURS as i64 * HOUR));
+        self.changed = true;
+    }
+
+    /// Whether anything changed since the last call, and resets it.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// A (customer, meter)'s usage in the month starting at `month`.
+    pub fn month_usage(&self, customer: u64, meter: u16, month: Micros) -> Decimal9 {
+        self.series
+            .get(&(customer, meter))
+            .and_then(|s| s.months.get(&month))
+            .map_or(Decimal9::ZERO, |m| m.value)
+    }
+
+    /// The anomaly rows of every day that changed since the last call, by day start
+    /// (a day with no rows left comes with none, so its file is removed); then forgets
+    /// what no open day needs any more.
+    pub fn take_anomaly_days<'a>(
+        &mut self,
+        closed: Option<Micros>,
+        latest: Option<Micros>,
+        lateness: Micros,
+        settings: &AnomalySettings,
+        names: &RowNames<'a>,
+    ) -> Vec<(Micros, Vec<AnomalyRow<'a>>)> {
+        let days = std::mem::take(&mut self.dirty_days);
+        let out = days
+            .into_iter()
+            .map(|day| (day, self.anomaly_rows(day, settings, names)))
+            .collect();
+        self.forget(closed, latest, lateness);
+        out
+    }
+
+    /// Every anomaly row of the hours of one day, in (customer, meter, hour) order.
+    pub fn anomaly_rows<'a>(
+        &self,
+        day: Micros,
+        settings: &AnomalySettings,
+        names: &RowNames<'a>,
+    ) -> Vec<AnomalyRow<'a>> {
+        let mut rows = Vec::new();
+        let from = day - BASELINE_HOURS as i64 * HOUR;
+        for (&(customer, meter), s) in &self.series {
+            if s.hours.range(day..day + DAY).next().is_none() {
+                continue;
+            }
+            let Some((tenant_id, customer_id, meter_name)) = names.get(customer, meter) else {
+                continue;
+            };
+            // The day and the 24 hours before it, densely, missing hours as 0.
+            let mut dense = [Decimal9::ZERO; 48];
+            let mut has_events = [false; 48];
+            for (&h, u) in s.hours.range(from..day + DAY) {
+                let i = ((h - from) / HOUR) as usize;
+                dense[i] = u.value;
+                has_events[i] = true;
+            }
+            for i in BASELINE_HOURS..48 {
+                let x = dense[i];
+                if !has_events[i] {
+                    continue;
+                }
+                let baseline: &[Decimal9; BASELINE_HOURS] =
+                    dense[i - BASELINE_HOURS..i].try_into().expect("24 hours");
+                let sc = anomaly::score(x, baseline, settings);
+                rows.push(AnomalyRow {
+                    tenant_id,
+                    customer_id,
+                    meter: meter_name,
+                    window_start: from + i as i64 * HOUR,
+                    value: x,
+                    baseline_mean: sc.mean,
+                    baseline_std: sc.std,
+                    score: sc.score,
+                    flagged: sc.flagged,
+                });
+            }
+        }
+        rows
+    }
+
+    /// The forecast of every (customer, meter) with usage this month or in the
+    /// trailing 7 days, as of `now` (the watermark).
+    pub fn forecast_rows<'a>(&self, now: Micros, names: &RowNames<'a>) -> Vec<ForecastRow<'a>> {
+        let month = WindowSize::Month.start(now);
+        let last_hour = WindowSize::Hour.start(now);
+        let first_hour = last_hour - (TRAILING_HOURS - 1) * HOUR;
+        let mut rows = Vec::new();
+        for (&(customer, meter), s) in &self.series {
+            let to_date = s.months.get(&month).copied().unwrap_or_default();
+            let mut trailing = Usage::default();
+            for (_, u) in s.hours.range(first_hour..=last_hour) {
+                trailing.value += u.value;
+                trailing.events += u.events;
+            }
+            if to_date.events == 0 && trailing.events == 0 {
+                continue;
+            }
+            let (to_date, trailing) = (to_date.value, trailing.value);
+            let Some((tenant_id, customer_id, meter_name)) = names.get(customer, meter) else {
+                continue;
+            };
+            let f = crate::forecast::forecast(to_date, trailing, now);
+            rows.push(ForecastRow {
+                tenant_id,
+                customer_id,
+                meter: meter_name,
+                month,
+                as_of: now,
+                usage_to_date: to_date,
+                trailing_7d: trailing,
+                daily_rate: f.daily_rate,
+                forecast: f.forecast,
+            });
+        }
+        rows
+    }
+
+    /// Drops the hours no open day's scores and no trailing window need, and the months
+    /// before the first kept hour.
+    fn forget(&mut self, closed: Option<Micros>, latest: Option<Micros>, lateness: Micros) {
+        let (Some(_), Some(latest)) = (closed, latest) else {
+            return;
+        };
+        let first_open_day = WindowSize::Day.start(first_open_hour(closed, lateness));
+        let keep_from = (first_open_day - BASELINE_HOURS as i64 * HOUR)
+            .min(WindowSize::Hour.start(latest) - TRAILING_HOURS * HOUR);
+        let keep_month = WindowSize::Month.start(keep_from);
+        self.series.retain(|_, s| {
+            s.hours = s.hours.split_off(&keep_from);
+            s.months = s.months.split_off(&keep_month);
+            !s.hours.is_empty() || !s.months.is_empty()
+        });
+    }
+
+    /// Number of (customer, meter) series held.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// True when no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}

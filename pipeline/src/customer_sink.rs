@@ -1,0 +1,424 @@
+//! The customer sink: owns every per-customer view of the customers routed to this
+//! worker and writes their tables.
+//!
+//! - credits ([`CreditState`]): `credit_grants`, `credit_balances`, `credit_ledger`;
+//! - plans ([`Subscriptions`]) with usage and balances: `entitlements`;
+//! - hourly usage of the sum and count meters ([`MeterSeries`]): `forecasts`, and
+//!   `anomaly_scores` by UTC day;
+//! - model calls ([`CostState`]): `costs` by UTC day.
+//!
+//! Inputs: burns, hourly usage, model calls and customer names, routed by customer;
+//! commands, broadcast to every worker (a grant or subscription is kept by its
+//! customer's owner, a void by everyone, since a void names only the grant). Epoch by
+//! epoch, in time order, it folds them into the state. At each commit epoch it rewrites
+//! this worker's file (slot `w<worker>`) of each whole-table view when anything changed
+//! or the watermark moved (they are "as of" the watermark), rewrites the day files of
+//! the day-partitioned views whose days changed (slot `day/<day>/w<worker>`), and, in a
+//! job with checkpoints, saves the state.
+
+use crate::checkpoint;
+use crate::dataflow::{EpochInfo, EpochSchedule, Meta, follow_inputs};
+use om_model::views::EntitlementRow;
+use om_model::{Command, Config, Decimal9, Micros, WindowSize, fingerprint, time};
+use om_operators::entitlements::{self, Standing};
+use om_operators::meter_series::RowNames;
+use om_operators::{
+    BurnUpdate, CostState, CostUpdate, CreditState, HourUpdate, MeterSeries, NameRecord,
+    Subscriptions,
+};
+use om_sinks::commit::FileEntry;
+use om_sinks::encode::RecordBatch;
+use om_sinks::{DataStore, FileChange};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+
+/// What readers send the customer sink of a customer's owner.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum CustomerInput {
+    /// An accepted event's burn.
+    Burn(BurnUpdate),
+    /// An epoch's usage of a sum or count meter in one hour.
+    Hour(HourUpdate),
+    /// An epoch's model calls of one (day, provider, model).
+    Cost(CostUpdate),
+    /// A customer's names (a [`NameRecord::Customer`]).
+    Name(NameRecord),
+}
+
+impl CustomerInput {
+    /// The routing hash: the customer's fingerprint.
+    pub fn route(&self) -> u64 {
+        match self {
+            CustomerInput::Burn(b) => b.customer,
+            CustomerInput::Hour(h) => h.customer,
+            CustomerInput::Cost(c) => c.customer,
+            CustomerInput::Name(n) => n.route(),
+        }
+    }
+}
+
+/// The worker that owns a customer: the same rule as timely's exchange by fingerprint.
+pub fn owner(customer: u64, peers: usize) -> usize {
+    (customer % peers as u64) as usize
+}
+
+/// Every per-customer view of one worker: what the sink checkpoints.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct CustomerViews {
+    /// Grants and burns.
+    pub credits: CreditState,
+    /// Hourly usage of the sum and count meters.
+    pub series: MeterSeries,
+    /// Model calls of the days that are not final.
+    pub costs: CostState,
+    /// Plans.
+    pub subscriptions: Subscriptions,
+    /// Customer fingerprint -> (tenant, customer).
+    pub names: BTreeMap<u64, (String, String)>,
+    /// Subscriptions changed since the last write.
+    #[serde(skip)]
+    plans_changed: bool,
+}
+
+/// What the customer sink needs to write files.
+#[derive(Debug)]
+pub struct CustomerSinkConfig {
+    /// Where to write.
+    pub store: DataStore,
+    /// Runtime for the object store calls.
+    pub runtime: tokio::runtime::Handle,
+    /// The pipeline config (plans, views' settings, meter names).
+    pub config: Arc<Config>,
+    /// This worker's index.
+    pub worker: usize,
+    /// Number of workers.
+    pub peers: usize,
+    /// Save a checkpoint of the state at every commit epoch.
+    pub checkpoints: bool,
+    /// The checkpoint to start from.
+    pub restore: Option<CustomerViews>,
+}
+
+/// The customer sink (see the module docs); `commands` must already be broadcast.
+pub fn customer_sink<'s>(
+    input: StreamVec<'s, u64, CustomerInput>,
+    commands: StreamVec<'s, u64, Command>,
+    cfg: CustomerSinkConfig,
+    info: Rc<RefCell<EpochInfo>>,
+) -> StreamVec<'s, u64, Meta> {
+    let pact = Exchange::new(CustomerInput::route);
+    let mut cfg = cfg;
+    input.binary_frontier(
+        commands,
+        pact,
+        Pipeline,
+        "OM: CustomerSink",
+        move |cap, _info| {
+            let mut cap = Some(cap);
+            let mut views = cfg.restore.take().unwrap_or_default();
+            let meters: Vec<String> = cfg.config.meters.iter().map(|m| m.name.clone()).collect();
+            // The watermark the whole-table files on record were computed at.
+            let mut written_at: Option<Option<Micros>> = None;
+            let mut pending: BTreeMap<u64, (Vec<CustomerInput>, Vec<Command>)> = BTreeMap::new();
+            let mut schedule = EpochSchedule::default();
+            move |(in_c, frontier_c), (in_k, frontier_k), output| {
+                in_c.for_each(|cap, data| {
+                    let t = *cap.retain_least(0).expect("capability for its time").time();
+                    pending.entry(t).or_default().0.append(data);
+                });
+                in_k.for_each(|cap, data| {
+                    let t = *cap.retain_least(0).expect("capability for its time").time();
+                    pending.entry(t).or_default().1.append(data);
+                });
+                let frontiers = [frontier_c, frontier_k];
+                while let Some((t, commits)) =
+                    schedule.next(pending.keys().next().copied(), &info, &frontiers)
+                {
+                    if let Some((inputs, commands)) = pending.remove(&t) {
+                        for i in inputs {
+                            views.apply(i);
+                        }
+                        for c in commands {
+                            views.command(c, cfg.worker, cfg.peers);
+                        }
+                    }
+                    if !commits {
+                        continue;
+                    }
+                    let (now, closed) = {
+                        let info = info.borrow();
+                        (
+                            info.latest.get(&t).copied().flatten(),
+                            info.watermarks.get(&t).copied().flatten(),
+                        )
+                    };
+                    let at = cap
+                        .as_ref()
+                        .expect("held until the inputs are done")
+                        .delayed(&t);
+                    let mut session = output.session(&at);
+                    let mut files = Vec::new();
+                    let series_changed = views.series.take_changed();
+                    if views.credits.changed()
+                        || series_changed
+                        || std::mem::take(&mut views.plans_changed)
+                        || written_at != Some(now)
+                    {
+                        written_at = Some(now);
+                        files.extend(whole_tables(&mut views, now, &cfg.config, &meters));
+                    }
+                    files.extend(day_tables(&mut views, now, closed, &cfg.config, &meters));
+                    for (table, slot, rows, batch) in files {
+                        let slot = format!("{slot}w{}", cfg.worker);
+                        let file = (rows > 0).then(|| {
+                            let path = format!("{table}/{slot}-e{t:06}.parquet");
+                            let batch = batch.unwrap_or_else(|e| panic!("encoding {path}: {e}"));
+                            cfg.runtime
+                                .block_on(om_sinks::parquet::write(&cfg.store, &path, &batch))
+                                .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+                            FileEntry {
+                                path,
+                                rows: rows as u64,
+                            }
+                        });
+                        session.give(Meta::File(FileChange {
+                            table: table.into(),
+                            slot,
+                            file,
+                        }));
+                    }
+                    if cfg.checkpoints {
+                        let change = checkpoint::save(
+                            &cfg.store,
+                            &cfg.runtime,
+                            "customers",
+                            cfg.worker,
+                            t,
+                            &views,
+                        )
+                        .unwrap_or_else(|e| panic!("{e:#}"));
+                        session.give(Meta::File(change));
+                    }
+                }
+                follow_inputs(&mut cap, &frontiers);
+            }
+        },
+    )
+}
+
+/// A table file to write: (table, slot prefix, rows, batch).
+type TableFile = (&'static str, String, usize, om_sinks::Result<RecordBatch>);
+
+/// The views that are one file per worker, as of `now`: the credit tables,
+/// `entitlements` and `forecasts`.
+fn whole_tables(
+    views: &mut CustomerViews,
+    now: Option<Micros>,
+    config: &Config,
+    meters: &[String],
+) -> Vec<TableFile> {
+    let mut files = Vec::new();
+    let tables = views.credits.tables(now);
+    let balances: BTreeMap<(&str, &str), Decimal9> = tables
+        .balances
+        .iter()
+        .map(|b| ((b.tenant_id.as_str(), b.customer_id.as_str()), b.balance))
+        .collect();
+    let standing = CustomerStanding {
+        series: &views.series,
+        names: &views.names,
+        balances,
+        meters,
+        month: now.map(|n| WindowSize::Month.start(n)),
+    };
+    let entitlement_rows: Vec<EntitlementRow<'_>> = if config.plans.is_empty() {
+        Vec::new()
+    } else {
+        entitlements::rows(
+            views
+                .names
+                .iter()
+                .map(|(&fp, (t, c))| (fp, t.as_str(), c.as_str())),
+            &config.plans,
+            &views.subscriptions,
+            now,
+            &standing,
+        )
+    };
+    files.push((
+        "credit_grants",
+        String::new(),
+        tables.grants.len(),
+        om_sinks::encode::credit_grants(&tables.grants),
+    ));
+    files.push((
+        "credit_balances",
+        String::new(),
+        tables.balances.len(),
+        om_sinks::encode::credit_balances(&tables.balances, now),
+    ));
+    files.push((
+        "credit_ledger",
+        String::new(),
+        tables.ledger.len(),
+        om_sinks::encode::credit_ledger(&tables.ledger),
+    ));
+    files.push((
+        "entitlements",
+        String::new(),
+        entitlement_rows.len(),
+        om_sinks::encode::entitlements(&entitlement_rows, now),
+    ));
+    if config.forecasts
+        && let Some(now) = now
+    {
+        let names = RowNames {
+            customers: &views.names,
+            meters,
+        };
+        let rows = views.series.forecast_rows(now, &names);
+        files.push((
+            "forecasts",
+            String::new(),
+            rows.len(),
+            om_sinks::encode::forecasts(&rows),
+        ));
+    }
+    files
+}
+
+/// The day files of `anomaly_scores` and `costs` whose days changed.
+fn day_tables(
+    views: &mut CustomerViews,
+    now: Option<Micros>,
+    closed: Option<Micros>,
+    config: &Config,
+    meters: &[String],
+) -> Vec<TableFile> {
+    let lateness = config.pipeline.allowed_lateness;
+    let slot = |day: Micros| format!("day/{}/", &time::format_micros(day)[..10]);
+    let mut files = Vec::new();
+    if config.anomaly.enabled {
+        let names = RowNames {
+            customers: &views.names,
+            meters,
+        };
+        for (day, rows) in
+            views
+                .series
+                .take_anomaly_days(closed, now, lateness, &config.anomaly, &names)
+        {
+            files.push((
+                "anomaly_scores",
+                slot(day),
+                rows.len(),
+                om_sinks::encode::anomaly_scores(&rows),
+            ));
+        }
+    }
+    if config.costs.enabled {
+        for (day, rows) in views
+            .costs
+            .take_days(closed, lateness, &config.costs, &views.names)
+        {
+            files.push((
+                "costs",
+                slot(day),
+                rows.len(),
+                om_sinks::encode::costs(&rows),
+            ));
+        }
+    }
+    files
+}
+
+/// Usage this month and balances, for `entitlements`.
+struct CustomerStanding<'a> {
+    series: &'a MeterSeries,
+    names: &'a BTreeMap<u64, (String, String)>,
+    balances: BTreeMap<(&'a str, &'a str), Decimal9>,
+    meters: &'a [String],
+    month: Option<Micros>,
+}
+
+impl Standing for CustomerStanding<'_> {
+    fn month_usage(&self, customer: u64, meter: &str) -> Decimal9 {
+        let (Some(month), Some(index)) = (self.month, self.meters.iter().position(|m| m == meter))
+        else {
+            return Decimal9::ZERO;
+        };
+        self.series.month_usage(customer, index as u16, month)
+    }
+
+    fn balance(&self, customer: u64) -> Decimal9 {
+        self.names
+            .get(&customer)
+            .and_then(|(t, c)| self.balances.get(&(t.as_str(), c.as_str())))
+            .copied()
+            .unwrap_or(Decimal9::ZERO)
+    }
+}
+
+impl CustomerViews {
+    /// Folds one reader input.
+    fn apply(&mut self, input: CustomerInput) {
+        match input {
+            CustomerInput::Burn(b) => self.credits.burn(&b),
+            CustomerInput::Hour(h) => self.series.apply(&h),
+            CustomerInput::Cost(c) => self.costs.apply(&c),
+            CustomerInput::Name(NameRecord::Customer {
+                fingerprint,
+                tenant_id,
+                customer_id,
+            }) => {
+                self.credits.name(fingerprint, &tenant_id, &customer_id);
+                self.names
+                    .entry(fingerprint)
+                    .or_insert((tenant_id, customer_id));
+            }
+            CustomerInput::Name(NameRecord::Dimensions { .. }) => {}
+        }
+    }
+
+    /// Folds one command: grants and subscriptions of the customers this worker owns,
+    /// every void. Retractions reach the views as negated inputs instead.
+    fn command(&mut self, command: Command, worker: usize, peers: usize) {
+        match command {
+            Command::Grant(g) => {
+                let customer = fingerprint::customer(&g.tenant_id, &g.customer_id);
+                if owner(customer, peers) == worker {
+                    self.names
+                        .entry(customer)
+                        .or_insert_with(|| (g.tenant_id.clone(), g.customer_id.clone()));
+                    self.credits.grant(customer, g);
+                }
+            }
+            Command::VoidGrant {
+                tenant_id,
+                grant_id,
+                at,
+            } => self.credits.void(&tenant_id, &grant_id, at),
+            Command::Subscribe {
+                tenant_id,
+                customer_id,
+                plan,
+                effective_at,
+            } => {
+                let customer = fingerprint::customer(&tenant_id, &customer_id);
+                if owner(customer, peers) == worker {
+                    self.subscriptions.subscribe(customer, effective_at, &plan);
+                    self.names
+                        .entry(customer)
+                        .or_insert((tenant_id, customer_id));
+                    self.plans_changed = true;
+                }
+            }
+            Command::RetractEvent { .. } => {}
+        }
+    }
+}

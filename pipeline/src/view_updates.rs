@@ -1,0 +1,135 @@
+//! Reader-side sums of one epoch's inputs to the per-customer views: each accepted
+//! event's reading of a tracked meter goes to its (customer, meter, hour), each model
+//! call to its (customer, UTC day, provider, model). One update per key and epoch then
+//! travels to the customer's owner instead of one per event; a retraction adds the
+//! negation. Sums are exact, so this changes nothing in the tables.
+
+use crate::customer_sink::CustomerInput;
+use om_model::views::CostTally;
+use om_model::{Aggregation, Config, Decimal9, Micros, WindowSize};
+use om_operators::{CostUpdate, HourUpdate};
+use rustc_hash::FxHashMap;
+
+/// What the meter series track: the sum and count meters, when a view needs them.
+pub fn tracked_meters(config: &Config) -> Vec<Option<Aggregation>> {
+    let wanted = |name: &str| {
+        config.anomaly.enabled
+            || config.forecasts
+            || config.plans.iter().any(|p| {
+                p.features.values().any(|f| {
+                    matches!(f, om_model::config::Feature::Metered { meter, .. } if meter == name)
+                })
+            })
+    };
+    (0..config.meters.len())
+        .map(|i| {
+            let m = &config.meters[i];
+            (config.is_summable(i) && wanted(&m.name)).then_some(m.aggregation)
+        })
+        .collect()
+}
+
+/// One epoch's sums of one reader.
+#[derive(Debug, Default)]
+pub struct ViewUpdates {
+    /// (customer, meter, hour) -> (usage, events).
+    hours: FxHashMap<(u64, u16, Micros), (Decimal9, i64)>,
+    /// (customer, day, model key) -> totals.
+    costs: FxHashMap<(u64, Micros, u32), CostTally>,
+    /// (provider, model) by key, and the key of each.
+    models: Vec<(String, String)>,
+    model_keys: FxHashMap<(String, String), u32>,
+}
+
+impl ViewUpdates {
+    /// The key of a model call's (provider, model); a call that names no provider gets
+    /// the catalog's, or none (empty) when the catalog does not know the model.
+    pub fn model_key(&mut self, config: &Config, provider: Option<&str>, model: &str) -> u32 {
+        let provider = match provider {
+            Some(p) => p.to_string(),
+            None => config
+                .costs
+                .prices
+                .lookup(None, model)
+                .map(|p| p.provider.clone())
+                .unwrap_or_default(),
+        };
+        let key = (provider, model.to_string());
+        if let Some(&k) = self.model_keys.get(&key) {
+            return k;
+        }
+        let k = self.models.len() as u32;
+        self.models.push(key.clone());
+        self.model_keys.insert(key, k);
+        k
+    }
+
+    /// Adds a reading of a tracked meter (`sign` -1: a retraction).
+    pub fn reading(
+        &mut self,
+        customer: u64,
+        meter: u16,
+        aggregation: Aggregation,
+        timestamp: Micros,
+        value: Decimal9,
+        sign: i64,
+    ) {
+        let v = if aggregation == Aggregation::Count {
+            Decimal9::ONE
+        } else {
+            value
+        };
+        let slot = self
+            .hours
+            .entry((customer, meter, WindowSize::Hour.start(timestamp)))
+            .or_default();
+        slot.0 = Decimal9::from_raw(slot.0.raw() + i128::from(sign) * v.raw());
+        slot.1 += sign;
+    }
+
+    /// Adds a model call (`sign` -1: a retraction).
+    pub fn call(
+        &mut self,
+        customer: u64,
+        model: u32,
+        timestamp: Micros,
+        tokens: [Decimal9; 3],
+        burn: Decimal9,
+        sign: i64,
+    ) {
+        let one = CostTally {
+            events: 1,
+            input_tokens: tokens[0],
+            cached_input_tokens: tokens[1],
+            output_tokens: tokens[2],
+            credits: burn,
+        };
+        self.costs
+            .entry((customer, WindowSize::Day.start(timestamp), model))
+            .or_default()
+            .add(&one, sign);
+    }
+
+    /// Sends the epoch's sums and starts the next epoch empty (model keys are kept).
+    pub fn drain(&mut self, mut send: impl FnMut(CustomerInput)) {
+        for ((customer, meter, hour), (value, events)) in self.hours.drain() {
+            send(CustomerInput::Hour(HourUpdate {
+                customer,
+                meter,
+                hour,
+                value,
+                events,
+            }));
+        }
+        for ((customer, day, model), tally) in self.costs.drain() {
+            let (provider, model) = &self.models[model as usize];
+            send(CustomerInput::Cost(CostUpdate {
+                customer,
+                day,
+                provider: provider.clone(),
+                model: model.clone(),
+                tally,
+            }));
+        }
+    }
+}
