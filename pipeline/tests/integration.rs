@@ -12,5 +12,7 @@ mod integration {
     mod parquet_interop;
     mod retract;
     pub mod services;
+    mod views;
+    mod views_model;
     mod workers;
 }

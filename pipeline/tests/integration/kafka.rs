@@ -230,7 +230,7 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
 /// Every table (the credit tables too: the job reads a commands topic of grants), every
 /// column but `ingested_at`, in a stable order (Kafka positions are the same in every run
 /// over the same topic).
-const ALL_TABLES_SQL: [&str; 7] = [
+const ALL_TABLES_SQL: [&str; 11] = [
     "SELECT tenant_id, customer_id, meter, dimensions, window_size, window_start, window_end, value, events, is_final \
      FROM usage_windows ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start",
     "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties, source, source_partition, source_offset \
@@ -242,6 +242,10 @@ const ALL_TABLES_SQL: [&str; 7] = [
     "SELECT * FROM credit_grants ORDER BY tenant_id, grant_id",
     "SELECT * FROM credit_balances ORDER BY tenant_id, customer_id",
     "SELECT * FROM credit_ledger ORDER BY tenant_id, customer_id, grant_id, entry, at",
+    "SELECT * FROM entitlements ORDER BY tenant_id, customer_id, feature",
+    "SELECT * FROM costs ORDER BY tenant_id, customer_id, provider, model, day",
+    "SELECT * FROM anomaly_scores ORDER BY tenant_id, customer_id, meter, window_start",
+    "SELECT * FROM forecasts ORDER BY tenant_id, customer_id, meter",
 ];
 
 fn run_job(url: &str, commands: &str, data: &Path) -> std::process::Child {

@@ -25,12 +25,16 @@ fn run(events: &Path, commands: &Path, data: &Path, workers: usize) {
     ]);
 }
 
-const TABLES: [&str; 4] = [
+const TABLES: [&str; 8] = [
     "SELECT * FROM credit_balances ORDER BY tenant_id, customer_id",
     "SELECT * FROM credit_grants ORDER BY tenant_id, grant_id",
     "SELECT * FROM credit_ledger ORDER BY tenant_id, customer_id, grant_id, entry, at",
     "SELECT tenant_id, customer_id, meter, dimensions, window_size, window_start, value, events \
      FROM usage_windows ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start",
+    "SELECT * FROM entitlements ORDER BY tenant_id, customer_id, feature",
+    "SELECT * FROM costs ORDER BY tenant_id, customer_id, provider, model, day",
+    "SELECT * FROM anomaly_scores ORDER BY tenant_id, customer_id, meter, window_start",
+    "SELECT * FROM forecasts ORDER BY tenant_id, customer_id, meter",
 ];
 
 #[test]
