@@ -6,7 +6,13 @@
 //! - `usage`: the built-in config without its burn rules (decode, dedup, lateness,
 //!   windowed usage, Parquet commit of the events, rejection, lateness and usage tables);
 //! - `credits`: the built-in config with its burn rules, plus a commands file of 3 grants
-//!   per customer (some voided), so the credit tables are maintained too.
+//!   per customer (some voided), so the credit tables are maintained too;
+//! - `full`: the whole built-in config: credits, plans with a subscription per customer
+//!   (`entitlements`), `costs`, `anomaly_scores` and `forecasts`.
+//!
+//! `usage` and `credits` switch the monetization views off (no plans, `[costs]`,
+//! `[anomaly]` and `[forecasts]` disabled), so `full` against `usage` is the price of
+//! everything on top of metering.
 //!
 //! Each run happens in a fresh child process so its peak RSS is its own. Prints CSV:
 //! `code,workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib`, where
@@ -43,8 +49,8 @@ struct Args {
     /// Input bytes per epoch.
     #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
     epoch_bytes: u64,
-    /// Workloads to measure, comma separated: usage, credits.
-    #[arg(long, default_value = "usage,credits", value_delimiter = ',')]
+    /// Workloads to measure, comma separated: usage, credits, full.
+    #[arg(long, default_value = "usage,credits,full", value_delimiter = ',')]
     workloads: Vec<String>,
     /// Internal: run once in this process and print one CSV row.
     /// Another om-bench binary (e.g. built from an earlier commit) to run on the same
@@ -71,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         .dir
         .join(format!("events-{}-{}.jsonl", args.events, args.customers));
     let commands = args.dir.join(format!("grants-{}.jsonl", args.customers));
+    let all_commands = args.dir.join(format!("commands-{}.jsonl", args.customers));
     if args.child {
         let workers = args.workers[0];
         let workload = args.workloads[0].as_str();
@@ -79,13 +86,20 @@ fn main() -> anyhow::Result<()> {
             std::fs::remove_dir_all(&data)?;
         }
         let mut config = om_model::Config::builtin();
+        if workload != "full" {
+            config.plans.clear();
+            config.costs.enabled = false;
+            config.anomaly.enabled = false;
+            config.forecasts = false;
+        }
         let commands = match workload {
             "usage" => {
                 config.burn_rates.clear();
                 None
             }
             "credits" => Some(Source::File(commands)),
-            other => bail!("unknown workload {other} (usage or credits)"),
+            "full" => Some(Source::File(all_commands)),
+            other => bail!("unknown workload {other} (usage, credits or full)"),
         };
         let start = Instant::now();
         let summary = run(RunOptions {
@@ -129,13 +143,18 @@ fn main() -> anyhow::Result<()> {
         drop(w);
         std::fs::rename(&tmp, &events)?;
     }
+    let gen_opts = GenOptions {
+        events: args.events,
+        customers: args.customers,
+        ..GenOptions::default()
+    };
     if !commands.exists() {
-        let lines = om_sources::generator::grant_commands(&GenOptions {
-            events: args.events,
-            customers: args.customers,
-            ..GenOptions::default()
-        });
+        let lines = om_sources::generator::grant_commands(&gen_opts);
         std::fs::write(&commands, lines.join("\n") + "\n")?;
+    }
+    if !all_commands.exists() {
+        let lines = om_sources::generator::sample_commands(&gen_opts);
+        std::fs::write(&all_commands, lines.join("\n") + "\n")?;
     }
     let size = std::fs::metadata(&events)?.len();
     eprintln!("input: {} ({:.0} MB)", events.display(), size as f64 / 1e6);

@@ -664,6 +664,51 @@ mod tests {
     }
 
     #[test]
+    fn shipped_copy_of_the_default_is_the_default() {
+        let path = format!(
+            "{}/../deploy/config/default.toml",
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")
+        );
+        assert_eq!(std::fs::read_to_string(path).unwrap(), DEFAULT_TOML);
+    }
+
+    #[test]
+    fn view_settings_and_their_errors() {
+        let c = Config::builtin();
+        assert!(c.costs.enabled && c.anomaly.enabled && c.forecasts);
+        assert_eq!(
+            c.costs.credit_price,
+            Some(Decimal9::parse("0.002").unwrap())
+        );
+        let off = Config::from_toml(
+            "[costs]\nenabled = false\n[anomaly]\nenabled = false\n[forecasts]\nenabled = false\n",
+        )
+        .unwrap();
+        assert!(!off.costs.enabled && !off.anomaly.enabled && !off.forecasts);
+        assert_eq!(off.anomaly.threshold, Decimal9::from_int(3));
+        assert_eq!(off.costs.credit_price, None);
+        let err = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert!(err("[anomaly]\nthreshold = 2.5\n").contains("anomaly.threshold"));
+        assert!(err("[costs]\nmodel = \"model\"\n").contains("costs.model"));
+        assert!(
+            err(
+                "[[model_prices]]\nprovider = \"p\"\nmodel = \"m\"\ninput = \"x\"\noutput = \"1\"\n"
+            )
+            .contains("model_prices[0].input")
+        );
+        let metered_max = r#"
+[[meters]]
+name = "seats"
+event_type = "seat"
+aggregation = "max"
+[[plans]]
+name = "p"
+features.seats = { meter = "seats", limit = "5" }
+"#;
+        assert!(err(metered_max).contains("is not a sum or count meter"));
+    }
+
+    #[test]
     fn golden_configs_parse() {
         for case in ["small", "medium"] {
             let path = format!(

@@ -5,7 +5,7 @@
 use crate::run::{RunOptions, Source, run};
 use anyhow::Context;
 use om_queries::{Format, QueryEngine, format};
-use om_sources::generator::{GenOptions, Generator, grant_commands};
+use om_sources::generator::{GenOptions, Generator, grant_commands, subscription_commands};
 use std::path::PathBuf;
 
 /// Options of the demo.
@@ -47,7 +47,9 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
     drop(out);
     let commands_path = opts.dir.join("commands.jsonl");
     let grants = grant_commands(&gen_opts);
-    std::fs::write(&commands_path, grants.join("\n") + "\n")?;
+    let subscriptions = subscription_commands(&gen_opts);
+    let commands = [grants.as_slice(), subscriptions.as_slice()].concat();
+    std::fs::write(&commands_path, commands.join("\n") + "\n")?;
     println!(
         "   -> {} ({} duplicates, {} very late)",
         events_path.display(),
@@ -55,9 +57,10 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
         summary.very_late
     );
     println!(
-        "   -> {}: {} prepaid credit grants and voids (3 grants per customer)\n",
+        "   -> {}: {} prepaid credit grants and voids (3 grants per customer), {} plan subscriptions\n",
         commands_path.display(),
-        grants.len()
+        grants.len(),
+        subscriptions.len()
     );
 
     println!(
@@ -118,7 +121,37 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
              WHERE customer_id = (SELECT MIN(customer_id) FROM credit_ledger) ORDER BY at, entry LIMIT 12",
         ),
         (
-            "7. Why events were turned away (rejected_events, late_events)",
+            "7. Who may use what now, and why: customers per plan, feature and reason (entitlements)",
+            "SELECT plan, feature, reason, has_access, COUNT(*) AS customers FROM entitlements \
+             GROUP BY plan, feature, reason, has_access ORDER BY plan, feature, reason",
+        ),
+        (
+            "   ... and one free customer over its API call limit",
+            "SELECT customer_id, feature, plan, has_access, usage, \"limit\", remaining, reason \
+             FROM entitlements WHERE customer_id = (SELECT MIN(customer_id) FROM entitlements \
+             WHERE reason = 'limit_exceeded') ORDER BY feature",
+        ),
+        (
+            "8. Top AI cost by model: provider cost against the credits charged (costs)",
+            "SELECT provider, model, SUM(events) AS calls, SUM(input_tokens) AS input_tokens, \
+             SUM(output_tokens) AS output_tokens, SUM(provider_cost_usd) AS provider_cost_usd, \
+             SUM(credits) AS credits, SUM(margin_usd) AS margin_usd \
+             FROM costs GROUP BY provider, model ORDER BY provider_cost_usd DESC NULLS LAST",
+        ),
+        (
+            "9. Flagged usage spikes after the first day: hours far above the previous 24 (anomaly_scores)",
+            "SELECT customer_id, meter, window_start, value, baseline_mean, baseline_std, score \
+             FROM anomaly_scores WHERE flagged \
+             AND window_start >= (SELECT MIN(window_start) FROM anomaly_scores) + INTERVAL '1 day' \
+             ORDER BY score DESC LIMIT 5",
+        ),
+        (
+            "10. Month-end forecasts of the biggest API users (forecasts)",
+            "SELECT customer_id, meter, as_of, usage_to_date, daily_rate, forecast FROM forecasts \
+             WHERE meter = 'api_calls' ORDER BY forecast DESC LIMIT 5",
+        ),
+        (
+            "11. Why events were turned away (rejected_events, late_events)",
             "SELECT reason, COUNT(*) AS n FROM (SELECT regexp_replace(reason, ':.*', '') AS reason FROM rejected_events UNION ALL SELECT 'late' FROM late_events) GROUP BY reason ORDER BY n DESC",
         ),
     ];

@@ -58,7 +58,7 @@ enum Command {
         events: String,
         /// Commands source (grants, voids, subscriptions; DESIGN.md 2.2): file:PATH when
         /// the events are a file (read whole at the start), kafka://HOST:PORT/TOPIC when
-        /// they are a topic (read as it grows). Feeds the credit tables.
+        /// they are a topic (read as it grows). Feeds the credit tables and entitlements.
         #[arg(long)]
         commands: Option<String>,
         /// Where the tables go: a local path, file:///ABS/PATH, s3://BUCKET/PREFIX (AWS_*
@@ -89,7 +89,7 @@ enum Command {
     /// Run SQL over the committed tables.
     ///
     /// Tables: events, usage_windows, rejected_events, late_events, credit_grants,
-    /// credit_balances, credit_ledger.
+    /// credit_balances, credit_ledger, entitlements, costs, anomaly_scores, forecasts.
     Query {
         /// Data location the job wrote to.
         #[arg(long)]
@@ -132,9 +132,11 @@ enum Command {
         /// by tenant and customer.
         #[arg(long)]
         to: Option<String>,
-        /// Write credit grant commands for the same customers instead of events: three
+        /// Write commands for the same customers instead of events: three credit grants
         /// per customer over the same days (500 expiring on day 3, 2,000 from day 1, 100
-        /// from day 2 to 6, voided on day 4 for every third customer).
+        /// from day 2 to 6, voided on day 4 for every third customer) and a plan
+        /// subscription (`pro` for every fourth customer, `free` for the others, every
+        /// tenth of those upgraded to `pro` on day 3).
         #[arg(long)]
         grants: bool,
     },
@@ -314,7 +316,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             if grants {
-                let lines = om_sources::generator::grant_commands(&opts);
+                let lines = om_sources::generator::sample_commands(&opts);
                 let target = match (&out, &to) {
                     (Some(out), _) => {
                         std::fs::write(out, lines.join("\n") + "\n")

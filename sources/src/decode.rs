@@ -828,6 +828,32 @@ mod tests {
     }
 
     #[test]
+    fn model_calls_carry_provider_model_and_tokens() {
+        let line = br#"{"id":"a","customer_id":"c","event_type":"ai_generation","timestamp":1705314600000,"properties":{"provider":"openai","model":"gpt-4o","input_tokens":1200,"cached_input_tokens":"200","output_tokens":30,"latency_ms":5}}"#;
+        let cost = decoder().decode(line).unwrap().cost.unwrap();
+        assert_eq!(cost.provider.as_deref(), Some("openai"));
+        assert_eq!(cost.model, "gpt-4o");
+        assert_eq!(
+            cost.tokens.map(|t| t.to_string()),
+            ["1200.000000000", "200.000000000", "30.000000000"]
+        );
+        // Missing provider and tokens: none and 0; other event types are not calls.
+        let bare = br#"{"id":"a","customer_id":"c","event_type":"ai_generation","timestamp":1705314600000,"properties":{"model":"m","input_tokens":1,"output_tokens":2,"latency_ms":3}}"#;
+        let cost = decoder().decode(bare).unwrap().cost.unwrap();
+        assert_eq!((cost.provider, cost.tokens[1]), (None, Decimal9::ZERO));
+        let api =
+            br#"{"id":"a","customer_id":"c","event_type":"api_call","timestamp":1705314600000}"#;
+        assert_eq!(decoder().decode(api).unwrap().cost, None);
+        // Tokens that are there but not numbers reject the event, naming the path.
+        let bad = br#"{"id":"a","customer_id":"c","event_type":"ai_generation","timestamp":1705314600000,"properties":{"model":"m","input_tokens":1,"output_tokens":2,"latency_ms":3,"cached_input_tokens":"lots"}}"#;
+        let reason = decoder().decode(bad).unwrap_err().reason;
+        assert!(
+            reason.starts_with("costs: $.properties.cached_input_tokens"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn accepts_epoch_millis_decimal_strings_and_defaults() {
         let d = decoder()
             .decode(br#"{"id":"a","customer_id":"c","event_type":"storage","timestamp":1705314600000,"value":"12.000000001"}"#)

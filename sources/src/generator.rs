@@ -73,6 +73,35 @@ pub fn grant_commands(opts: &GenOptions) -> Vec<String> {
     lines
 }
 
+/// A plan subscription per customer of `opts` as command lines (DESIGN.md 2.2), for
+/// the plans of the built-in config: every fourth customer on `pro` from the start, the
+/// others on `free`, and every tenth of those upgraded to `pro` on day 3.
+pub fn subscription_commands(opts: &GenOptions) -> Vec<String> {
+    let at = |days: i64| format_micros(opts.start + days * DAY);
+    let mut lines = Vec::with_capacity(opts.customers as usize);
+    for c in 0..opts.customers {
+        let tenant = if c % 5 == 0 { "acme" } else { "default" };
+        let subscribe = |plan: &str, day: i64| {
+            format!(
+                "{{\"kind\":\"subscribe\",\"tenant_id\":\"{tenant}\",\"customer_id\":\"cust_{c:05}\",\"plan\":\"{plan}\",\"effective_at\":\"{}\"}}",
+                at(day)
+            )
+        };
+        lines.push(subscribe(if c % 4 == 0 { "pro" } else { "free" }, 0));
+        if c % 4 != 0 && c % 10 == 1 {
+            lines.push(subscribe("pro", 3));
+        }
+    }
+    lines
+}
+
+/// The sample commands of `opts`: its grants, then its subscriptions.
+pub fn sample_commands(opts: &GenOptions) -> Vec<String> {
+    let mut lines = grant_commands(opts);
+    lines.extend(subscription_commands(opts));
+    lines
+}
+
 /// Counts of what was generated, by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GenSummary {
