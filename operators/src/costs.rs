@@ -38,7 +38,8 @@ pub struct CostUpdate {
 pub struct CostState {
     /// (provider, model) by index, and the index of each.
     models: Vec<(String, String)>,
-    model_index: BTreeMap<(String, String), u32>,
+    /// provider -> model -> index (looked up by borrowed text).
+    model_index: BTreeMap<String, BTreeMap<String, u32>>,
     /// Day -> (customer, model) -> totals; only days that are not final.
     days: BTreeMap<Micros, BTreeMap<(u64, u32), CostTally>>,
     /// Days changed since they were last taken.
@@ -48,13 +49,19 @@ pub struct CostState {
 impl CostState {
     /// Adds one update.
     pub fn apply(&mut self, u: &CostUpdate) {
-        let key = (u.provider.clone(), u.model.clone());
-        let model = match self.model_index.get(&key) {
+        let known = self
+            .model_index
+            .get(u.provider.as_str())
+            .and_then(|m| m.get(u.model.as_str()));
+        let model = match known {
             Some(&i) => i,
             None => {
                 let i = self.models.len() as u32;
-                self.models.push(key.clone());
-                self.model_index.insert(key, i);
+                self.models.push((u.provider.clone(), u.model.clone()));
+                self.model_index
+                    .entry(u.provider.clone())
+                    .or_default()
+                    .insert(u.model.clone(), i);
                 i
             }
         };

@@ -95,9 +95,18 @@ pub fn load<T: serde::de::DeserializeOwned>(
 /// What a restart must keep equal: the meters, burn rates and pipeline settings, as a
 /// digest.
 pub fn config_digest(config: &Config) -> String {
+    // What the saved state depends on: the meters and what each view keeps of them
+    // (tracked meters, the model calls and their prices, which already-final day files
+    // were computed with), and the burn rules. Plans are not: entitlements are computed
+    // afresh at every commit.
     let text = format!(
-        "{:?}{:?}{:?}",
-        config.meters, config.pipeline, config.burn_rates
+        "{:?}{:?}{:?}{:?}{:?}{:?}",
+        config.meters,
+        config.pipeline,
+        config.burn_rates,
+        crate::view_updates::tracked_meters(config),
+        config.costs,
+        config.anomaly
     );
     format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
 }
@@ -122,7 +131,7 @@ pub fn check_resumable(
     }
     if commit.config_digest.as_deref() != Some(config_digest(config).as_str()) {
         bail!(
-            "its checkpoint was written with other meters, burn rates or pipeline settings: restart with the same config, or use an empty location"
+            "its checkpoint was written with other meters, burn rates, [costs], [anomaly] or [forecasts] settings, model prices or pipeline settings: restart with the same config, or use an empty location"
         );
     }
     Ok(())

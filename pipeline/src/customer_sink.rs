@@ -44,8 +44,9 @@ pub enum CustomerInput {
     Burn(BurnUpdate),
     /// An epoch's usage of a sum or count meter in one hour.
     Hour(HourUpdate),
-    /// An epoch's model calls of one (day, provider, model).
-    Cost(CostUpdate),
+    /// An epoch's model calls of one (day, provider, model); boxed, as the rarest and
+    /// largest input, to keep every other input small.
+    Cost(Box<CostUpdate>),
     /// A customer's names (a [`NameRecord::Customer`]).
     Name(NameRecord),
 }

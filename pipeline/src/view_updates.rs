@@ -36,16 +36,27 @@ pub struct ViewUpdates {
     hours: FxHashMap<(u64, u16, Micros), (Decimal9, i64)>,
     /// (customer, day, model key) -> totals.
     costs: FxHashMap<(u64, Micros, u32), CostTally>,
-    /// (provider, model) by key, and the key of each.
+    /// (provider, model) by key.
     models: Vec<(String, String)>,
-    model_keys: FxHashMap<(String, String), u32>,
+    /// The key of each (provider as the event names it, model): looked up by borrowed
+    /// text, so a known model costs no allocation per event.
+    named: FxHashMap<String, FxHashMap<String, u32>>,
+    /// The key of each model of events that name no provider.
+    unnamed: FxHashMap<String, u32>,
 }
 
 impl ViewUpdates {
     /// The key of a model call's (provider, model); a call that names no provider gets
     /// the catalog's, or none (empty) when the catalog does not know the model.
     pub fn model_key(&mut self, config: &Config, provider: Option<&str>, model: &str) -> u32 {
-        let provider = match provider {
+        let known = match provider {
+            Some(p) => self.named.get(p).and_then(|m| m.get(model)),
+            None => self.unnamed.get(model),
+        };
+        if let Some(&k) = known {
+            return k;
+        }
+        let resolved = match provider {
             Some(p) => p.to_string(),
             None => config
                 .costs
@@ -54,13 +65,22 @@ impl ViewUpdates {
                 .map(|p| p.provider.clone())
                 .unwrap_or_default(),
         };
-        let key = (provider, model.to_string());
-        if let Some(&k) = self.model_keys.get(&key) {
-            return k;
-        }
-        let k = self.models.len() as u32;
-        self.models.push(key.clone());
-        self.model_keys.insert(key, k);
+        let pair = (resolved, model.to_string());
+        let k = match self.models.iter().position(|m| *m == pair) {
+            Some(k) => k as u32,
+            None => {
+                self.models.push(pair);
+                (self.models.len() - 1) as u32
+            }
+        };
+        match provider {
+            Some(p) => self
+                .named
+                .entry(p.to_string())
+                .or_default()
+                .insert(model.to_string(), k),
+            None => self.unnamed.insert(model.to_string(), k),
+        };
         k
     }
 
@@ -123,13 +143,13 @@ impl ViewUpdates {
         }
         for ((customer, day, model), tally) in self.costs.drain() {
             let (provider, model) = &self.models[model as usize];
-            send(CustomerInput::Cost(CostUpdate {
+            send(CustomerInput::Cost(Box::new(CostUpdate {
                 customer,
                 day,
                 provider: provider.clone(),
                 model: model.clone(),
                 tally,
-            }));
+            })));
         }
     }
 }
