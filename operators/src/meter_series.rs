@@ -22,6 +22,7 @@ use om_model::config::AnomalySettings;
 use om_model::time::{DAY, HOUR};
 use om_model::views::{AnomalyRow, ForecastRow};
 use om_model::{Decimal9, Micros, WindowSize};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The trailing window of forecasts, in hours.
@@ -51,32 +52,73 @@ pub struct Usage {
     pub events: i64,
 }
 
+/// Usage by instant (an hour's or a month's start), sorted, only instants with events.
+/// A sorted vector rather than a tree: updates come mostly in time order (a push or an
+/// add to the last entry), and the views read contiguous ranges.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Timeline(Vec<(Micros, Usage)>);
+
+impl Timeline {
+    /// Adds an update at `at`, dropping the entry when its events come back to 0.
+    fn add(&mut self, at: Micros, u: &HourUpdate) {
+        let i = match self.0.last() {
+            Some((last, _)) if *last < at => self.0.len(),
+            Some((last, _)) if *last == at => self.0.len() - 1,
+            _ => self.0.partition_point(|(t, _)| *t < at),
+        };
+        if self.0.get(i).is_none_or(|(t, _)| *t != at) {
+            self.0.insert(i, (at, Usage::default()));
+        }
+        let slot = &mut self.0[i].1;
+        slot.value += u.value;
+        slot.events += u.events;
+        if slot.events == 0 {
+            self.0.remove(i);
+        }
+    }
+
+    /// The entry at `at`.
+    pub fn get(&self, at: Micros) -> Option<&Usage> {
+        let i = self.0.partition_point(|(t, _)| *t < at);
+        self.0.get(i).filter(|(t, _)| *t == at).map(|(_, u)| u)
+    }
+
+    /// The entries in `[from, to)`.
+    pub fn range(&self, from: Micros, to: Micros) -> &[(Micros, Usage)] {
+        let a = self.0.partition_point(|(t, _)| *t < from);
+        let b = self.0.partition_point(|(t, _)| *t < to);
+        &self.0[a..b.max(a)]
+    }
+
+    /// Drops the entries before `from`.
+    fn forget_before(&mut self, from: Micros) {
+        let n = self.0.partition_point(|(t, _)| *t < from);
+        self.0.drain(..n);
+    }
+
+    /// True when no entry is left.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One (customer, meter)'s usage.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Series {
-    /// Usage per hour start; only hours with events.
-    pub hours: BTreeMap<Micros, Usage>,
-    /// Usage per month start; only months with events.
-    pub months: BTreeMap<Micros, Usage>,
+    /// Usage per hour start.
+    pub hours: Timeline,
+    /// Usage per month start.
+    pub months: Timeline,
 }
 
 /// The series of the customers a worker owns.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct MeterSeries {
-    series: BTreeMap<(u64, u16), Series>,
+    series: FxHashMap<(u64, u16), Series>,
     /// Days whose anomaly rows changed since they were last taken.
     dirty_days: BTreeSet<Micros>,
     /// Anything changed since [`MeterSeries::take_changed`].
     changed: bool,
-}
-
-fn add(map: &mut BTreeMap<Micros, Usage>, key: Micros, u: &HourUpdate) {
-    let slot = map.entry(key).or_default();
-    slot.value += u.value;
-    slot.events += u.events;
-    if slot.events == 0 {
-        map.remove(&key);
-    }
 }
 
 /// Names of the rows' customers and meters.
@@ -109,8 +151,8 @@ impl MeterSeries {
             return;
         }
         let s = self.series.entry((u.customer, u.meter)).or_default();
-        add(&mut s.hours, u.hour, u);
-        add(&mut s.months, WindowSize::Month.start(u.hour), u);
+        s.hours.add(u.hour, u);
+        s.months.add(WindowSize::Month.start(u.hour), u);
         if s.hours.is_empty() && s.months.is_empty() {
             self.series.remove(&(u.customer, u.meter));
         }
@@ -129,7 +171,7 @@ impl MeterSeries {
     pub fn month_usage(&self, customer: u64, meter: u16, month: Micros) -> Decimal9 {
         self.series
             .get(&(customer, meter))
-            .and_then(|s| s.months.get(&month))
+            .and_then(|s| s.months.get(month))
             .map_or(Decimal9::ZERO, |m| m.value)
     }
 
@@ -163,7 +205,7 @@ impl MeterSeries {
         let mut rows = Vec::new();
         let from = day - BASELINE_HOURS as i64 * HOUR;
         for (&(customer, meter), s) in &self.series {
-            if s.hours.range(day..day + DAY).next().is_none() {
+            if s.hours.range(day, day + DAY).is_empty() {
                 continue;
             }
             let Some((tenant_id, customer_id, meter_name)) = names.get(customer, meter) else {
@@ -172,7 +214,7 @@ impl MeterSeries {
             // The day and the 24 hours before it, densely, missing hours as 0.
             let mut dense = [Decimal9::ZERO; 48];
             let mut has_events = [false; 48];
-            for (&h, u) in s.hours.range(from..day + DAY) {
+            for (h, u) in s.hours.range(from, day + DAY) {
                 let i = ((h - from) / HOUR) as usize;
                 dense[i] = u.value;
                 has_events[i] = true;
@@ -209,9 +251,9 @@ impl MeterSeries {
         let first_hour = last_hour - (TRAILING_HOURS - 1) * HOUR;
         let mut rows = Vec::new();
         for (&(customer, meter), s) in &self.series {
-            let to_date = s.months.get(&month).copied().unwrap_or_default();
+            let to_date = s.months.get(month).copied().unwrap_or_default();
             let mut trailing = Usage::default();
-            for (_, u) in s.hours.range(first_hour..=last_hour) {
+            for (_, u) in s.hours.range(first_hour, last_hour + HOUR) {
                 trailing.value += u.value;
                 trailing.events += u.events;
             }
@@ -249,8 +291,8 @@ impl MeterSeries {
             .min(WindowSize::Hour.start(latest) - TRAILING_HOURS * HOUR);
         let keep_month = WindowSize::Month.start(keep_from);
         self.series.retain(|_, s| {
-            s.hours = s.hours.split_off(&keep_from);
-            s.months = s.months.split_off(&keep_month);
+            s.hours.forget_before(keep_from);
+            s.months.forget_before(keep_month);
             !s.hours.is_empty() || !s.months.is_empty()
         });
     }
@@ -263,5 +305,54 @@ impl MeterSeries {
     /// True when no series is held.
     pub fn is_empty(&self) -> bool {
         self.series.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(hour: Micros, value: i64, events: i64) -> HourUpdate {
+        HourUpdate {
+            customer: 1,
+            meter: 0,
+            hour,
+            value: Decimal9::from_int(value),
+            events,
+        }
+    }
+
+    #[test]
+    fn timeline_keeps_order_and_drops_retracted_instants() {
+        let mut t = Timeline::default();
+        for (at, v) in [(30, 3), (10, 1), (30, 4), (20, 2), (40, 5)] {
+            t.add(at, &update(at, v, 1));
+        }
+        let keys: Vec<Micros> = t.range(0, 100).iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [10, 20, 30, 40]);
+        assert_eq!(t.get(30).unwrap().value, Decimal9::from_int(7));
+        assert_eq!(t.range(20, 40).len(), 2);
+        assert!(t.range(41, 50).is_empty() && t.range(50, 10).is_empty());
+        t.add(20, &update(20, -2, -1));
+        assert_eq!(t.get(20), None, "retracted to no events");
+        t.forget_before(35);
+        assert_eq!(t.range(0, 100).len(), 1);
+    }
+
+    #[test]
+    fn month_usage_sums_hours_and_retractions() {
+        let mut m = MeterSeries::default();
+        let h = WindowSize::Month.start(1_000 * DAY) + 5 * HOUR;
+        m.apply(&update(h, 7, 2));
+        m.apply(&update(h + HOUR, 5, 1));
+        m.apply(&update(h, -3, -1));
+        assert_eq!(
+            m.month_usage(1, 0, WindowSize::Month.start(h)),
+            Decimal9::from_int(9)
+        );
+        assert_eq!(
+            m.month_usage(1, 1, WindowSize::Month.start(h)),
+            Decimal9::ZERO
+        );
     }
 }

@@ -47,7 +47,8 @@ pub struct ViewUpdates {
 
 impl ViewUpdates {
     /// The key of a model call's (provider, model); a call that names no provider gets
-    /// the catalog's, or none (empty) when the catalog does not know the model.
+    /// the catalog's, or none (empty) when the catalog does not know the model. The
+    /// first call of a model the catalog does not know is reported on stderr.
     pub fn model_key(&mut self, config: &Config, provider: Option<&str>, model: &str) -> u32 {
         let known = match provider {
             Some(p) => self.named.get(p).and_then(|m| m.get(model)),
@@ -65,6 +66,17 @@ impl ViewUpdates {
                 .map(|p| p.provider.clone())
                 .unwrap_or_default(),
         };
+        if config
+            .costs
+            .prices
+            .lookup((!resolved.is_empty()).then_some(resolved.as_str()), model)
+            .is_none()
+        {
+            eprintln!(
+                "warning: model `{model}` (provider `{}`) is not in the price catalog: its `costs` rows are reported unpriced (priced = false); add a [[model_prices]] entry to price it",
+                provider.unwrap_or("none given")
+            );
+        }
         let pair = (resolved, model.to_string());
         let k = match self.models.iter().position(|m| *m == pair) {
             Some(k) => k as u32,
