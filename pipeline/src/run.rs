@@ -12,7 +12,8 @@
 //! Per epoch, each worker: decodes what it read; sends dedup probes and a status, and
 //! waits for the verdicts and statuses of the whole epoch; judges lateness
 //! ([`Watermarks`]); writes its accepted, rejected and late records as Parquet; feeds
-//! window updates into the usage dataflow. Worker 0 commits an epoch once every worker's
+//! window updates into the usage sink, and burns, pre-summed hourly usage and model
+//! calls ([`ViewUpdates`]) into the customer sink. Worker 0 commits an epoch once every worker's
 //! files for it are written: every `commit_every` epochs for a file, every epoch that
 //! read anything for Kafka, and the last epoch.
 
@@ -564,7 +565,7 @@ fn run_worker(
     let mut update_input: TimelyInput<ReadingUpdate> = InputHandle::new();
     let mut name_input: TimelyInput<NameRecord> = InputHandle::new();
     let mut meta_input: TimelyInput<Meta> = InputHandle::new();
-    let mut credit_input: TimelyInput<CustomerInput> = InputHandle::new();
+    let mut customer_input: TimelyInput<CustomerInput> = InputHandle::new();
     let mut command_input: TimelyInput<Command> = InputHandle::new();
     let usage_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
@@ -585,8 +586,8 @@ fn run_worker(
             sink_cfg,
             Rc::clone(&info),
         );
-        let credit_files = customer_sink(
-            credit_input.to_stream(scope),
+        let customer_files = customer_sink(
+            customer_input.to_stream(scope),
             command_input.to_stream(scope).broadcast(),
             CustomerSinkConfig {
                 store: store.clone(),
@@ -605,7 +606,7 @@ fn run_worker(
         }
         committer(
             files
-                .concat(credit_files)
+                .concat(customer_files)
                 .concat(meta_input.to_stream(scope)),
             store.clone(),
             runtime.clone(),
@@ -622,7 +623,7 @@ fn run_worker(
         &mut update_input,
         &mut name_input,
         &mut meta_input,
-        &mut credit_input,
+        &mut customer_input,
         &mut command_input,
     ] {
         epoch_start.advance(first_epoch);
@@ -988,7 +989,7 @@ fn run_worker(
         })?;
         for n in new_names.drain(..) {
             if matches!(n, NameRecord::Customer { .. }) {
-                credit_input.send(CustomerInput::Name(n.clone()));
+                customer_input.send(CustomerInput::Name(n.clone()));
             }
             name_input.send(n);
         }
@@ -996,7 +997,7 @@ fn run_worker(
             update_input.send(u);
         }
         for b in retracted.burns.drain(..) {
-            credit_input.send(CustomerInput::Burn(b));
+            customer_input.send(CustomerInput::Burn(b));
         }
         let mut late = Vec::new();
         let mut keep = Vec::with_capacity(fates.len());
@@ -1035,7 +1036,7 @@ fn run_worker(
                         }
                     }
                     if burn != Decimal9::ZERO {
-                        credit_input.send(CustomerInput::Burn(BurnUpdate {
+                        customer_input.send(CustomerInput::Burn(BurnUpdate {
                             customer: chunk.customers[i],
                             timestamp,
                             burn,
@@ -1098,7 +1099,7 @@ fn run_worker(
                 Fate::Accepted => unreachable!("handled above"),
             }
         }
-        view_updates.drain(|u| credit_input.send(u));
+        view_updates.drain(|u| customer_input.send(u));
         let accepted = keep.iter().filter(|k| **k).count();
         let events_rejected = rejected.len() as u64;
         let commands_rejected = command_rejects.len() as u64;
@@ -1157,7 +1158,7 @@ fn run_worker(
         update_input.advance_to(epoch + 1);
         name_input.advance_to(epoch + 1);
         meta_input.advance_to(epoch + 1);
-        credit_input.advance_to(epoch + 1);
+        customer_input.advance_to(epoch + 1);
         command_input.advance_to(epoch + 1);
 
         if opts.progress && (last_report.elapsed().as_secs_f64() >= 1.0 || last) {
@@ -1201,7 +1202,7 @@ fn run_worker(
     drop(update_input);
     drop(name_input);
     drop(meta_input);
-    drop(credit_input);
+    drop(customer_input);
     drop(command_input);
     step_while(worker, failed, || {
         !usage_probe.done() || !dedup_probe.done()
