@@ -12,7 +12,8 @@
 //!
 //! `usage` and `credits` switch the monetization views off (no plans, `[costs]`,
 //! `[anomaly]` and `[forecasts]` disabled), so `full` against `usage` is the price of
-//! everything on top of metering.
+//! everything on top of metering. `OM_BENCH_VIEWS_OFF=anomaly,forecasts,costs,plans` (any
+//! of them) switches views off in `full` too, to see what each costs.
 //!
 //! Each run happens in a fresh child process so its peak RSS is its own. Prints CSV:
 //! `code,workload,events,customers,workers,seconds,events_per_sec,peak_rss_mib`, where
@@ -91,6 +92,17 @@ fn main() -> anyhow::Result<()> {
             config.costs.enabled = false;
             config.anomaly.enabled = false;
             config.forecasts = false;
+        }
+        if let Ok(off) = std::env::var("OM_BENCH_VIEWS_OFF") {
+            for v in off.split(',') {
+                match v {
+                    "costs" => config.costs.enabled = false,
+                    "anomaly" => config.anomaly.enabled = false,
+                    "forecasts" => config.forecasts = false,
+                    "plans" => config.plans.clear(),
+                    _ => {}
+                }
+            }
         }
         let commands = match workload {
             "usage" => {

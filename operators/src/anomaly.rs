@@ -37,6 +37,16 @@ pub struct Score {
 
 /// Scores `x` against the 24 hours before it (oldest first; missing hours are 0).
 pub fn score(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySettings) -> Score {
+    // Values under 2^58 units (about 2.9 x 10^8) keep every intermediate in 128 bits.
+    const SMALL: i128 = 1 << 58;
+    if x.raw().abs() < SMALL && baseline.iter().all(|v| v.raw().abs() < SMALL) {
+        return score_small(x, baseline, s);
+    }
+    score_wide(x, baseline, s)
+}
+
+/// [`score`] in 256-bit arithmetic, for any values.
+fn score_wide(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySettings) -> Score {
     let n = BASELINE_HOURS as i128;
     let sum: I256 = baseline.iter().map(|v| I256::from(v.raw())).sum();
     let squares: I256 = baseline
@@ -62,6 +72,43 @@ pub fn score(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySett
         score,
         flagged: score.is_some_and(|v| v >= s.threshold) && x >= s.min_value,
     }
+}
+
+/// [`score`] in 128-bit arithmetic, for values under 2^58 units: 24·Σx² and (Σx)² stay
+/// under 576 x 2^116 < 2^126, (x - mean) x 10^9 under 2^89. Same results, bit for bit
+/// (a test compares the two).
+fn score_small(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySettings) -> Score {
+    let n = BASELINE_HOURS as i128;
+    let sum: i128 = baseline.iter().map(|v| v.raw()).sum();
+    let squares: i128 = baseline.iter().map(|v| v.raw() * v.raw()).sum();
+    let mean = Decimal9::from_raw(div_half_even_i128(sum, n));
+    let numerator = (n * squares - sum * sum) as u128;
+    let std = Decimal9::from_raw(sqrt_div_half_even_u128(numerator, n as u128));
+    let divisor = std.raw().max(SCALE);
+    let score = Decimal9::from_raw(div_half_even_i128((x.raw() - mean.raw()) * SCALE, divisor));
+    Score {
+        mean,
+        std,
+        score: Some(score),
+        flagged: score >= s.threshold && x >= s.min_value,
+    }
+}
+
+/// `n / d` rounded half to even (d > 0); symmetric around zero.
+fn div_half_even_i128(n: i128, d: i128) -> i128 {
+    let (q, r) = (n.abs() / d, n.abs() % d);
+    let up = 2 * r > d || (2 * r == d && q % 2 == 1);
+    let q = if up { q + 1 } else { q };
+    if n < 0 { -q } else { q }
+}
+
+/// [`sqrt_div_half_even`] in 128 bits (v < 2^124).
+fn sqrt_div_half_even_u128(v: u128, n: u128) -> i128 {
+    let n2 = n * n;
+    let a = (v / n2).isqrt();
+    let edge = n2 * (2 * a + 1) * (2 * a + 1);
+    let up = 4 * v > edge || (4 * v == edge && a % 2 == 1);
+    (if up { a + 1 } else { a }) as i128
 }
 
 /// A 256-bit value as a decimal when it fits 38 digits.
@@ -172,6 +219,25 @@ mod tests {
             (s.mean, s.std, s.score),
             (big, Decimal9::ZERO, Some(Decimal9::ZERO))
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_128_bit_path_equals_the_256_bit_one(
+            values in proptest::collection::vec(0i128..(1 << 58), 25),
+            zeros in proptest::collection::vec(proptest::bool::ANY, 25),
+        ) {
+            let v: Vec<Decimal9> = values
+                .iter()
+                .zip(&zeros)
+                .map(|(&v, &z)| Decimal9::from_raw(if z { 0 } else { v >> (v % 50) }))
+                .collect();
+            let baseline: [Decimal9; 24] = v[1..].try_into().unwrap();
+            proptest::prop_assert_eq!(
+                score_small(v[0], &baseline, &settings()),
+                score_wide(v[0], &baseline, &settings())
+            );
+        }
     }
 
     #[test]
