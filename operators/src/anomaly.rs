@@ -81,25 +81,17 @@ fn score_small(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySe
     let n = BASELINE_HOURS as i128;
     let sum: i128 = baseline.iter().map(|v| v.raw()).sum();
     let squares: i128 = baseline.iter().map(|v| v.raw() * v.raw()).sum();
-    let mean = Decimal9::from_raw(div_half_even_i128(sum, n));
+    let mean = Decimal9::from_raw(sum).div_count_half_even(BASELINE_HOURS as i64);
     let numerator = (n * squares - sum * sum) as u128;
     let std = Decimal9::from_raw(sqrt_div_half_even_u128(numerator, n as u128));
     let divisor = std.raw().max(SCALE);
-    let score = Decimal9::from_raw(div_half_even_i128((x.raw() - mean.raw()) * SCALE, divisor));
+    let score = Decimal9::from_raw(x.raw() - mean.raw()).mul_ratio(SCALE, divisor);
     Score {
         mean,
         std,
-        score: Some(score),
-        flagged: score >= s.threshold && x >= s.min_value,
+        score,
+        flagged: score.is_some_and(|v| v >= s.threshold) && x >= s.min_value,
     }
-}
-
-/// `n / d` rounded half to even (d > 0); symmetric around zero.
-fn div_half_even_i128(n: i128, d: i128) -> i128 {
-    let (q, r) = (n.abs() / d, n.abs() % d);
-    let up = 2 * r > d || (2 * r == d && q % 2 == 1);
-    let q = if up { q + 1 } else { q };
-    if n < 0 { -q } else { q }
 }
 
 /// [`sqrt_div_half_even`] in 128 bits (v < 2^124).
