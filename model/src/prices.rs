@@ -129,11 +129,6 @@ impl PriceCatalog {
         }
     }
 
-    /// Every entry, by (provider, model).
-    pub fn iter(&self) -> impl Iterator<Item = &ModelPrice> {
-        self.by_key.values()
-    }
-
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.by_key.len()

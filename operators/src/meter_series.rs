@@ -296,16 +296,6 @@ impl MeterSeries {
             !s.hours.is_empty() || !s.months.is_empty()
         });
     }
-
-    /// Number of (customer, meter) series held.
-    pub fn len(&self) -> usize {
-        self.series.len()
-    }
-
-    /// True when no series is held.
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
 }
 
 #[cfg(test)]
