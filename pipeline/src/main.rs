@@ -97,6 +97,10 @@ enum Command {
         /// Output format: table, csv or json (JSON lines).
         #[arg(long, default_value = "table")]
         format: String,
+        /// Run as one tenant: every table shows only that tenant's rows, and only
+        /// queries are allowed (no DDL, DML, SET, information_schema or table functions).
+        #[arg(long)]
+        tenant: Option<String>,
         /// The SQL statement.
         sql: String,
     },
@@ -271,12 +275,18 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Query { data, format, sql } => {
+        Command::Query {
+            data,
+            format,
+            tenant,
+            sql,
+        } => {
             let format: om_queries::Format = format.parse()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let engine = runtime.block_on(om_queries::QueryEngine::open(&data))?;
+            let scope = tenant.map_or(om_queries::Scope::All, om_queries::Scope::Tenant);
+            let engine = runtime.block_on(om_queries::QueryEngine::open_scoped(&data, scope))?;
             let batches = runtime.block_on(engine.sql(&sql)).context("query failed")?;
             print!("{}", om_queries::format(&batches, format)?);
             if format == om_queries::Format::Table {

@@ -12,6 +12,7 @@ mod integration {
     mod parquet_interop;
     mod retract;
     pub mod services;
+    mod tenant_sql;
     mod views;
     mod views_model;
     mod workers;

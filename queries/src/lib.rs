@@ -4,16 +4,29 @@
 //! every table of DESIGN.md section 4 under its SQL name, over exactly the Parquet files
 //! that commit names (so a query sees whole epochs only; a table with no rows yet is
 //! registered empty with its schema). [`format`] renders results as a table, CSV or JSON.
+//!
+//! [`QueryEngine::open_scoped`] with [`Scope::Tenant`] opens a session for one tenant
+//! (the SQL endpoints of `openmonetize serve`): each table name is a view of the table
+//! filtered on `tenant_id`, and the unfiltered tables are never registered, so no SQL
+//! (joins, subqueries, UNION, CTEs) can reach another tenant's rows. The session has no
+//! `information_schema`, no table functions (`generate_series`, `range`) and no table
+//! factories, and accepts only queries: DDL (`CREATE EXTERNAL TABLE ...`), DML and
+//! statements (`SET`, ...) are refused.
 
 use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::prelude::SessionContext;
+use datafusion::datasource::{ViewTable, provider_as_source};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use om_model::schema;
 use om_sinks::{CommitRecord, DataStore};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A query error.
@@ -23,7 +36,7 @@ pub enum Error {
     #[error(transparent)]
     Sink(#[from] om_sinks::Error),
     /// DataFusion rejected or failed the query.
-    #[error("{0}")]
+    #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     /// Formatting the result failed.
     #[error("formatting the result: {0}")]
@@ -36,10 +49,20 @@ pub enum Error {
 /// Result with the query error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whose rows a session sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant's (the `openmonetize query` CLI, admin keys).
+    All,
+    /// One tenant's only, read-only.
+    Tenant(String),
+}
+
 /// A SQL session over one data location's last commit.
 pub struct QueryEngine {
     ctx: SessionContext,
     commit: Option<CommitRecord>,
+    scope: Scope,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -55,9 +78,18 @@ impl std::fmt::Debug for QueryEngine {
 impl QueryEngine {
     /// Opens `data_url` and registers its tables as of the newest commit.
     pub async fn open(data_url: &str) -> Result<QueryEngine> {
+        QueryEngine::open_scoped(data_url, Scope::All).await
+    }
+
+    /// Opens `data_url` for `scope` (see the module docs for what a tenant session
+    /// allows).
+    pub async fn open_scoped(data_url: &str, scope: Scope) -> Result<QueryEngine> {
         let store = DataStore::open(data_url)?;
         let commit = CommitRecord::latest(&store).await?;
-        let ctx = SessionContext::new();
+        let ctx = match scope {
+            Scope::All => SessionContext::new(),
+            Scope::Tenant(_) => tenant_context(),
+        };
         let root = store.root_url().clone();
         if root.scheme() != "file" {
             ctx.register_object_store(&root, store.query_store());
@@ -70,7 +102,8 @@ impl QueryEngine {
                 .map(|t| t.values().map(|f| f.path.clone()).collect())
                 .unwrap_or_default();
             if files.is_empty() {
-                ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+                let empty = Arc::new(MemTable::try_new(schema, vec![vec![]])?);
+                register(&ctx, name, empty, &scope)?;
                 continue;
             }
             let urls = files
@@ -88,9 +121,14 @@ impl QueryEngine {
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(schema);
-            ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+            register(&ctx, name, Arc::new(ListingTable::try_new(config)?), &scope)?;
         }
-        Ok(QueryEngine { ctx, commit })
+        Ok(QueryEngine { ctx, commit, scope })
+    }
+
+    /// Whose rows the session sees.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
     }
 
     /// The commit the tables are read at (`None` before the first commit).
@@ -103,10 +141,57 @@ impl QueryEngine {
         &self.ctx
     }
 
-    /// Runs one SQL statement and collects its result.
+    /// Runs one SQL statement and collects its result; a tenant session runs queries
+    /// only.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        Ok(self.ctx.sql(sql).await?.collect().await?)
+        let options = match self.scope {
+            Scope::All => SQLOptions::new(),
+            Scope::Tenant(_) => SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false),
+        };
+        Ok(self
+            .ctx
+            .sql_with_options(sql, options)
+            .await?
+            .collect()
+            .await?)
     }
+}
+
+/// A session for one tenant: the default functions, but no table functions, no table
+/// factories and no `information_schema`.
+fn tenant_context() -> SessionContext {
+    let config = SessionConfig::new().with_information_schema(false);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_table_function_list(Vec::new())
+        .with_table_factories(HashMap::new())
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// Registers a table under its SQL name: as is for [`Scope::All`], as a view of its
+/// tenant's rows for [`Scope::Tenant`] (the table itself stays unnamed).
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: Arc<dyn TableProvider>,
+    scope: &Scope,
+) -> Result<()> {
+    let view: Arc<dyn TableProvider> = match scope {
+        Scope::All => table,
+        Scope::Tenant(tenant) => {
+            let plan = LogicalPlanBuilder::scan(name, provider_as_source(table), None)?
+                .filter(col("tenant_id").eq(lit(tenant.as_str())))?
+                .build()?;
+            Arc::new(ViewTable::new(plan, None))
+        }
+    };
+    ctx.register_table(name, view)?;
+    Ok(())
 }
 
 /// Output formats of `openmonetize query`.
