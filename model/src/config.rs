@@ -213,6 +213,24 @@ pub struct AnomalySettings {
     pub min_value: Decimal9,
 }
 
+/// Who an API key speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyScope {
+    /// One tenant: its rows only.
+    Tenant(String),
+    /// Every tenant.
+    Admin,
+}
+
+/// An API key of `openmonetize serve`, kept as the SHA-256 of the key (never the key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Who it speaks for.
+    pub scope: KeyScope,
+    /// SHA-256 of the key's text.
+    pub sha256: [u8; 32],
+}
+
 /// `[pipeline]` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineSettings {
@@ -237,6 +255,8 @@ pub struct Config {
     pub anomaly: AnomalySettings,
     /// Whether the `forecasts` table is kept (over every sum and count meter).
     pub forecasts: bool,
+    /// API keys of `openmonetize serve`.
+    pub api_keys: Vec<ApiKey>,
     /// Pipeline settings.
     pub pipeline: PipelineSettings,
 }
@@ -270,6 +290,8 @@ struct RawConfig {
     #[serde(default)]
     forecasts: RawForecasts,
     #[serde(default)]
+    api_keys: Vec<RawApiKey>,
+    #[serde(default)]
     pipeline: RawPipeline,
 }
 
@@ -292,6 +314,15 @@ struct RawAnomaly {
     enabled: Option<bool>,
     threshold: Option<toml::Value>,
     min_value: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    tenant: Option<String>,
+    #[serde(default)]
+    admin: bool,
+    sha256: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -526,6 +557,27 @@ impl Config {
                 .transpose()?
                 .unwrap_or(Decimal9::from_int(10)),
         };
+        let mut api_keys = Vec::with_capacity(raw.api_keys.len());
+        for (i, k) in raw.api_keys.into_iter().enumerate() {
+            let key = |field: &str| format!("api_keys[{i}].{field}");
+            let scope = match (k.tenant, k.admin) {
+                (Some(t), false) if !t.is_empty() => KeyScope::Tenant(t),
+                (None, true) => KeyScope::Admin,
+                _ => {
+                    return Err(invalid(
+                        format!("api_keys[{i}]"),
+                        "needs exactly one of `tenant = \"NAME\"` or `admin = true`",
+                    ));
+                }
+            };
+            let sha256 = parse_sha256(&k.sha256).ok_or_else(|| {
+                invalid(
+                    key("sha256"),
+                    "must be the 64 hex digits of the key's SHA-256 (e.g. `printf %s KEY | sha256sum`), not the key itself",
+                )
+            })?;
+            api_keys.push(ApiKey { scope, sha256 });
+        }
         Ok(Config {
             meters,
             burn_rates,
@@ -533,6 +585,7 @@ impl Config {
             costs,
             anomaly,
             forecasts: raw.forecasts.enabled.unwrap_or(true),
+            api_keys,
             pipeline: PipelineSettings {
                 allowed_lateness,
                 dedup_horizon,
@@ -646,6 +699,20 @@ fn parse_feature(
     }
 }
 
+/// 64 hex digits as 32 bytes.
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks(2).enumerate() {
+        let hex = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn parse_setting(text: Option<&str>, default: &str, key: &str) -> Result<Micros, ConfigError> {
     let text = text.unwrap_or(default);
     parse_duration(text)
@@ -670,6 +737,28 @@ mod tests {
             std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")
         );
         assert_eq!(std::fs::read_to_string(path).unwrap(), DEFAULT_TOML);
+    }
+
+    #[test]
+    fn api_keys_are_hashes_with_one_scope() {
+        let hash = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+        let c = Config::from_toml(&format!(
+            "[[api_keys]]\ntenant = \"acme\"\nsha256 = \"{hash}\"\n[[api_keys]]\nadmin = true\nsha256 = \"{hash}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.api_keys[0].scope, KeyScope::Tenant("acme".into()));
+        assert_eq!(c.api_keys[1].scope, KeyScope::Admin);
+        assert_eq!(c.api_keys[0].sha256[0], 0x2c);
+        let err = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            err("[[api_keys]]\ntenant = \"a\"\nsha256 = \"foo\"\n").contains("api_keys[0].sha256")
+        );
+        assert!(
+            err(&format!(
+                "[[api_keys]]\ntenant = \"a\"\nadmin = true\nsha256 = \"{hash}\"\n"
+            ))
+            .contains("exactly one of")
+        );
     }
 
     #[test]

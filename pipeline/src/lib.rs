@@ -15,6 +15,7 @@ pub mod dataflow;
 pub mod demo;
 pub mod retract;
 pub mod run;
+pub mod serve;
 pub mod view_updates;
 
 pub use run::{RunOptions, RunSummary, Source, run};

@@ -86,6 +86,33 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Serve the HTTP API over a data location's committed tables.
+    ///
+    /// This first part of the API (issue #6) answers:
+    ///   GET  /healthz    {"status":"ok","epoch":N}
+    ///   POST /v1/query   {"sql":"SELECT ..."} with `Authorization: Bearer KEY`;
+    ///                    answers {"columns":[...],"rows":[{...}]}
+    /// A tenant key sees only its tenant's rows in every table and may only query; an
+    /// admin key sees everything. Keys are configured as SHA-256 hashes:
+    ///   [[api_keys]]
+    ///   tenant = "acme"        # or: admin = true
+    ///   sha256 = "..."         # printf %s "$KEY" | sha256sum
+    /// Example:
+    ///   curl -s -H "Authorization: Bearer $KEY" -d '{"sql":"SELECT * FROM credit_balances"}'
+    ///        http://127.0.0.1:8080/v1/query
+    /// Bodies are limited to 1 MiB, results to 100,000 rows, queries to 30 s.
+    #[command(verbatim_doc_comment)]
+    Serve {
+        /// Data location the job writes to (as for `query`).
+        #[arg(long)]
+        data: String,
+        /// Config file with the [[api_keys]]; the built-in default (no keys) when omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on; port 0 picks a free port (printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Run SQL over the committed tables.
     ///
     /// Tables: events, usage_windows, rejected_events, late_events, credit_grants,
@@ -293,6 +320,40 @@ fn main() -> anyhow::Result<()> {
                 println!();
             }
             Ok(())
+        }
+        Command::Serve {
+            data,
+            config,
+            listen,
+        } => {
+            let config = openmonetize::load_config(config.as_deref())?;
+            if config.api_keys.is_empty() {
+                eprintln!(
+                    "warning: the config has no [[api_keys]]: every /v1 request will be refused (401)"
+                );
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                println!("listening on http://{}", listener.local_addr()?);
+                std::io::stdout().flush()?;
+                // Ctrl-C or SIGTERM: finish the requests in flight, then exit.
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                let shutdown = async move {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                };
+                openmonetize::serve::serve(listener, data, config.api_keys, shutdown)
+                    .await
+                    .context("serving")
+            })
         }
         Command::Produce { file, to } => {
             let url = kafka_target(&to)?;

@@ -11,6 +11,7 @@ mod integration {
     mod model_check;
     mod parquet_interop;
     mod retract;
+    mod serve;
     pub mod services;
     mod tenant_sql;
     mod views;

@@ -243,3 +243,37 @@ pub fn format(batches: &[RecordBatch], format: Format) -> Result<String> {
         }
     }
 }
+
+/// Query results as a JSON array of row objects, with decimals as exact strings
+/// (`"12.500000000"`), since JSON numbers are read as binary floats by most clients.
+pub fn json_rows(batches: &[RecordBatch]) -> Result<String> {
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    for b in batches {
+        let schema = b.schema();
+        let mut fields = Vec::with_capacity(schema.fields().len());
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for (f, c) in schema.fields().iter().zip(b.columns()) {
+            if matches!(f.data_type(), arrow::datatypes::DataType::Decimal128(..)) {
+                let text = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+                fields.push(
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(arrow::datatypes::DataType::Utf8),
+                );
+                columns.push(text);
+            } else {
+                fields.push(f.as_ref().clone());
+                columns.push(Arc::clone(c));
+            }
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        w.write(&RecordBatch::try_new(schema, columns)?)?;
+    }
+    w.finish()?;
+    let out = w.into_inner();
+    Ok(if out.is_empty() {
+        "[]".to_string()
+    } else {
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}

@@ -1,0 +1,189 @@
+//! `openmonetize serve` over HTTP: health, SQL as a tenant (its rows only) and as an
+//! admin, and the 4xx answers to a missing or unknown key, bad SQL and DDL. Uses the
+//! real binary and plain HTTP/1.1 over a TCP socket.
+
+use super::common::{golden_dir, openmonetize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+fn start(data: &str, config: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
+        .args([
+            "serve",
+            "--data",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, addr }
+}
+
+/// (status, JSON body) of one request.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn sql_over_http_as_a_tenant_and_as_an_admin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dir = golden_dir("small");
+    openmonetize(&[
+        "run",
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+        "--events",
+        &format!("file:{}", dir.join("events.jsonl").display()),
+        "--data",
+        data.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[api_keys]]\ntenant = \"acme\"\nsha256 = \"{}\"\n[[api_keys]]\nadmin = true\nsha256 = \"{}\"\n",
+            sha256_hex("acme-secret"),
+            sha256_hex("admin-secret")
+        ),
+    )
+    .unwrap();
+    let server = start(data.to_str().unwrap(), &config);
+    let addr = server.addr.as_str();
+
+    let (status, body) = request(addr, "GET", "/healthz", None, "");
+    assert_eq!((status, &body["status"]), (200, &serde_json::json!("ok")));
+
+    let sql = r#"{"sql": "SELECT tenant_id, count(*) AS n FROM events GROUP BY tenant_id ORDER BY tenant_id"}"#;
+    let (status, body) = request(addr, "POST", "/v1/query", Some("acme-secret"), sql);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["columns"], serde_json::json!(["tenant_id", "n"]));
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{body}");
+    assert_eq!(rows[0]["tenant_id"], "acme");
+
+    // Decimals travel as exact strings, with their 9 digits.
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/v1/query",
+        Some("acme-secret"),
+        r#"{"sql": "SELECT CAST(value AS VARCHAR) AS text, value FROM usage_windows ORDER BY value DESC LIMIT 20"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 20);
+    for r in rows {
+        let value = r["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a string: {r}"));
+        assert_eq!(value, r["text"].as_str().unwrap());
+        assert_eq!(value.split_once('.').unwrap().1.len(), 9, "{value}");
+    }
+
+    let (status, body) = request(addr, "POST", "/v1/query", Some("admin-secret"), sql);
+    assert_eq!(status, 200, "{body}");
+    let tenants: Vec<&str> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme", "default"]);
+
+    for (key, body, want, code) in [
+        (None, sql, 401, "unauthorized"),
+        (Some("wrong"), sql, 401, "unauthorized"),
+        (
+            Some("acme-secret"),
+            r#"{"sql": "SELEC nonsense"}"#,
+            400,
+            "bad_query",
+        ),
+        (
+            Some("acme-secret"),
+            r#"{"sql": "DROP TABLE events"}"#,
+            400,
+            "bad_query",
+        ),
+        (
+            Some("acme-secret"),
+            r#"{"query": "SELECT 1"}"#,
+            400,
+            "bad_body",
+        ),
+    ] {
+        let (status, answer) = request(addr, "POST", "/v1/query", key, body);
+        assert_eq!(status, want, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (status, answer) = request(addr, "GET", "/v1/nothing", None, "");
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &serde_json::json!("not_found"))
+    );
+}
