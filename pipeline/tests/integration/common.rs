@@ -140,3 +140,46 @@ pub fn query_in_process(data: &str, sql: &str) -> Vec<Vec<String>> {
     let text = om_queries::format(&batches, om_queries::Format::Csv).unwrap();
     parse_csv(&text).into_iter().skip(1).collect()
 }
+
+/// How [`run_lines`] runs the pipeline.
+pub struct LinesRun<'a> {
+    /// The config's TOML.
+    pub config: &'a str,
+    /// Event lines, in arrival order.
+    pub events: &'a [String],
+    /// Command lines.
+    pub commands: &'a [String],
+    /// Timely workers.
+    pub workers: usize,
+    /// Input bytes per epoch.
+    pub epoch_bytes: u64,
+    /// Epochs per commit.
+    pub commit_every: u64,
+}
+
+/// Runs the pipeline in this process over event and command lines (written to temporary
+/// files) into a fresh `memory://` location, and returns that location.
+pub fn run_lines(r: LinesRun<'_>) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let commands = tmp.path().join("commands.jsonl");
+    std::fs::write(&events, r.events.join("\n")).unwrap();
+    std::fs::write(&commands, r.commands.join("\n")).unwrap();
+    let data = format!("memory://lines-{}", RUN.fetch_add(1, Ordering::Relaxed));
+    openmonetize::run(openmonetize::RunOptions {
+        workers: r.workers,
+        epoch_bytes: r.epoch_bytes,
+        commit_every: r.commit_every,
+        progress: false,
+        commands: Some(openmonetize::Source::File(commands)),
+        ..openmonetize::RunOptions::new(
+            om_model::Config::from_toml(r.config).unwrap(),
+            openmonetize::Source::File(events),
+            data.clone(),
+        )
+    })
+    .unwrap();
+    data
+}

@@ -4,12 +4,10 @@
 //! same `credit_grants` and `credit_balances` as a naive replay that takes the events
 //! one at a time in (timestamp, id) order, as DESIGN.md section 3 reads.
 
+use om_model::Decimal9;
 use om_model::time::{MINUTE, format_micros};
-use om_model::{Config, Decimal9};
-use openmonetize::{RunOptions, Source, run};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const CONFIG: &str = r#"
 [[meters]]
@@ -360,29 +358,14 @@ fn pipeline(
     epoch_bytes: u64,
     commit_every: u64,
 ) -> (BTreeSet<GrantRow>, BTreeSet<BalanceRow>) {
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    let tmp = tempfile::tempdir().unwrap();
-    let events = tmp.path().join("events.jsonl");
-    let commands = tmp.path().join("commands.jsonl");
-    std::fs::write(&events, input.events.join("\n")).unwrap();
-    std::fs::write(&commands, input.commands.join("\n")).unwrap();
-    let data = format!(
-        "memory://credit-model-{}",
-        RUN.fetch_add(1, Ordering::Relaxed)
-    );
-    run(RunOptions {
+    let data = super::common::run_lines(super::common::LinesRun {
+        config: CONFIG,
+        events: &input.events,
+        commands: &input.commands,
         workers,
         epoch_bytes,
         commit_every,
-        progress: false,
-        commands: Some(Source::File(commands)),
-        ..RunOptions::new(
-            Config::from_toml(CONFIG).unwrap(),
-            Source::File(events),
-            data.clone(),
-        )
-    })
-    .unwrap();
+    });
     let rows = |sql: &str| super::common::query_in_process(&data, sql);
     let d = |s: &str| Decimal9::parse(s).unwrap();
     let grants = rows(

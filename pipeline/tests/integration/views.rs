@@ -3,9 +3,7 @@
 //! spike that is flagged next to a steady customer that is not, and a month-end
 //! forecast.
 
-use om_model::Config;
 use om_model::time::{HOUR, format_micros, parse_rfc3339};
-use openmonetize::{RunOptions, Source, run};
 
 const CONFIG: &str = r#"
 [[meters]]
@@ -152,25 +150,15 @@ fn inputs() -> (Vec<String>, Vec<String>) {
 }
 
 fn tables() -> impl Fn(&str) -> Vec<Vec<String>> {
-    let tmp = tempfile::tempdir().unwrap();
     let (events, commands) = inputs();
-    let events_path = tmp.path().join("events.jsonl");
-    let commands_path = tmp.path().join("commands.jsonl");
-    std::fs::write(&events_path, events.join("\n")).unwrap();
-    std::fs::write(&commands_path, commands.join("\n")).unwrap();
-    let data = "memory://views-by-hand".to_string();
-    run(RunOptions {
+    let data = super::common::run_lines(super::common::LinesRun {
+        config: CONFIG,
+        events: &events,
+        commands: &commands,
         workers: 2,
         epoch_bytes: 1500,
-        progress: false,
-        commands: Some(Source::File(commands_path)),
-        ..RunOptions::new(
-            Config::from_toml(CONFIG).unwrap(),
-            Source::File(events_path),
-            data.clone(),
-        )
-    })
-    .unwrap();
+        commit_every: openmonetize::run::DEFAULT_COMMIT_EVERY,
+    });
     move |sql: &str| super::common::query_in_process(&data, sql)
 }
 

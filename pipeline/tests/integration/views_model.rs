@@ -15,10 +15,8 @@ use om_model::config::AnomalySettings;
 use om_model::time::{HOUR, MINUTE, format_micros, parse_rfc3339};
 use om_model::{Config, Decimal9, Micros, WindowSize};
 use om_operators::{anomaly, forecast};
-use openmonetize::{RunOptions, Source, run};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const CONFIG: &str = r#"
 [[meters]]
@@ -174,26 +172,15 @@ fn naive_forecasts(hours: &Windows, months: &Windows, w: Micros) -> BTreeSet<Str
 }
 
 fn check(input: &Input, workers: usize, epoch_bytes: u64, commit_every: u64) {
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    let tmp = tempfile::tempdir().unwrap();
-    let events = tmp.path().join("events.jsonl");
-    let commands = tmp.path().join("commands.jsonl");
-    std::fs::write(&events, input.events.join("\n")).unwrap();
-    std::fs::write(&commands, input.commands.join("\n")).unwrap();
-    let data = format!(
-        "memory://views-model-{}",
-        RUN.fetch_add(1, Ordering::Relaxed)
-    );
     let config = Config::from_toml(CONFIG).unwrap();
-    run(RunOptions {
+    let data = super::common::run_lines(super::common::LinesRun {
+        config: CONFIG,
+        events: &input.events,
+        commands: &input.commands,
         workers,
         epoch_bytes,
         commit_every,
-        progress: false,
-        commands: Some(Source::File(commands)),
-        ..RunOptions::new(config.clone(), Source::File(events), data.clone())
-    })
-    .unwrap();
+    });
     let rows = |sql: &str| super::common::query_in_process(&data, sql);
     let hours = windows(&data, "hour");
     let months = windows(&data, "month");
