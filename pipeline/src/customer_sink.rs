@@ -18,6 +18,8 @@
 
 use crate::checkpoint;
 use crate::dataflow::{EpochInfo, EpochSchedule, Meta, follow_inputs};
+use crate::live::{CustomerLive, LiveViews, WorkerLive};
+use om_model::credit::BalanceRow;
 use om_model::views::EntitlementRow;
 use om_model::{Command, Config, Decimal9, Micros, WindowSize, fingerprint, time};
 use om_operators::entitlements::{self, Standing};
@@ -29,6 +31,7 @@ use om_operators::{
 use om_sinks::commit::FileEntry;
 use om_sinks::encode::RecordBatch;
 use om_sinks::{DataStore, FileChange};
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -103,6 +106,11 @@ pub struct CustomerSinkConfig {
     pub checkpoints: bool,
     /// The checkpoint to start from.
     pub restore: Option<CustomerViews>,
+    /// Where to publish each commit's balances and entitlements for live reads
+    /// (`openmonetize serve`).
+    pub live: Option<Arc<LiveViews>>,
+    /// The epoch and watermark of the commit the job resumes from, if any.
+    pub resumed: Option<(u64, Option<Micros>)>,
 }
 
 /// The customer sink (see the module docs); `commands` must already be broadcast.
@@ -123,6 +131,13 @@ pub fn customer_sink<'s>(
             let mut cap = Some(cap);
             let mut views = cfg.restore.take().unwrap_or_default();
             let meters: Vec<String> = cfg.config.meters.iter().map(|m| m.name.clone()).collect();
+            // A resumed job answers live reads from its checkpoint at once, not only
+            // after its first new commit (the files are rewritten at that commit).
+            if let (Some(live), Some((epoch, now))) = (&cfg.live, cfg.resumed) {
+                let publish = Some((&**live, cfg.worker, epoch));
+                drop(whole_tables(&mut views, now, &cfg.config, &meters, publish));
+                live.processed(cfg.worker, epoch);
+            }
             // The watermark the whole-table files on record were computed at.
             let mut written_at: Option<Option<Micros>> = None;
             let mut pending: BTreeMap<u64, (Vec<CustomerInput>, Vec<Command>)> = BTreeMap::new();
@@ -171,7 +186,11 @@ pub fn customer_sink<'s>(
                         || written_at != Some(now)
                     {
                         written_at = Some(now);
-                        files.extend(whole_tables(&mut views, now, &cfg.config, &meters));
+                        let publish = cfg.live.as_deref().map(|live| (live, cfg.worker, t));
+                        files.extend(whole_tables(&mut views, now, &cfg.config, &meters, publish));
+                    }
+                    if let Some(live) = &cfg.live {
+                        live.processed(cfg.worker, t);
                     }
                     files.extend(day_tables(&mut views, now, closed, &cfg.config, &meters));
                     for (table, slot, rows, batch) in files {
@@ -216,12 +235,14 @@ pub fn customer_sink<'s>(
 type TableFile = (&'static str, String, usize, om_sinks::Result<RecordBatch>);
 
 /// The views that are one file per worker, as of `now`: the credit tables,
-/// `entitlements` and `forecasts`.
+/// `entitlements` and `forecasts`. With `publish` = (live views, worker, epoch), also
+/// publishes the balances and entitlements for live reads.
 fn whole_tables(
     views: &mut CustomerViews,
     now: Option<Micros>,
     config: &Config,
     meters: &[String],
+    publish: Option<(&LiveViews, usize, u64)>,
 ) -> Vec<TableFile> {
     let mut files = Vec::new();
     let tables = views.credits.tables(now);
@@ -251,6 +272,18 @@ fn whole_tables(
             &standing,
         )
     };
+    if let Some((live, worker, epoch)) = publish {
+        live.publish(
+            worker,
+            snapshot(
+                epoch,
+                now,
+                &views.names,
+                &tables.balances,
+                &entitlement_rows,
+            ),
+        );
+    }
     files.push((
         "credit_grants",
         String::new(),
@@ -291,6 +324,39 @@ fn whole_tables(
         ));
     }
     files
+}
+
+/// The live snapshot of one worker's customers: every customer it knows by name, with
+/// its balance row (if it has one) and its entitlement rows.
+fn snapshot(
+    epoch: u64,
+    now: Option<Micros>,
+    names: &BTreeMap<u64, (String, String)>,
+    balances: &[BalanceRow],
+    entitlements: &[EntitlementRow<'_>],
+) -> WorkerLive {
+    let mut customers: FxHashMap<(String, String), CustomerLive> = names
+        .values()
+        .map(|key| (key.clone(), CustomerLive::default()))
+        .collect();
+    for b in balances {
+        customers
+            .entry((b.tenant_id.clone(), b.customer_id.clone()))
+            .or_default()
+            .balance = Some(b.clone());
+    }
+    for e in entitlements {
+        customers
+            .entry((e.tenant_id.to_string(), e.customer_id.to_string()))
+            .or_default()
+            .entitlements
+            .push(e.into());
+    }
+    WorkerLive {
+        epoch,
+        as_of: now,
+        customers,
+    }
 }
 
 /// The day files of `anomaly_scores` and `costs` whose days changed.

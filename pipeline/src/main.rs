@@ -4,7 +4,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use om_sources::kafka::{KafkaProducer, KafkaUrl, event_key};
 use openmonetize::demo::{DemoOptions, demo};
+use openmonetize::ingress::Ingress;
+use openmonetize::live::LiveViews;
 use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, Source, run};
+use openmonetize::serve::{Job, ServeOptions};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,32 +89,68 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Serve the HTTP API over a data location's committed tables.
+    /// Serve the HTTP API: ingestion, live balance and entitlement checks, SQL.
     ///
-    /// This first part of the API (issue #6) answers:
-    ///   GET  /healthz    {"status":"ok","epoch":N}
-    ///   POST /v1/query   {"sql":"SELECT ..."} with `Authorization: Bearer KEY`;
-    ///                    answers {"columns":[...],"rows":[{...}]}
-    /// A tenant key sees only its tenant's rows in every table and may only query; an
-    /// admin key sees everything. Keys are configured as SHA-256 hashes:
+    /// Runs the job in this process (no Kafka) over the data location, fed by what is
+    /// posted; it commits an epoch every --commit-interval that received anything and
+    /// resumes from its last commit when restarted on the same --data. Endpoints (every
+    /// /v1 request needs `Authorization: Bearer KEY`):
+    ///   POST /v1/events        one event or a JSON array; answers each event's verdict
+    ///                          (accepted, duplicate, late, rejected + reason) once committed
+    ///   POST /v1/commands      grants, voids, subscriptions, retractions (same answer)
+    ///   GET  /v1/customers/{id}/balance                 credit balance (live state)
+    ///   GET  /v1/customers/{id}/entitlements[/{feature}] entitlements (live state)
+    ///   POST /v1/query         {"sql":"SELECT ..."} -> {"columns":[...],"rows":[{...}]}
+    ///   GET  /healthz          {"status":"ok","epoch":N,"live_epoch":N}
+    ///   GET  /metrics          Prometheus text: events, commits, latency, requests
+    ///   GET  /openapi.json     the OpenAPI 3.1 document of all of the above
+    /// A tenant key reads and writes only its tenant (posted records must carry its
+    /// tenant_id; other tenants' customers are 404); an admin key sees everything and
+    /// names the tenant of customer reads with ?tenant_id=. Keys are SHA-256 hashes:
     ///   [[api_keys]]
     ///   tenant = "acme"        # or: admin = true
     ///   sha256 = "..."         # printf %s "$KEY" | sha256sum
-    /// Example:
-    ///   curl -s -H "Authorization: Bearer $KEY" -d '{"sql":"SELECT * FROM credit_balances"}'
+    /// Examples:
+    ///   curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8080/v1/events \
+    ///        -d '[{"id":"e1","tenant_id":"acme","customer_id":"c1","event_type":"api_call",
+    ///              "timestamp":"2026-11-26T10:00:00Z"}]'
+    ///   curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8080/v1/customers/c1/balance
+    ///   curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:8080/v1/customers/c1/entitlements/chat
+    ///   curl -s -H "Authorization: Bearer $KEY" -d '{"sql":"SELECT * FROM credit_balances"}' \
     ///        http://127.0.0.1:8080/v1/query
-    /// Bodies are limited to 1 MiB, results to 100,000 rows, queries to 30 s.
+    /// Bodies are limited to 1 MiB, results to 100,000 rows, queries and ingest answers
+    /// to 30 s; errors are {"error":{"code","message"}}. Ctrl-C/SIGTERM: stop taking
+    /// requests, commit and answer what was posted, exit.
     #[command(verbatim_doc_comment)]
     Serve {
-        /// Data location the job writes to (as for `query`).
+        /// Data location the job writes to and SQL reads (as for `run`).
         #[arg(long)]
         data: String,
-        /// Config file with the [[api_keys]]; the built-in default (no keys) when omitted.
+        /// Config file (meters, plans, [[api_keys]]); the built-in default (no keys, so
+        /// every /v1 request is refused) when omitted.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (printed at start).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// No job: serve SQL (and health, metrics) over the tables already in --data,
+        /// e.g. written by `run`. Ingestion and live views answer 503.
+        #[arg(long)]
+        read_only: bool,
+        /// Timely worker threads of the job.
+        #[arg(long, default_value_t = default_workers())]
+        workers: usize,
+        /// How often the job cuts and commits an epoch (how long a posted record waits
+        /// for its verdict, at most, before processing), e.g. 200ms, 1s.
+        #[arg(long, default_value = "200ms", value_parser = parse_interval)]
+        commit_interval: Duration,
+        /// Most bytes posted and waiting for the job (per queue); a request beyond it is
+        /// answered 503 with Retry-After.
+        #[arg(long, default_value_t = 64 << 20)]
+        queue_bytes: usize,
+        /// Suppress progress lines.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Run SQL over the committed tables.
     ///
@@ -325,6 +364,11 @@ fn main() -> anyhow::Result<()> {
             data,
             config,
             listen,
+            read_only,
+            workers,
+            commit_interval,
+            queue_bytes,
+            quiet,
         } => {
             let config = openmonetize::load_config(config.as_deref())?;
             if config.api_keys.is_empty() {
@@ -332,28 +376,108 @@ fn main() -> anyhow::Result<()> {
                     "warning: the config has no [[api_keys]]: every /v1 request will be refused (401)"
                 );
             }
+            let keys = config.api_keys.clone();
+            let metrics = Arc::new(openmonetize::metrics::JobMetrics::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let (job, handle) = if read_only {
+                (None, None)
+            } else {
+                let events = Arc::new(Ingress::new("events", queue_bytes));
+                let commands = Arc::new(Ingress::new("commands", queue_bytes));
+                let live = Arc::new(LiveViews::new(workers));
+                let mut opts = RunOptions::new(config, Source::Http(Arc::clone(&events)), &data);
+                opts.commands = Some(Source::Http(Arc::clone(&commands)));
+                opts.workers = workers;
+                opts.commit_interval = commit_interval;
+                opts.stop = Arc::clone(&stop);
+                opts.progress = !quiet;
+                opts.live = Some(Arc::clone(&live));
+                opts.metrics = Some(Arc::clone(&metrics));
+                let job = Job {
+                    events,
+                    commands,
+                    live,
+                    stopped: Arc::default(),
+                };
+                let handle = std::thread::Builder::new().name("om-job".into()).spawn({
+                    let job = job.clone();
+                    move || {
+                        let result = run(opts);
+                        job.events.close();
+                        job.commands.close();
+                        *job.stopped.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(match &result {
+                                Ok(_) => "the job stopped".to_string(),
+                                Err(e) => format!("the job failed: {e:#}"),
+                            });
+                        result
+                    }
+                })?;
+                (Some(job), Some(handle))
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(async move {
+            let served = runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&listen)
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
                 println!("listening on http://{}", listener.local_addr()?);
                 std::io::stdout().flush()?;
-                // Ctrl-C or SIGTERM: finish the requests in flight, then exit.
+                // Ctrl-C or SIGTERM: refuse new records, let the job commit and answer
+                // what was posted, then finish the requests in flight and exit. A job
+                // that fails ends the server too.
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                let job_for_stop = job.clone();
                 let shutdown = async move {
+                    let failed = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if let Some(job) = &job_for_stop
+                                && job
+                                    .stopped
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .is_some()
+                            {
+                                break;
+                            }
+                        }
+                    };
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
+                        _ = failed => {}
                     }
+                    if let Some(job) = &job_for_stop {
+                        job.events.close();
+                        job.commands.close();
+                    }
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 };
-                openmonetize::serve::serve(listener, data, config.api_keys, shutdown)
+                let opts = ServeOptions {
+                    data,
+                    keys,
+                    job,
+                    metrics,
+                };
+                openmonetize::serve::serve(listener, opts, shutdown)
                     .await
                     .context("serving")
-            })
+            });
+            if let Some(handle) = handle {
+                let summary = handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the job panicked"))??;
+                if !quiet {
+                    eprintln!(
+                        "stopped after committing epoch {} ({} events accepted in all)",
+                        summary.commit.epoch, summary.commit.counts.accepted
+                    );
+                }
+            }
+            served
         }
         Command::Produce { file, to } => {
             let url = kafka_target(&to)?;

@@ -8,6 +8,12 @@
 //!   `commit_interval` per epoch (at most `epoch_bytes` of payload), partition by
 //!   partition in offset order. The job runs until stopped (SIGINT/SIGTERM, or
 //!   `until_caught_up` once every partition is read to its end), commits, and exits.
+//! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition read by worker 0
+//!   in arrival order (one watermark, as for a file); an epoch is `commit_interval` long
+//!   (shorter once `epoch_bytes` are queued), and the workers keep stepping the dataflow
+//!   while they wait for it. Each request is answered with its records' verdicts once
+//!   the commit covering its epoch is written. Like a Kafka job it checkpoints at every
+//!   commit, resumes from its last commit, and runs until stopped.
 //!
 //! Per epoch, each worker: decodes what it read; sends dedup probes and a status, and
 //! waits for the verdicts and statuses of the whole epoch; judges lateness
@@ -20,6 +26,9 @@
 use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
 use crate::customer_sink::{CustomerInput, CustomerSinkConfig, CustomerViews, customer_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
+use crate::ingress::{self, Ingress, Verdict as IngressVerdict};
+use crate::live::LiveViews;
+use crate::metrics::JobMetrics;
 use crate::retract::{self, Pending, Retractions};
 use crate::view_updates::{ViewUpdates, tracked_meters};
 use anyhow::{Context, bail};
@@ -35,7 +44,7 @@ use om_operators::{
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{EventColumns, EventsBuilder};
 use om_sinks::{DataStore, FileChange};
-use om_sources::decode::{MAX_RECORD_BYTES, Scratch, ValueRef};
+use om_sources::decode::{MAX_RECORD_BYTES, Rejection, Scratch, ValueRef};
 use om_sources::file::{JsonlFile, LineBuf};
 use om_sources::kafka::{KafkaUrl, MessageBuf, PartitionReader};
 use om_sources::{CommandDecoder, Decoder};
@@ -74,6 +83,8 @@ pub enum Source {
     File(PathBuf),
     /// A Kafka topic, read until stopped.
     Kafka(KafkaUrl),
+    /// Records posted over HTTP (`openmonetize serve`), read until stopped.
+    Http(Arc<Ingress>),
 }
 
 impl std::str::FromStr for Source {
@@ -119,6 +130,10 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Where the customer sinks publish balances and entitlements for live reads.
+    pub live: Option<Arc<LiveViews>>,
+    /// Where worker 0 records each commit for `/metrics`.
+    pub metrics: Option<Arc<JobMetrics>>,
 }
 
 impl RunOptions {
@@ -136,6 +151,8 @@ impl RunOptions {
             until_caught_up: false,
             stop: Arc::default(),
             progress: true,
+            live: None,
+            metrics: None,
         }
     }
 }
@@ -155,6 +172,7 @@ pub struct RunSummary {
 enum Input {
     File(JsonlFile),
     Kafka { url: KafkaUrl, partitions: u32 },
+    Http(Arc<Ingress>),
 }
 
 impl Input {
@@ -163,6 +181,16 @@ impl Input {
         match self {
             Input::File(file) => format!("file:{}", file.path().display()),
             Input::Kafka { url, .. } => url.to_string(),
+            Input::Http(ingress) => ingress.source_name(),
+        }
+    }
+
+    /// Which kind of source it is, for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Input::File(_) => "files",
+            Input::Kafka { .. } => "Kafka topics",
+            Input::Http(_) => "HTTP queues",
         }
     }
 
@@ -193,6 +221,7 @@ impl Input {
                 partitions: url.partition_count(Duration::from_secs(10))?,
                 url: url.clone(),
             },
+            Source::Http(ingress) => Input::Http(Arc::clone(ingress)),
         })
     }
 }
@@ -212,9 +241,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             .transpose()?,
     );
     if let Some(c) = commands.as_ref()
-        && matches!(*input, Input::File(_)) != matches!(c, Input::File(_))
+        && input.kind() != c.kind()
     {
-        bail!("--events and --commands must both be files or both be Kafka topics");
+        bail!(
+            "--events and --commands must be sources of one kind (both files or both Kafka topics), not {} and {}",
+            input.kind(),
+            c.kind()
+        );
     }
     let store = DataStore::open(&opts.data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -224,22 +257,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let resume = match runtime.block_on(CommitRecord::latest(&store))? {
         None => None,
         Some(prev) => {
-            let Source::Kafka(url) = &opts.events else {
+            if let Source::File(_) = &opts.events {
                 bail!(
                     "{} already holds tables (commit of epoch {}); a file run needs an empty location: delete it to start over",
                     opts.data,
                     prev.epoch
                 );
-            };
+            }
             let cannot = |why: anyhow::Error| {
                 anyhow::anyhow!("cannot resume the job in {}: {why:#}", opts.data)
             };
             checkpoint::check_resumable(&prev, opts.workers, &opts.config).map_err(cannot)?;
-            let topics: Vec<String> = std::iter::once(url.to_string())
-                .chain(opts.commands.iter().map(|c| match c {
-                    Source::Kafka(u) => u.to_string(),
-                    Source::File(p) => p.display().to_string(),
-                }))
+            let topics: Vec<String> = std::iter::once(input.name())
+                .chain(commands.as_ref().as_ref().map(Input::name))
                 .map(|t| format!("{t}#"))
                 .collect();
             if let Some(other) = prev
@@ -262,6 +292,18 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             Some(prev)
         }
     };
+    // HTTP queues number their records on from where the last commit left off.
+    for queue in [Some(&*input), commands.as_ref().as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if let Input::Http(ingress) = queue {
+            let next = resume
+                .as_ref()
+                .and_then(|c| c.sources.get(&ingress.partition_name()).copied());
+            ingress.open(next.unwrap_or(0));
+        }
+    }
     let resume = Arc::new(resume);
     let handle = runtime.handle().clone();
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -397,6 +439,9 @@ struct EpochRead<'a> {
     idle: Vec<u32>,
     /// (source name, position read up to), for the commit record.
     positions: Vec<(String, u64)>,
+    /// HTTP: the tenant each record must belong to (the API key's; none for an admin
+    /// key), by record; empty for the other sources.
+    tenants: Vec<Option<&'a str>>,
 }
 
 /// One worker's report at the end of an epoch's reading, seen by every worker.
@@ -425,6 +470,12 @@ enum Reader<'a> {
         url: &'a KafkaUrl,
         reader: Option<PartitionReader>,
         buf: MessageBuf,
+    },
+    Http {
+        /// The queue, on worker 0; the other workers read nothing.
+        ingress: Option<&'a Ingress>,
+        /// The records of the epoch.
+        batch: ingress::Batch,
     },
 }
 
@@ -475,6 +526,10 @@ fn run_worker(
                 buf: MessageBuf::default(),
             }
         }
+        Input::Http(ingress) => Reader::Http {
+            ingress: (index == 0).then_some(&**ingress),
+            batch: ingress::Batch::default(),
+        },
     };
     let source_name = input.name();
     let mut commands_reader = match commands {
@@ -499,7 +554,7 @@ fn run_worker(
     // Dataflow 1: dedup probes out, verdicts back to the worker that read the event;
     // every worker's status to every worker.
     // State restored from the checkpoint of the commit the job resumes from.
-    let checkpoints = matches!(input, Input::Kafka { .. });
+    let checkpoints = !matches!(input, Input::File(_));
     let first_epoch = resume.as_ref().map_or(0, |c| c.epoch + 1);
     let (
         dedup_state,
@@ -527,7 +582,7 @@ fn run_worker(
         None => (
             DedupState::new(config.pipeline.dedup_horizon),
             Watermarks::new(match input {
-                Input::File(_) => Order::Global,
+                Input::File(_) | Input::Http(_) => Order::Global,
                 Input::Kafka { partitions, .. } => Order::PerChunk(*partitions),
             }),
             BTreeSet::new(),
@@ -597,6 +652,8 @@ fn run_worker(
                 peers,
                 checkpoints,
                 restore: customers_restore,
+                live: opts.live.clone(),
+                resumed: resume.as_ref().map(|c| (c.epoch, c.watermark_micros)),
             },
             Rc::clone(&info),
         );
@@ -634,8 +691,21 @@ fn run_worker(
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
+    if let Some(live) = &opts.live {
+        live.started();
+    }
+    let mut watch = CommitWatch {
+        awaiting: Vec::new(),
+        cut: BTreeMap::new(),
+        seen: resume.as_ref().map(|c| c.epoch),
+        metrics: opts.metrics.as_deref().filter(|_| index == 0),
+    };
+    if let (Some(metrics), Some(commit)) = (watch.metrics, resume) {
+        metrics.committed(commit, None);
+    }
 
     for epoch in first_epoch.. {
+        let epoch_started = Instant::now();
         let ingested_at = chrono::Utc::now().timestamp_micros();
 
         // Retractions whose events are committed by now (worker 0, which reads the
@@ -655,7 +725,7 @@ fn run_worker(
                     Some(u64::MAX)
                 }
                 Reader::File { .. } => None,
-                Reader::Kafka { .. } => last_commit
+                Reader::Kafka { .. } | Reader::Http { .. } => last_commit
                     .borrow()
                     .as_ref()
                     .or(resume.as_ref())
@@ -690,6 +760,7 @@ fn run_worker(
             caught_up,
             idle,
             positions,
+            tenants: record_tenants,
         } = match &mut reader {
             Reader::File { file, buf, epochs } => {
                 let (from, to) = (file_boundary(epoch, index), file_boundary(epoch, index + 1));
@@ -705,6 +776,7 @@ fn run_worker(
                     caught_up: epoch + 1 >= *epochs,
                     idle: Vec::new(),
                     positions: vec![(source_name.clone(), end)],
+                    tenants: Vec::new(),
                 }
             }
             Reader::Kafka { url, reader, buf } => match reader {
@@ -726,6 +798,7 @@ fn run_worker(
                         caught_up: r.caught_up(),
                         idle: r.idle_partitions(),
                         positions,
+                        tenants: Vec::new(),
                     }
                 }
                 None => {
@@ -739,12 +812,54 @@ fn run_worker(
                         caught_up: true,
                         idle: Vec::new(),
                         positions: Vec::new(),
+                        tenants: Vec::new(),
                     }
                 }
             },
+            Reader::Http { ingress, batch } => {
+                // Wait out the epoch, stepping the dataflow meanwhile so that earlier
+                // epochs commit and their requests are answered; worker 0 cuts the epoch
+                // short once `epoch_bytes` are queued.
+                let deadline = epoch_started + opts.commit_interval;
+                loop {
+                    watch.check(&last_commit);
+                    let now = Instant::now();
+                    if now >= deadline
+                        || opts.stop.load(Ordering::SeqCst)
+                        || ingress.is_some_and(|i| i.queued_bytes() as u64 >= epoch_bytes)
+                    {
+                        break;
+                    }
+                    if failed.load(Ordering::SeqCst) {
+                        return Err(Aborted.into());
+                    }
+                    worker.step_or_park(Some((deadline - now).min(Duration::from_millis(1))));
+                }
+                let positions = match ingress {
+                    Some(i) => {
+                        i.take(batch);
+                        vec![(i.partition_name(), batch.end())]
+                    }
+                    None => Vec::new(),
+                };
+                let records: Vec<(u32, u64, &[u8])> =
+                    batch.records().map(|(seq, r)| (0, seq, r)).collect();
+                bytes_read.fetch_add(
+                    records.iter().map(|r| r.2.len() as u64).sum(),
+                    Ordering::Relaxed,
+                );
+                EpochRead {
+                    tenants: records.iter().map(|r| batch.tenant(r.1)).collect(),
+                    records,
+                    caught_up: true,
+                    idle: Vec::new(),
+                    positions,
+                }
+            }
         };
+        let read_done = Instant::now();
         let chunk_of = |partition: u32| match input {
-            Input::File(_) => index as u32,
+            Input::File(_) | Input::Http(_) => index as u32,
             Input::Kafka { .. } => partition,
         };
         let capacity = records.len();
@@ -763,15 +878,37 @@ fn run_worker(
         };
         let mut events = EventsBuilder::new(&sources, capacity);
         let mut rejected = Vec::new();
-        for &(partition, offset, line) in &records {
+        // HTTP: each record's verdict, by sequence number from the epoch's first.
+        let mut http_verdicts = match input {
+            Input::Http(_) if index == 0 => vec![IngressVerdict::Accepted; capacity],
+            _ => Vec::new(),
+        };
+        let http_first = records.first().map_or(0, |r| r.1);
+        for (i, &(partition, offset, line)) in records.iter().enumerate() {
             let position = SourcePosition {
                 source: 0,
                 partition,
                 offset,
             };
-            let e = match decoder.decode_ref(line, &mut scratch) {
+            let decoded = decoder.decode_ref(line, &mut scratch).and_then(|e| {
+                match record_tenants.get(i).copied().flatten() {
+                    Some(key_tenant) if e.tenant_id != key_tenant => Err(Rejection {
+                        reason: format!(
+                            "tenant_id {} does not match the API key's tenant {key_tenant}; an event posted with a tenant's key must carry that tenant_id",
+                            e.tenant_id
+                        ),
+                        tenant_id: Some(key_tenant.to_string()),
+                        event_id: Some(e.id.to_string()),
+                    }),
+                    _ => Ok(e),
+                }
+            });
+            let e = match decoded {
                 Ok(e) => e,
                 Err(r) => {
+                    if let Some(v) = http_verdicts.get_mut(i) {
+                        *v = IngressVerdict::Rejected(r.reason.clone());
+                    }
                     rejected.push(RejectedRecord {
                         tenant_id: r.tenant_id,
                         event_id: r.event_id,
@@ -851,16 +988,19 @@ fn run_worker(
         let mut commands_read = 0u64;
         let mut positions = positions;
         if let Some(commands) = &mut commands_reader {
-            let read = commands.read(opts, epoch_bytes as usize)?;
+            let mut read = commands.read(opts, epoch_bytes as usize)?;
             commands_caught_up = read.caught_up;
             commands_read = read.records.len() as u64;
             positions.extend(read.positions);
-            for (partition, offset, line) in &read.records {
+            let mut verdicts = Vec::with_capacity(read.records.len());
+            for (i, (partition, offset, line)) in read.records.iter().enumerate() {
                 let position = SourcePosition {
                     source: 1,
                     partition: *partition,
                     offset: *offset,
                 };
+                let rejects_before = command_rejects.len();
+                let mut queued = false;
                 let reject = |tenant_id, reason| RejectedRecord {
                     tenant_id,
                     event_id: None,
@@ -868,7 +1008,20 @@ fn run_worker(
                     reason,
                     position: position.clone(),
                 };
-                match command_decoder.decode(line) {
+                let decoded = command_decoder.decode(line).and_then(|c| {
+                    match read.tenants.get(i).and_then(Option::as_deref) {
+                        Some(key_tenant) if c.tenant_id() != key_tenant => Err(Rejection {
+                            reason: format!(
+                                "tenant_id {} does not match the API key's tenant {key_tenant}; a command posted with a tenant's key must carry that tenant_id",
+                                c.tenant_id()
+                            ),
+                            tenant_id: Some(key_tenant.to_string()),
+                            event_id: None,
+                        }),
+                        _ => Ok(c),
+                    }
+                });
+                match decoded {
                     Ok(Command::Grant(g))
                         if !grants_seen.insert((g.tenant_id.clone(), g.grant_id.clone())) =>
                     {
@@ -884,15 +1037,16 @@ fn run_worker(
                         tenant_id,
                         event_id,
                     }) => {
-                        let queued = retractions.add(Pending {
+                        let queued_retraction = retractions.add(Pending {
                             tenant_id: tenant_id.clone(),
                             event_id,
                             read_epoch: epoch,
                             position: position.clone(),
                             raw: lossy_truncated(line),
                         });
-                        if let Err(reason) = queued {
-                            command_rejects.push(reject(Some(tenant_id), reason));
+                        match queued_retraction {
+                            Ok(()) => queued = true,
+                            Err(reason) => command_rejects.push(reject(Some(tenant_id), reason)),
                         }
                     }
                     Ok(c) => {
@@ -901,6 +1055,19 @@ fn run_worker(
                     }
                     Err(r) => command_rejects.push(reject(r.tenant_id, r.reason)),
                 }
+                verdicts.push(match command_rejects.get(rejects_before) {
+                    Some(r) => IngressVerdict::Rejected(r.reason.clone()),
+                    None if queued => IngressVerdict::Queued,
+                    None => IngressVerdict::Accepted,
+                });
+            }
+            if !read.waiters.is_empty() {
+                watch.awaiting.push(ingress::Pending {
+                    epoch,
+                    first: read.records.first().map_or(0, |r| r.1),
+                    verdicts,
+                    waiters: std::mem::take(&mut read.waiters),
+                });
             }
         }
         command_rejects.append(&mut retracted.rejected);
@@ -924,14 +1091,20 @@ fn run_worker(
             || match input {
                 Input::File(_) => all.iter().all(|s| s.caught_up),
                 Input::Kafka { .. } => opts.until_caught_up && all.iter().all(|s| s.caught_up),
+                Input::Http(_) => false,
             };
         // The end of a file commits (retractions look their events up in that commit);
         // a Kafka job with retractions waiting commits so that they come due.
         let commit = last
             || match input {
                 Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0 || caught_up,
-                Input::Kafka { .. } => all.iter().any(|s| s.read > 0 || s.retracting),
+                Input::Kafka { .. } | Input::Http(_) => {
+                    all.iter().any(|s| s.read > 0 || s.retracting)
+                }
             };
+        if commit && index == 0 {
+            watch.cut.insert(epoch, read_done);
+        }
         let mut duplicates: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut chunk_max = BTreeMap::new();
         for v in verdicts.borrow_mut().remove(&epoch).unwrap_or_default() {
@@ -1072,14 +1245,19 @@ fn run_worker(
                 .decode(chunk.lines[i])
                 .expect("a record that decoded once decodes again")
                 .event;
+            let verdict = http_verdicts.get_mut((pos - http_first) as usize);
             match fate {
                 Fate::Duplicate => {
                     duplicate_count += 1;
+                    let reason = format!(
+                        "duplicate: id {} was already accepted for tenant {}",
+                        e.id, e.tenant_id
+                    );
+                    if let Some(v) = verdict {
+                        *v = IngressVerdict::Duplicate(reason.clone());
+                    }
                     rejected.push(RejectedRecord {
-                        reason: format!(
-                            "duplicate: id {} was already accepted for tenant {}",
-                            e.id, e.tenant_id
-                        ),
+                        reason,
                         raw: normalized_json(&e),
                         tenant_id: Some(e.tenant_id),
                         event_id: Some(e.id),
@@ -1087,7 +1265,13 @@ fn run_worker(
                     });
                 }
                 Fate::Late(w) => late.push(LateRecord {
-                    reason: late_reason(e.timestamp, w, lateness),
+                    reason: {
+                        let reason = late_reason(e.timestamp, w, lateness);
+                        if let Some(v) = verdict {
+                            *v = IngressVerdict::Late(reason.clone());
+                        }
+                        reason
+                    },
                     raw: normalized_json(&e),
                     timestamp: e.timestamp,
                     watermark: w,
@@ -1142,6 +1326,17 @@ fn run_worker(
             )?,
         ];
         drop(records);
+        if let Reader::Http { batch, .. } = &mut reader {
+            let waiters = batch.take_waiters();
+            if !waiters.is_empty() {
+                watch.awaiting.push(ingress::Pending {
+                    epoch,
+                    first: http_first,
+                    verdicts: http_verdicts,
+                    waiters,
+                });
+            }
+        }
         for c in changes.into_iter().flatten() {
             meta_input.send(Meta::File(c));
         }
@@ -1207,7 +1402,46 @@ fn run_worker(
     step_while(worker, failed, || {
         !usage_probe.done() || !dedup_probe.done()
     })?;
+    watch.check(&last_commit);
     Ok(last_commit.borrow_mut().take())
+}
+
+/// Worker 0's follow-up of the commits it writes: answers the HTTP requests of committed
+/// epochs and records each commit in the metrics.
+struct CommitWatch<'a> {
+    /// HTTP: the verdicts of epochs whose commit is not written yet, with their requests.
+    awaiting: Vec<ingress::Pending>,
+    /// When the reading of each commit epoch not yet committed ended.
+    cut: BTreeMap<u64, Instant>,
+    /// The last commit seen.
+    seen: Option<u64>,
+    metrics: Option<&'a JobMetrics>,
+}
+
+impl CommitWatch<'_> {
+    /// Catches up with the last commit.
+    fn check(&mut self, last_commit: &RefCell<Option<CommitRecord>>) {
+        let last = last_commit.borrow();
+        let Some(commit) = last.as_ref() else {
+            return;
+        };
+        if self.seen == Some(commit.epoch) {
+            return;
+        }
+        self.seen = Some(commit.epoch);
+        let cut = self.cut.remove(&commit.epoch);
+        self.cut.retain(|e, _| *e > commit.epoch);
+        if let Some(metrics) = self.metrics {
+            metrics.committed(commit, cut.map(|c| c.elapsed()));
+        }
+        let (ready, waiting) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|p| p.epoch <= commit.epoch);
+        self.awaiting = waiting;
+        for pending in ready {
+            pending.answer();
+        }
+    }
 }
 
 /// The negations of the events retracted in an epoch, and the refused retractions.
@@ -1349,6 +1583,11 @@ enum CommandReader<'a> {
         reader: Box<PartitionReader>,
         buf: MessageBuf,
     },
+    /// Commands posted over HTTP.
+    Http {
+        ingress: &'a Ingress,
+        batch: ingress::Batch,
+    },
 }
 
 /// What one epoch read of the commands.
@@ -1359,6 +1598,10 @@ struct CommandRead {
     caught_up: bool,
     /// (source name, position read up to).
     positions: Vec<(String, u64)>,
+    /// HTTP: the tenant each record must belong to (none: any); empty otherwise.
+    tenants: Vec<Option<String>>,
+    /// HTTP: the requests of the records.
+    waiters: Vec<ingress::Waiter>,
 }
 
 impl<'a> CommandReader<'a> {
@@ -1377,6 +1620,10 @@ impl<'a> CommandReader<'a> {
                     buf: MessageBuf::default(),
                 }
             }
+            Input::Http(ingress) => CommandReader::Http {
+                ingress,
+                batch: ingress::Batch::default(),
+            },
         })
     }
 
@@ -1388,6 +1635,8 @@ impl<'a> CommandReader<'a> {
                     records: Vec::new(),
                     caught_up: true,
                     positions: vec![(name.clone(), file.len())],
+                    tenants: Vec::new(),
+                    waiters: Vec::new(),
                 };
                 if !*done {
                     *done = true;
@@ -1414,6 +1663,21 @@ impl<'a> CommandReader<'a> {
                         .positions()
                         .map(|(p, next)| (url.partition_name(p), next))
                         .collect(),
+                    tenants: Vec::new(),
+                    waiters: Vec::new(),
+                })
+            }
+            CommandReader::Http { ingress, batch } => {
+                ingress.take(batch);
+                Ok(CommandRead {
+                    records: batch.records().map(|(s, r)| (0, s, r.to_vec())).collect(),
+                    caught_up: true,
+                    positions: vec![(ingress.partition_name(), batch.end())],
+                    tenants: batch
+                        .records()
+                        .map(|(s, _)| batch.tenant(s).map(str::to_string))
+                        .collect(),
+                    waiters: batch.take_waiters(),
                 })
             }
         }

@@ -1,42 +1,96 @@
-//! `openmonetize serve`: the HTTP API over a data location (issue #6, first part).
+//! `openmonetize serve`: the HTTP API.
 //!
-//! Endpoints:
-//! - `GET /healthz`: `{"status":"ok","epoch":N}` with the newest commit's epoch (null
-//!   before the first commit).
-//! - `POST /v1/query`: body `{"sql": "SELECT ..."}`, header `Authorization: Bearer KEY`.
-//!   Runs the SQL over the last commit as the key's tenant ([`om_queries::Scope`]: every
-//!   table shows that tenant's rows only, and only queries are allowed) or, for an admin
-//!   key, over every tenant. Answers `{"columns": [...], "rows": [{...}, ...]}`, decimals
-//!   as exact strings.
+//! Endpoints ([`ROUTES`]; `pipeline/src/openapi.json` describes each):
+//! - `POST /v1/events`, `POST /v1/commands`: one JSON record or an array of them,
+//!   queued for the embedded job ([`Ingress`]); the answer lists each record's verdict
+//!   (accepted, duplicate, late, rejected with its reason; commands: accepted, queued,
+//!   rejected) once the commit covering them is written.
+//! - `GET /v1/customers/{id}/balance`, `GET /v1/customers/{id}/entitlements[/{feature}]`:
+//!   the customer's `credit_balances` and `entitlements` rows as of the last commit,
+//!   from the job's live state ([`LiveViews`]), not from Parquet.
+//! - `POST /v1/query`: body `{"sql": "SELECT ..."}`, over the last commit as the key's
+//!   tenant ([`om_queries::Scope`]: every table shows that tenant's rows only, and only
+//!   queries are allowed) or, for an admin key, over every tenant. Answers `{"columns":
+//!   [...], "rows": [{...}, ...]}`, decimals as exact strings.
+//! - `GET /healthz`, `GET /metrics` (Prometheus text, [`JobMetrics`]), `GET /openapi.json`.
 //!
-//! Keys come from the config's `[[api_keys]]`, stored as SHA-256 hashes; a request's key
-//! is hashed and compared, and never logged. Requests are bounded: a body of at most
-//! [`MAX_BODY`] bytes, a result of at most [`MAX_ROWS`] rows, [`QUERY_TIMEOUT`] per
-//! query. Every failure is a 4xx/5xx with `{"error": {"code", "message"}}`.
+//! Every `/v1` request needs `Authorization: Bearer KEY`, a key of the config's
+//! `[[api_keys]]`, stored as SHA-256 hashes; a request's key is hashed and compared, and
+//! never logged. A tenant key reads and writes its own tenant only: records naming
+//! another tenant are rejected, another tenant's customer is "unknown" (404). An admin
+//! key names the tenant of customer reads with `?tenant_id=`. Requests are bounded: a
+//! body of at most [`MAX_BODY`] bytes, a result of at most [`MAX_ROWS`] rows,
+//! [`QUERY_TIMEOUT`] per query and per ingest answer. Every failure is a 4xx/5xx with
+//! `{"error": {"code", "message"}}`.
+//!
+//! With `--read-only` there is no job: only SQL, health and metrics are served over the
+//! tables already in the data location.
 
+use crate::ingress::{Ingress, Refused, Reply, Verdict};
+use crate::live::LiveViews;
+use crate::metrics::JobMetrics;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use om_model::Decimal9;
 use om_model::config::{ApiKey, KeyScope};
 use om_queries::{QueryEngine, Scope};
+use serde_json::json;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
 /// Most rows a query may return.
 pub const MAX_ROWS: usize = 100_000;
-/// Longest a query may run.
+/// Longest a query may run, and longest an ingest request waits for its verdicts.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the handlers share.
+/// Every route: (method, path). The OpenAPI document and the README list each.
+pub const ROUTES: [(&str, &str); 9] = [
+    ("POST", "/v1/events"),
+    ("POST", "/v1/commands"),
+    ("GET", "/v1/customers/{customer_id}/balance"),
+    ("GET", "/v1/customers/{customer_id}/entitlements"),
+    ("GET", "/v1/customers/{customer_id}/entitlements/{feature}"),
+    ("POST", "/v1/query"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+];
+
+/// The OpenAPI 3.1 document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The embedded job's side of the server.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Events posted to `/v1/events`.
+    pub events: Arc<Ingress>,
+    /// Commands posted to `/v1/commands`.
+    pub commands: Arc<Ingress>,
+    /// Balances and entitlements.
+    pub live: Arc<LiveViews>,
+    /// Why the job stopped, once it did.
+    pub stopped: Arc<Mutex<Option<String>>>,
+}
+
+/// What the server serves.
 #[derive(Debug)]
-struct Served {
-    data: String,
-    keys: Vec<ApiKey>,
+pub struct ServeOptions {
+    /// The data location.
+    pub data: String,
+    /// The API keys.
+    pub keys: Vec<ApiKey>,
+    /// The embedded job; none with `--read-only`.
+    pub job: Option<Job>,
+    /// Counters.
+    pub metrics: Arc<JobMetrics>,
 }
 
 /// An error answer: status, a stable code and a message naming the problem.
@@ -59,58 +113,440 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
-/// The router of the API over `data`, with `keys`.
-pub fn router(data: String, keys: Vec<ApiKey>) -> Router {
+/// The router of the API.
+pub fn router(opts: ServeOptions) -> Router {
+    let state = Arc::new(opts);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/v1/query", post(query))
+        .route("/v1/events", post(post_events))
+        .route("/v1/commands", post(post_commands))
+        .route("/v1/customers/{customer_id}/balance", get(balance))
+        .route(
+            "/v1/customers/{customer_id}/entitlements",
+            get(entitlements),
+        )
+        .route(
+            "/v1/customers/{customer_id}/entitlements/{feature}",
+            get(entitlement),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such endpoint; see `openmonetize serve --help`",
+                "no such endpoint; see `openmonetize serve --help` or GET /openapi.json",
             )
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see GET /openapi.json",
+            )
+        })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Arc::new(Served { data, keys }))
+        .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    data: String,
-    keys: Vec<ApiKey>,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(data, keys))
+    axum::serve(listener, router(opts))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn healthz(State(s): State<Arc<Served>>) -> Result<Response, ApiError> {
-    let engine = open(&s.data, Scope::All).await?;
-    let epoch = engine.commit().map(|c| c.epoch);
-    Ok(axum::Json(serde_json::json!({"status": "ok", "epoch": epoch})).into_response())
+/// Counts each request by route and status for `/metrics`.
+async fn count(State(s): State<Arc<ServeOptions>>, request: Request, next: Next) -> Response {
+    let route = route_of(request.uri().path());
+    let response = next.run(request).await;
+    s.metrics.request(route, response.status().as_u16());
+    response
 }
 
-async fn query(
-    State(s): State<Arc<Served>>,
-    headers: HeaderMap,
+/// The route template of a path (so customer ids do not become label values).
+fn route_of(path: &str) -> &'static str {
+    if let Some(rest) = path.strip_prefix("/v1/customers/") {
+        return match rest.split('/').collect::<Vec<_>>()[..] {
+            [_, "balance"] => "/v1/customers/{customer_id}/balance",
+            [_, "entitlements"] => "/v1/customers/{customer_id}/entitlements",
+            [_, "entitlements", _] => "/v1/customers/{customer_id}/entitlements/{feature}",
+            _ => "other",
+        };
+    }
+    ROUTES
+        .iter()
+        .map(|(_, p)| *p)
+        .find(|p| *p == path)
+        .unwrap_or("other")
+}
+
+async fn healthz(State(s): State<Arc<ServeOptions>>) -> Result<Response, ApiError> {
+    let mut body = json!({"status": "ok", "epoch": s.metrics.epoch()});
+    if let Some(job) = &s.job {
+        if let Some(why) = job
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "job_stopped",
+                why,
+            ));
+        }
+        if !job.live.ready() {
+            return Err(starting());
+        }
+        body["live_epoch"] = json!(job.live.epoch());
+    } else {
+        let engine = open(&s.data, Scope::All).await?;
+        body["epoch"] = json!(engine.commit().map(|c| c.epoch));
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+async fn metrics(State(s): State<Arc<ServeOptions>>) -> Response {
+    let queued: Vec<(&str, usize)> = match &s.job {
+        Some(job) => vec![
+            ("events", job.events.queued_bytes()),
+            ("commands", job.commands.queued_bytes()),
+        ],
+        None => Vec::new(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(&queued),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The embedded job, or 503 when serving read-only.
+fn job(s: &ServeOptions) -> Result<&Job, ApiError> {
+    s.job.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_only",
+            "this server runs with --read-only: no ingestion and no live views, only /v1/query",
+        )
+    })
+}
+
+/// 503 while the job restores its state.
+fn starting() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "starting",
+        "the job is starting (restoring its last commit); retry shortly",
+    )
+}
+
+/// The body, or 413.
+fn body_of(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
-    let scope = authorize(&s.keys, &headers)?;
-    let body = body.map_err(|e| {
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("{e} (at most {MAX_BODY} bytes)"),
         )
+    })
+}
+
+/// The records of an ingest body: one JSON value, or each element of a JSON array.
+fn records_of(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message);
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let records: Vec<&[u8]> = if first == Some(&b'[') {
+        let values: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            bad(format!(
+                "the body must be one JSON record or a JSON array of records: {e}"
+            ))
+        })?;
+        values.into_iter().map(|v| v.get().as_bytes()).collect()
+    } else {
+        let value: &RawValue = serde_json::from_slice(body).map_err(|e| {
+            bad(format!(
+                "the body must be one JSON record or a JSON array of records: {e}"
+            ))
+        })?;
+        vec![value.get().as_bytes()]
+    };
+    if records.is_empty() {
+        return Err(bad("the array holds no records".into()));
+    }
+    Ok(records)
+}
+
+async fn post_events(
+    State(s): State<Arc<ServeOptions>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let scope = authorize(&s.keys, &headers)?;
+    let job = job(&s)?;
+    ingest(&job.events, scope, &body_of(body)?).await
+}
+
+async fn post_commands(
+    State(s): State<Arc<ServeOptions>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let scope = authorize(&s.keys, &headers)?;
+    let job = job(&s)?;
+    ingest(&job.commands, scope, &body_of(body)?).await
+}
+
+/// Queues the records of `body` and answers their verdicts once committed.
+async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response, ApiError> {
+    let records = records_of(body)?;
+    let tenant = match scope {
+        Scope::Tenant(t) => Some(Arc::<str>::from(t)),
+        Scope::All => None,
+    };
+    let rx = ingress.submit(&records, tenant).map_err(|e| {
+        let code = match e {
+            Refused::Full { .. } => "overloaded",
+            Refused::NotOpen => "starting",
+            Refused::Closed => "shutting_down",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     })?;
+    let Reply { epoch, verdicts } = tokio::time::timeout(QUERY_TIMEOUT, rx)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "no commit within {} s; the records may still be committed: retrying is safe, duplicates are recognized by (tenant_id, id)",
+                    QUERY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "job_stopped",
+                "the job stopped before committing these records; retry (duplicates are recognized by (tenant_id, id))",
+            )
+        })?;
+    let mut counts = [0usize; 5];
+    let results: Vec<serde_json::Value> = verdicts
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            counts[match v {
+                Verdict::Accepted => 0,
+                Verdict::Queued => 1,
+                Verdict::Duplicate(_) => 2,
+                Verdict::Late(_) => 3,
+                Verdict::Rejected(_) => 4,
+            }] += 1;
+            match v.reason() {
+                Some(reason) => json!({"index": index, "status": v.status(), "reason": reason}),
+                None => json!({"index": index, "status": v.status()}),
+            }
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "epoch": epoch,
+        "accepted": counts[0],
+        "queued": counts[1],
+        "duplicate": counts[2],
+        "late": counts[3],
+        "rejected": counts[4],
+        "results": results,
+    }))
+    .into_response())
+}
+
+/// The tenant of a customer read: the key's, or an admin's `?tenant_id=`.
+fn tenant_of(scope: Scope, query: Option<&str>) -> Result<String, ApiError> {
+    let named = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "tenant_id").then(|| v.to_string())
+        });
+    match (scope, named) {
+        (Scope::Tenant(t), None) => Ok(t),
+        (Scope::Tenant(t), Some(n)) if n == t => Ok(t),
+        (Scope::Tenant(t), Some(n)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key reads tenant {t} only, not {n}"),
+        )),
+        (Scope::All, Some(n)) if !n.is_empty() => Ok(n),
+        (Scope::All, _) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "tenant_required",
+            "an admin key must name the tenant: add ?tenant_id=TENANT",
+        )),
+    }
+}
+
+/// The live rows of the customer in the path, for the request's tenant.
+fn customer(
+    s: &ServeOptions,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    customer_id: &str,
+) -> Result<(String, crate::live::Found), ApiError> {
+    let scope = authorize(&s.keys, headers)?;
+    let tenant = tenant_of(scope, query)?;
+    let job = job(s)?;
+    if !job.live.ready() {
+        return Err(starting());
+    }
+    let found = job.live.customer(&tenant, customer_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_customer",
+            format!(
+                "tenant {tenant} has no customer {customer_id} as of the last commit (epoch {})",
+                job.live
+                    .epoch()
+                    .map_or_else(|| "none".to_string(), |e| e.to_string())
+            ),
+        )
+    })?;
+    Ok((tenant, found))
+}
+
+fn decimal(d: Decimal9) -> serde_json::Value {
+    serde_json::Value::String(d.to_string())
+}
+
+fn time(t: Option<om_model::Micros>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| {
+        json!(om_model::time::format_micros(t))
+    })
+}
+
+async fn balance(
+    State(s): State<Arc<ServeOptions>>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let (tenant_id, found) = customer(&s, &headers, uri.query(), &customer_id)?;
+    let zero = Decimal9::ZERO;
+    let b = found.rows().balance.as_ref();
+    let field = |f: fn(&om_model::credit::BalanceRow) -> Decimal9| decimal(b.map_or(zero, f));
+    Ok(axum::Json(json!({
+        "tenant_id": tenant_id,
+        "customer_id": customer_id,
+        "epoch": found.epoch(),
+        "as_of": time(found.as_of()),
+        "balance": field(|b| b.balance),
+        "granted": field(|b| b.granted),
+        "consumed": field(|b| b.consumed),
+        "expired": field(|b| b.expired),
+        "voided": field(|b| b.voided),
+        "overage": field(|b| b.overage),
+        "exhaustion_at": time(b.and_then(|b| b.exhaustion_at)),
+    }))
+    .into_response())
+}
+
+fn entitlement_json(e: &crate::live::LiveEntitlement) -> serde_json::Value {
+    json!({
+        "feature": e.feature,
+        "plan": e.plan,
+        "has_access": e.has_access,
+        "usage": e.usage.map(decimal),
+        "limit": e.limit.map(decimal),
+        "remaining": e.remaining.map(decimal),
+        "reason": e.reason.as_str(),
+    })
+}
+
+async fn entitlements(
+    State(s): State<Arc<ServeOptions>>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let (tenant_id, found) = customer(&s, &headers, uri.query(), &customer_id)?;
+    let rows: Vec<serde_json::Value> = found
+        .rows()
+        .entitlements
+        .iter()
+        .map(entitlement_json)
+        .collect();
+    Ok(axum::Json(json!({
+        "tenant_id": tenant_id,
+        "customer_id": customer_id,
+        "epoch": found.epoch(),
+        "as_of": time(found.as_of()),
+        "entitlements": rows,
+    }))
+    .into_response())
+}
+
+async fn entitlement(
+    State(s): State<Arc<ServeOptions>>,
+    Path((customer_id, feature)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let (tenant_id, found) = customer(&s, &headers, uri.query(), &customer_id)?;
+    let row = found
+        .rows()
+        .entitlements
+        .iter()
+        .find(|e| e.feature == feature)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_feature",
+                format!("no plan of the config has a feature {feature}"),
+            )
+        })?;
+    let mut body = entitlement_json(row);
+    body["tenant_id"] = json!(tenant_id);
+    body["customer_id"] = json!(customer_id);
+    body["epoch"] = json!(found.epoch());
+    body["as_of"] = time(found.as_of());
+    Ok(axum::Json(body).into_response())
+}
+
+async fn query(
+    State(s): State<Arc<ServeOptions>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let scope = authorize(&s.keys, &headers)?;
+    let body = body_of(body)?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct QueryBody {
@@ -155,11 +591,7 @@ async fn query(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string()))?;
     let columns = serde_json::to_string(&columns).expect("strings encode");
     let body = format!("{{\"columns\":{columns},\"rows\":{rows}}}");
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The scope of the request's bearer key.
@@ -172,7 +604,7 @@ fn authorize(keys: &[ApiKey], headers: &HeaderMap) -> Result<Scope, ApiError> {
         )
     };
     let key = headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {

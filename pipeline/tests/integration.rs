@@ -7,11 +7,12 @@ mod integration {
     pub mod common;
     mod credit_model;
     mod golden;
+    mod ingest;
     mod kafka;
     mod model_check;
     mod parquet_interop;
     mod retract;
-    mod serve;
+    pub mod serve;
     pub mod services;
     mod tenant_sql;
     mod views;

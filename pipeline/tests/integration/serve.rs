@@ -7,9 +7,25 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
-struct Server {
-    child: Child,
-    addr: String,
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Stops the server with SIGTERM (it commits and answers what was posted) and
+    /// returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for Server {
@@ -19,7 +35,7 @@ impl Drop for Server {
     }
 }
 
-fn sha256_hex(text: &str) -> String {
+pub fn sha256_hex(text: &str) -> String {
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -32,7 +48,8 @@ fn sha256_hex(text: &str) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
-fn start(data: &str, config: &std::path::Path) -> Server {
+/// Starts `openmonetize serve --data DATA --config CONFIG EXTRA...` on a free port.
+pub fn start(data: &str, config: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
         .args([
             "serve",
@@ -40,9 +57,11 @@ fn start(data: &str, config: &std::path::Path) -> Server {
             data,
             "--listen",
             "127.0.0.1:0",
+            "--quiet",
             "--config",
         ])
         .arg(config)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -55,11 +74,20 @@ fn start(data: &str, config: &std::path::Path) -> Server {
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
+    // Ready once /healthz answers 200 (a job restores its last commit first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while request(&addr, "GET", "/healthz", None, "").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     Server { child, addr }
 }
 
 /// (status, JSON body) of one request.
-fn request(
+pub fn request(
     addr: &str,
     method: &str,
     path: &str,
@@ -111,7 +139,7 @@ fn sql_over_http_as_a_tenant_and_as_an_admin() {
         ),
     )
     .unwrap();
-    let server = start(data.to_str().unwrap(), &config);
+    let server = start(data.to_str().unwrap(), &config, &["--read-only"]);
     let addr = server.addr.as_str();
 
     let (status, body) = request(addr, "GET", "/healthz", None, "");

@@ -1,0 +1,354 @@
+//! `openmonetize serve` with its embedded job: commands and events posted over HTTP,
+//! their verdicts, the live balance and entitlements against the committed tables, the
+//! tenant boundary on every endpoint, metrics, and a restart that resumes from the last
+//! commit. Uses the real binary and plain HTTP/1.1.
+
+use super::serve::{request, sha256_hex, start};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+const CONFIG: &str = r#"
+[[meters]]
+name = "api_calls"
+event_type = "api_call"
+aggregation = "count"
+windows = ["hour", "month"]
+
+[[meters]]
+name = "tokens"
+event_type = "ai_generation"
+aggregation = "sum"
+value = "$.properties.tokens"
+windows = ["hour", "month"]
+
+[[burn_rates]]
+event_type = "ai_generation"
+value = "$.properties.tokens"
+credits_per_unit = "0.01"
+
+[[plans]]
+name = "free"
+features.api_calls = { meter = "api_calls", limit = "2", period = "month" }
+features.ai = { credits = true }
+features.sso = false
+
+[pipeline]
+allowed_lateness = "48h"
+dedup_horizon = "7d"
+"#;
+
+/// The config with keys for tenants acme and beta and an admin.
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("serve.toml");
+    let keys = format!(
+        "[[api_keys]]\ntenant = \"acme\"\nsha256 = \"{}\"\n[[api_keys]]\ntenant = \"beta\"\nsha256 = \"{}\"\n[[api_keys]]\nadmin = true\nsha256 = \"{}\"\n",
+        sha256_hex("acme-key"),
+        sha256_hex("beta-key"),
+        sha256_hex("admin-key")
+    );
+    std::fs::write(&path, format!("{CONFIG}{keys}")).unwrap();
+    path
+}
+
+fn call(id: &str, tenant: &str, customer: &str, at: &str) -> Value {
+    json!({"id": id, "tenant_id": tenant, "customer_id": customer,
+           "event_type": "api_call", "timestamp": at})
+}
+
+fn generation(id: &str, customer: &str, at: &str, tokens: u64) -> Value {
+    json!({"id": id, "tenant_id": "acme", "customer_id": customer,
+           "event_type": "ai_generation", "timestamp": at,
+           "properties": {"tokens": tokens}})
+}
+
+fn post(addr: &str, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    request(addr, "POST", path, Some(key), &body.to_string())
+}
+
+fn get(addr: &str, path: &str, key: &str) -> (u16, Value) {
+    request(addr, "GET", path, Some(key), "")
+}
+
+fn statuses(answer: &Value) -> Vec<String> {
+    answer["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {answer}"))
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sql(addr: &str, key: &str, sql: &str) -> Vec<Value> {
+    let (status, body) = post(addr, "/v1/query", key, &json!({ "sql": sql }));
+    assert_eq!(status, 200, "{sql}: {body}");
+    body["rows"].as_array().unwrap().clone()
+}
+
+fn metrics(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+#[test]
+fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let config = config(tmp.path());
+    let server = start(
+        data,
+        &config,
+        &["--commit-interval", "50ms", "--workers", "2"],
+    );
+    let addr = server.addr.clone();
+
+    // A grant and a plan for acme's c1; a command for another tenant is refused.
+    let commands = json!([
+        {"kind": "grant", "tenant_id": "acme", "grant_id": "g1", "customer_id": "c1",
+         "amount": "100", "priority": 1, "effective_at": "2026-11-01T00:00:00Z"},
+        {"kind": "subscribe", "tenant_id": "acme", "customer_id": "c1", "plan": "free",
+         "effective_at": "2026-11-01T00:00:00Z"},
+        {"kind": "grant", "tenant_id": "beta", "grant_id": "g2", "customer_id": "x",
+         "amount": "5", "effective_at": "2026-11-01T00:00:00Z"},
+    ]);
+    let (status, answer) = post(&addr, "/v1/commands", "acme-key", &commands);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["accepted", "accepted", "rejected"]);
+    let reason = answer["results"][2]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("tenant_id beta") && reason.contains("acme"),
+        "{reason}"
+    );
+
+    // One batch: three good events, an in-batch duplicate, an invalid event, an event
+    // of another tenant.
+    let batch = json!([
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        call("e2", "acme", "c1", "2026-11-20T10:05:00Z"),
+        generation("e3", "c1", "2026-11-20T10:10:00Z", 1500),
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        {"id": "bad", "tenant_id": "acme", "event_type": "api_call", "timestamp": "2026-11-20T10:00:00Z"},
+        call("b1", "beta", "x", "2026-11-20T10:00:00Z"),
+    ]);
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &batch);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        statuses(&answer),
+        [
+            "accepted",
+            "accepted",
+            "accepted",
+            "duplicate",
+            "rejected",
+            "rejected"
+        ]
+    );
+    assert_eq!(
+        (
+            &answer["accepted"],
+            &answer["duplicate"],
+            &answer["rejected"]
+        ),
+        (&json!(3), &json!(1), &json!(2))
+    );
+    assert!(
+        answer["results"][4]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("customer_id"),
+        "{answer}"
+    );
+    let epoch = answer["epoch"].as_u64().unwrap();
+
+    // The same batch again: every good event is now a duplicate.
+    let (status, again) = post(&addr, "/v1/events", "acme-key", &batch);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        statuses(&again),
+        [
+            "duplicate",
+            "duplicate",
+            "duplicate",
+            "duplicate",
+            "rejected",
+            "rejected"
+        ]
+    );
+    assert!(again["epoch"].as_u64().unwrap() > epoch);
+
+    // Counted once in the tables.
+    let rows = sql(
+        &addr,
+        "acme-key",
+        "SELECT meter, CAST(value AS VARCHAR) AS value FROM usage_windows WHERE window_size = 'month' ORDER BY meter",
+    );
+    assert_eq!(
+        rows,
+        [
+            json!({"meter": "api_calls", "value": "2.000000000"}),
+            json!({"meter": "tokens", "value": "1500.000000000"})
+        ]
+    );
+    let rows = sql(&addr, "acme-key", "SELECT count(*) AS n FROM events");
+    assert_eq!(rows[0]["n"], 3);
+    let rows = sql(
+        &addr,
+        "acme-key",
+        "SELECT count(*) AS n FROM rejected_events WHERE reason LIKE 'duplicate%'",
+    );
+    assert_eq!(
+        rows[0]["n"], 5,
+        "one in the first batch, four in the second"
+    );
+
+    // The live balance equals the committed credit_balances row: 100 granted, 15 burned.
+    let (status, balance) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(balance["balance"], "85.000000000");
+    assert_eq!(balance["granted"], "100.000000000");
+    assert_eq!(balance["consumed"], "15.000000000");
+    let table = sql(
+        &addr,
+        "acme-key",
+        "SELECT CAST(balance AS VARCHAR) AS balance, CAST(granted AS VARCHAR) AS granted, CAST(consumed AS VARCHAR) AS consumed FROM credit_balances WHERE customer_id = 'c1'",
+    );
+    assert_eq!(
+        table,
+        [
+            json!({"balance": balance["balance"], "granted": balance["granted"], "consumed": balance["consumed"]})
+        ]
+    );
+
+    // Entitlements: two calls reached the free plan's limit of 2; credits remain.
+    let (status, all) = get(&addr, "/v1/customers/c1/entitlements", "acme-key");
+    assert_eq!(status, 200, "{all}");
+    let by_feature = |f: &str| {
+        all["entitlements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["feature"] == f)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {f} in {all}"))
+    };
+    assert_eq!(by_feature("api_calls")["reason"], "limit_exceeded");
+    assert_eq!(by_feature("api_calls")["has_access"], false);
+    assert_eq!(by_feature("ai")["reason"], "ok");
+    assert_eq!(by_feature("ai")["remaining"], "85.000000000");
+    assert_eq!(by_feature("sso")["reason"], "not_in_plan");
+    let (status, one) = get(&addr, "/v1/customers/c1/entitlements/ai", "acme-key");
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["has_access"], true);
+    let table = sql(
+        &addr,
+        "acme-key",
+        "SELECT feature, has_access, reason FROM entitlements WHERE customer_id = 'c1' ORDER BY feature",
+    );
+    let live: Vec<Value> = ["ai", "api_calls", "sso"]
+        .iter()
+        .map(|f| {
+            let e = by_feature(f);
+            json!({"feature": f, "has_access": e["has_access"], "reason": e["reason"]})
+        })
+        .collect();
+    assert_eq!(table, live);
+    let (status, missing) = get(&addr, "/v1/customers/c1/entitlements/nope", "acme-key");
+    assert_eq!(
+        (status, &missing["error"]["code"]),
+        (404, &json!("unknown_feature"))
+    );
+
+    // The tenant boundary: beta cannot see acme's customer (404, not 403), nor its rows.
+    let (status, answer) = get(&addr, "/v1/customers/c1/balance", "beta-key");
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (404, &json!("unknown_customer"))
+    );
+    let (status, answer) = get(&addr, "/v1/customers/c1/balance?tenant_id=acme", "beta-key");
+    assert_eq!(status, 403, "{answer}");
+    assert!(sql(&addr, "beta-key", "SELECT * FROM events").is_empty());
+    assert!(sql(&addr, "beta-key", "SELECT * FROM credit_balances").is_empty());
+    // The admin names the tenant.
+    let (status, answer) = get(&addr, "/v1/customers/c1/balance", "admin-key");
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (400, &json!("tenant_required"))
+    );
+    let (status, answer) = get(
+        &addr,
+        "/v1/customers/c1/balance?tenant_id=acme",
+        "admin-key",
+    );
+    assert_eq!((status, &answer["balance"]), (200, &json!("85.000000000")));
+    // Bad requests.
+    for (body, code) in [("not json", "bad_body"), ("[]", "bad_body")] {
+        let (status, answer) = request(&addr, "POST", "/v1/events", Some("acme-key"), body);
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (400, &json!(code)),
+            "{body}"
+        );
+    }
+    let (status, _) = request(&addr, "POST", "/v1/events", None, "{}");
+    assert_eq!(status, 401);
+    let big = format!("[{}]", vec!["{}"; 600_000].join(","));
+    let (status, answer) = request(&addr, "POST", "/v1/events", Some("acme-key"), &big);
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (413, &json!("body_too_large"))
+    );
+
+    let text = metrics(&addr);
+    for line in [
+        "om_events_accepted_total 3",
+        "om_events_duplicate_total 5",
+        "om_events_rejected_total 9",
+        "om_commands_accepted_total 2",
+        "om_commands_rejected_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+    assert!(text.contains("om_http_requests_total{route=\"/v1/events\",status=\"200\"} 2"));
+
+    // A restart resumes from the last commit: balances and dedup state survive.
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status}");
+    let server = start(
+        data,
+        &config,
+        &["--commit-interval", "50ms", "--workers", "2"],
+    );
+    let addr = server.addr.clone();
+    let (status, balance) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(
+        (status, &balance["balance"]),
+        (200, &json!("85.000000000")),
+        "{balance}"
+    );
+    let (status, answer) = post(
+        &addr,
+        "/v1/events",
+        "acme-key",
+        &json!([
+            call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+            generation("e4", "c1", "2026-11-20T11:00:00Z", 500),
+        ]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["duplicate", "accepted"]);
+    let (_, balance) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(balance["balance"], "80.000000000");
+    assert_eq!(
+        sql(&addr, "acme-key", "SELECT count(*) AS n FROM events")[0]["n"],
+        4
+    );
+}
