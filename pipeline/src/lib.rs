@@ -1,13 +1,15 @@
 //! `openmonetize`: the job. Config loading, the timely workers and their epochs, the
-//! operators that write and commit tables, and the commands of the CLI.
+//! operators that write and commit tables, the HTTP server, and the commands of the CLI.
 //!
-//! One event's path: [`run`] reads its slice of the input for an epoch and decodes it
-//! (`om_sources`), sends dedup probes through the dedup dataflow, judges lateness
-//! (`om_operators`), writes the accepted, rejected and late records of the epoch, and
-//! feeds window updates into the usage dataflow ([`dataflow`]), whose sink rewrites the
-//! changed `usage_windows` partitions, and its burn to the credits sink ([`credits_sink`]),
-//! which rewrites the credit tables; the committer on worker 0 then writes the epoch's
-//! commit record.
+//! One event's path: [`run`] reads its slice of the input for an epoch (a file, Kafka, or
+//! the HTTP [`ingress`] queue of `serve`) and decodes it (`om_sources`), sends dedup
+//! probes through the dedup dataflow, judges lateness (`om_operators`), writes the
+//! accepted, rejected and late records of the epoch, and feeds window updates into the
+//! usage dataflow ([`dataflow`]), whose sink rewrites the changed `usage_windows`
+//! partitions, and its burn, hourly usage and model calls to the customer sink
+//! ([`customer_sink`]), which rewrites the credit tables and the monetization views and
+//! publishes the [`live`] balances and entitlements; the committer on worker 0 then
+//! writes the epoch's commit record, and [`serve`] answers the epoch's HTTP requests.
 
 pub mod checkpoint;
 pub mod customer_sink;

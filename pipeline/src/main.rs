@@ -4,10 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use om_sources::kafka::{KafkaProducer, KafkaUrl, event_key};
 use openmonetize::demo::{DemoOptions, demo};
-use openmonetize::ingress::Ingress;
-use openmonetize::live::LiveViews;
 use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, Source, run};
-use openmonetize::serve::{Job, ServeOptions};
+use openmonetize::serve::ServerSettings;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -376,108 +374,40 @@ fn main() -> anyhow::Result<()> {
                     "warning: the config has no [[api_keys]]: every /v1 request will be refused (401)"
                 );
             }
-            let keys = config.api_keys.clone();
-            let metrics = Arc::new(openmonetize::metrics::JobMetrics::default());
-            let stop = Arc::new(AtomicBool::new(false));
-            let (job, handle) = if read_only {
-                (None, None)
-            } else {
-                let events = Arc::new(Ingress::new("events", queue_bytes));
-                let commands = Arc::new(Ingress::new("commands", queue_bytes));
-                let live = Arc::new(LiveViews::new(workers));
-                let mut opts = RunOptions::new(config, Source::Http(Arc::clone(&events)), &data);
-                opts.commands = Some(Source::Http(Arc::clone(&commands)));
-                opts.workers = workers;
-                opts.commit_interval = commit_interval;
-                opts.stop = Arc::clone(&stop);
-                opts.progress = !quiet;
-                opts.live = Some(Arc::clone(&live));
-                opts.metrics = Some(Arc::clone(&metrics));
-                let job = Job {
-                    events,
-                    commands,
-                    live,
-                    stopped: Arc::default(),
-                };
-                let handle = std::thread::Builder::new().name("om-job".into()).spawn({
-                    let job = job.clone();
-                    move || {
-                        let result = run(opts);
-                        job.events.close();
-                        job.commands.close();
-                        *job.stopped.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(match &result {
-                                Ok(_) => "the job stopped".to_string(),
-                                Err(e) => format!("the job failed: {e:#}"),
-                            });
-                        result
-                    }
-                })?;
-                (Some(job), Some(handle))
+            let settings = ServerSettings {
+                config,
+                data,
+                listen,
+                read_only,
+                workers,
+                commit_interval,
+                queue_bytes,
+                progress: !quiet,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let served = runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(&listen)
-                    .await
-                    .with_context(|| format!("listening on {listen}"))?;
-                println!("listening on http://{}", listener.local_addr()?);
-                std::io::stdout().flush()?;
-                // Ctrl-C or SIGTERM: refuse new records, let the job commit and answer
-                // what was posted, then finish the requests in flight and exit. A job
-                // that fails ends the server too.
+            // Ctrl-C or SIGTERM: refuse new records, let the job commit and answer what
+            // was posted, then finish the requests in flight and exit.
+            let shutdown = async {
                 let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                let job_for_stop = job.clone();
-                let shutdown = async move {
-                    let failed = async {
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            if let Some(job) = &job_for_stop
-                                && job
-                                    .stopped
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .is_some()
-                            {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                        _ = failed => {}
-                    }
-                    if let Some(job) = &job_for_stop {
-                        job.events.close();
-                        job.commands.close();
-                    }
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                };
-                let opts = ServeOptions {
-                    data,
-                    keys,
-                    job,
-                    metrics,
-                };
-                openmonetize::serve::serve(listener, opts, shutdown)
-                    .await
-                    .context("serving")
-            });
-            if let Some(handle) = handle {
-                let summary = handle
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the job panicked"))??;
-                if !quiet {
-                    eprintln!(
-                        "stopped after committing epoch {} ({} events accepted in all)",
-                        summary.commit.epoch, summary.commit.counts.accepted
-                    );
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("installing the SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
                 }
+            };
+            let summary = openmonetize::serve::run_server(settings, shutdown, |addr| {
+                println!("listening on http://{addr}");
+                let _ = std::io::stdout().flush();
+            })?;
+            if let Some(summary) = summary
+                && !quiet
+            {
+                eprintln!(
+                    "stopped after committing epoch {} ({} events accepted in all)",
+                    summary.commit.epoch, summary.commit.counts.accepted
+                );
             }
-            served
+            Ok(())
         }
         Command::Produce { file, to } => {
             let url = kafka_target(&to)?;

@@ -1102,7 +1102,7 @@ fn run_worker(
                     all.iter().any(|s| s.read > 0 || s.retracting)
                 }
             };
-        if commit && index == 0 {
+        if commit && watch.metrics.is_some() {
             watch.cut.insert(epoch, read_done);
         }
         let mut duplicates: BTreeMap<u32, Vec<u64>> = BTreeMap::new();

@@ -173,6 +173,144 @@ pub async fn serve(
         .await
 }
 
+/// What `openmonetize serve` runs.
+#[derive(Debug)]
+pub struct ServerSettings {
+    /// The config (meters, plans, views, `[[api_keys]]`).
+    pub config: om_model::Config,
+    /// The data location.
+    pub data: String,
+    /// Address to listen on (port 0: any free port).
+    pub listen: String,
+    /// No job: SQL over the tables already there.
+    pub read_only: bool,
+    /// Timely workers of the job.
+    pub workers: usize,
+    /// The job's epoch length.
+    pub commit_interval: Duration,
+    /// Bound of each ingress queue, in bytes.
+    pub queue_bytes: usize,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+/// Runs the job (unless read-only) and serves the API until `shutdown` completes or the
+/// job fails; calls `listening` with the bound address first. At shutdown, new records
+/// are refused, the job commits and answers what was posted, the requests in flight
+/// finish, and the job's summary is returned.
+pub fn run_server(
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<Option<crate::RunSummary>> {
+    use anyhow::Context;
+    let ServerSettings {
+        config,
+        data,
+        listen,
+        read_only,
+        workers,
+        commit_interval,
+        queue_bytes,
+        progress,
+    } = settings;
+    let keys = config.api_keys.clone();
+    let metrics = Arc::new(JobMetrics::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (job, handle) = if read_only {
+        (None, None)
+    } else {
+        let events = Arc::new(Ingress::new("events", queue_bytes));
+        let commands = Arc::new(Ingress::new("commands", queue_bytes));
+        let live = Arc::new(LiveViews::new(workers));
+        let mut opts =
+            crate::RunOptions::new(config, crate::Source::Http(Arc::clone(&events)), &data);
+        opts.commands = Some(crate::Source::Http(Arc::clone(&commands)));
+        opts.workers = workers;
+        opts.commit_interval = commit_interval;
+        opts.stop = Arc::clone(&stop);
+        opts.progress = progress;
+        opts.live = Some(Arc::clone(&live));
+        opts.metrics = Some(Arc::clone(&metrics));
+        let job = Job {
+            events,
+            commands,
+            live,
+            stopped: Arc::default(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("om-job".into())
+            .spawn({
+                let job = job.clone();
+                move || {
+                    let result = crate::run(opts);
+                    job.events.close();
+                    job.commands.close();
+                    *job.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(match &result {
+                        Ok(_) => "the job stopped".to_string(),
+                        Err(e) => format!("the job failed: {e:#}"),
+                    });
+                    result
+                }
+            })
+            .context("starting the job")?;
+        (Some(job), Some(handle))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        listening(listener.local_addr()?);
+        let watched = job.clone();
+        let shutdown = async move {
+            // A job that stops by itself (a failure) ends the server too.
+            let job_ended = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(job) = &watched
+                        && job
+                            .stopped
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_some()
+                    {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                _ = job_ended => {}
+            }
+            if let Some(job) = &watched {
+                job.events.close();
+                job.commands.close();
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
+        let opts = ServeOptions {
+            data,
+            keys,
+            job,
+            metrics,
+        };
+        serve(listener, opts, shutdown).await.context("serving")
+    });
+    let summary = match handle {
+        Some(handle) => Some(
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("the job panicked"))??,
+        ),
+        None => None,
+    };
+    served?;
+    Ok(summary)
+}
+
 /// Counts each request by route and status for `/metrics`.
 async fn count(State(s): State<Arc<ServeOptions>>, request: Request, next: Next) -> Response {
     let route = route_of(request.uri().path());
@@ -629,4 +767,59 @@ async fn open(data: &str, scope: Scope) -> Result<QueryEngine, ApiError> {
             format!("reading the tables: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_in_the_openapi_document_and_the_readme() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let readme = include_str!("../../README.md");
+        for (method, path) in ROUTES {
+            let operation = &doc["paths"][path][method.to_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{method} {path} missing in openapi.json"
+            );
+            assert!(
+                readme.contains(&format!("`{method} {path}`")),
+                "{method} {path} missing in the README's endpoint table"
+            );
+            let _ = route_of(path);
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "openapi.json has routes the server lacks"
+        );
+    }
+
+    #[test]
+    fn customer_paths_count_as_their_route_template() {
+        assert_eq!(
+            route_of("/v1/customers/c1/entitlements/ai"),
+            "/v1/customers/{customer_id}/entitlements/{feature}"
+        );
+        assert_eq!(route_of("/v1/events"), "/v1/events");
+        assert_eq!(route_of("/nothing"), "other");
+    }
+
+    #[test]
+    fn ingest_bodies_are_one_record_or_an_array() {
+        assert_eq!(records_of(br#"{"a":1}"#).unwrap(), [br#"{"a":1}"#]);
+        assert_eq!(
+            records_of(b" [ {\"a\":1} , 2 ]").unwrap(),
+            [&b"{\"a\":1}"[..], b"2"]
+        );
+        assert!(records_of(b"[]").is_err());
+        assert!(records_of(b"{").is_err());
+    }
 }

@@ -277,6 +277,27 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
     assert_eq!(status, 403, "{answer}");
     assert!(sql(&addr, "beta-key", "SELECT * FROM events").is_empty());
     assert!(sql(&addr, "beta-key", "SELECT * FROM credit_balances").is_empty());
+    // Crafted SQL through HTTP as beta: errors, or no row of acme's.
+    for crafted in [
+        "SELECT tenant_id FROM events UNION ALL SELECT tenant_id FROM credit_balances",
+        "SELECT * FROM events WHERE id IN (SELECT id FROM events WHERE tenant_id = 'acme')",
+        "WITH x AS (SELECT * FROM usage_windows) SELECT * FROM x",
+        "SELECT * FROM datafusion.public.events",
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM generate_series(1, 3)",
+        "SELECT count(*) AS n FROM events HAVING count(*) > 0",
+    ] {
+        let (status, body) = post(&addr, "/v1/query", "beta-key", &json!({ "sql": crafted }));
+        if status == 200 {
+            let text = body["rows"].to_string();
+            assert!(
+                !text.contains("acme") && !text.contains("c1"),
+                "{crafted}: {body}"
+            );
+        } else {
+            assert_eq!(status, 400, "{crafted}: {body}");
+        }
+    }
     // The admin names the tenant.
     let (status, answer) = get(&addr, "/v1/customers/c1/balance", "admin-key");
     assert_eq!(

@@ -1,0 +1,485 @@
+//! `om-serve-bench`: `openmonetize serve` under load, server and load generator in one
+//! process on this machine.
+//!
+//! 1. Setup: generates `--events` synthetic events (the om-bench generator: 2 tenants,
+//!    duplicates and invalid records included) and posts the generator's grants and plan
+//!    subscriptions to `/v1/commands`.
+//! 2. Ingestion: `--connections` keep-alive connections post the events in batches of
+//!    `--batch` (a JSON array per request) to `/v1/events` as fast as the answers come
+//!    (closed loop); every answer's verdicts are counted. Prints events/s from the first
+//!    request to the last answer and the request latency (post to verdicts, i.e. to the
+//!    commit) p50/p99.
+//! 3. Checks: `GET /v1/customers/{id}/entitlements/api_calls` for random customers at a
+//!    fixed `--check-rate` for `--check-seconds` (open loop: request i is due at
+//!    start + i/rate; its latency is measured from that due time, so a stalled server is
+//!    not hidden by the client waiting: no coordinated omission). Prints p50/p99/p99.9/max
+//!    and the rate achieved. Then the same again while ingestion runs at
+//!    `--background-rate` events/s.
+//!
+//! The load generator runs on one thread of its own (a current-thread tokio runtime);
+//! the job's timely workers and the server's runtime share the other cycles of the
+//! machine's cores.
+//!
+//! Run with: `cargo run --release -p om-bench --bin om-serve-bench -- --events 2000000`
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use om_model::config::{ApiKey, KeyScope};
+use om_sources::generator::{GenOptions, Generator, sample_commands};
+use openmonetize::serve::{ServerSettings, run_server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Events to ingest.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Customers.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u32,
+    /// Events per ingestion request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent ingestion connections.
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Entitlement checks per second.
+    #[arg(long, default_value_t = 5_000)]
+    check_rate: u64,
+    /// Seconds of checks per phase.
+    #[arg(long, default_value_t = 10)]
+    check_seconds: u64,
+    /// Connections for the checks.
+    #[arg(long, default_value_t = 64)]
+    check_connections: usize,
+    /// Events/s ingested during the second check phase (0: skip it).
+    #[arg(long, default_value_t = 20_000)]
+    background_rate: u64,
+    /// Timely workers of the job.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The job's epoch length, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    commit_interval_ms: u64,
+    /// Work directory (the data location is recreated in it).
+    #[arg(long, default_value = "/tmp/om-serve-bench")]
+    dir: PathBuf,
+}
+
+const KEY: &str = "bench-admin-key";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.batch == 0 || args.connections == 0 || args.check_connections == 0 {
+        bail!("--batch, --connections and --check-connections must be at least 1");
+    }
+    let data = args.dir.join("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    std::fs::create_dir_all(&args.dir)?;
+
+    let gen_opts = GenOptions {
+        events: args.events,
+        customers: args.customers,
+        ..GenOptions::default()
+    };
+    eprintln!("generating {} events...", args.events);
+    let bodies = batches(&gen_opts, args.batch);
+    let commands: Vec<String> = sample_commands(&gen_opts)
+        .chunks(1000)
+        .map(|c| format!("[{}]", c.join(",")))
+        .collect();
+
+    let mut config = om_model::Config::builtin();
+    config.api_keys.push(ApiKey {
+        scope: KeyScope::Admin,
+        sha256: sha256(KEY),
+    });
+    let settings = ServerSettings {
+        config,
+        data: data.to_string_lossy().into_owned(),
+        listen: "127.0.0.1:0".into(),
+        read_only: false,
+        workers: args.workers,
+        commit_interval: Duration::from_millis(args.commit_interval_ms),
+        queue_bytes: 64 << 20,
+        progress: false,
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        run_server(
+            settings,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |addr| {
+                let _ = addr_tx.send(addr);
+            },
+        )
+    });
+    let addr: SocketAddr = addr_rx.recv().context("the server did not start")?;
+
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    client.block_on(async {
+        wait_ready(addr).await?;
+        let mut conn = Conn::open(addr).await?;
+        for body in &commands {
+            let (status, answer) = conn.post("/v1/commands", body.as_bytes()).await?;
+            if status != 200 {
+                bail!("commands: {status} {}", String::from_utf8_lossy(&answer));
+            }
+        }
+        eprintln!(
+            "posted {} commands; ingesting over {} connections...",
+            commands.len(),
+            args.connections
+        );
+        let ingested = ingest(addr, &bodies, args.connections, None).await?;
+        println!(
+            "ingest: {} events in {} requests of {} over {} connections: {:.2} s, {:.0} events/s; request latency p50 {:.1} ms, p99 {:.1} ms (verdicts: {} accepted, {} duplicate, {} rejected, {} late)",
+            ingested.events,
+            ingested.latencies.len(),
+            args.batch,
+            args.connections,
+            ingested.seconds,
+            ingested.events as f64 / ingested.seconds,
+            percentile(&ingested.latencies, 0.50) * 1e3,
+            percentile(&ingested.latencies, 0.99) * 1e3,
+            ingested.verdicts[0],
+            ingested.verdicts[1],
+            ingested.verdicts[2],
+            ingested.verdicts[3],
+        );
+        if ingested.verdicts.iter().sum::<u64>() != args.events {
+            bail!("{} verdicts for {} events", ingested.verdicts.iter().sum::<u64>(), args.events);
+        }
+        let idle = checks(addr, &args).await?;
+        report("checks (idle server)", &args, &idle);
+        if args.background_rate > 0 {
+            let per_second = (args.background_rate as usize).div_ceil(args.batch);
+            let seconds = args.check_seconds as usize + 1;
+            let wanted = (per_second * seconds).min(bodies.len());
+            // Fresh ids: the same events again would be duplicates, which cost as much
+            // to judge but nothing to count.
+            let more = batches(
+                &GenOptions {
+                    events: (wanted * args.batch) as u64,
+                    seed: 4242,
+                    ..gen_opts.clone()
+                },
+                args.batch,
+            );
+            let background = ingest(addr, &more, 32, Some(per_second as u64));
+            let (background, busy) = tokio::join!(background, checks(addr, &args));
+            let (background, busy) = (background?, busy?);
+            println!(
+                "background ingest: {:.0} events/s, request latency p50 {:.1} ms, p99 {:.1} ms",
+                background.events as f64 / background.seconds,
+                percentile(&background.latencies, 0.50) * 1e3,
+                percentile(&background.latencies, 0.99) * 1e3,
+            );
+            report("checks (during ingest)", &args, &busy);
+        }
+        anyhow::Ok(())
+    })?;
+    let _ = stop_tx.send(());
+    let summary = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server panicked"))??;
+    if let Some(s) = summary {
+        eprintln!(
+            "server stopped after epoch {} ({} events accepted)",
+            s.commit.epoch, s.commit.counts.accepted
+        );
+    }
+    Ok(())
+}
+
+/// The generated events as JSON array bodies of (at most) `batch` events, with their
+/// number of events.
+fn batches(opts: &GenOptions, batch: usize) -> Vec<(String, usize)> {
+    let mut generator = Generator::new(opts.clone());
+    let mut bodies = Vec::new();
+    let mut body = String::from("[");
+    let mut n = 0;
+    let mut line = String::new();
+    while generator.next_line(&mut line) {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(line.trim_end());
+        line.clear();
+        n += 1;
+        if n == batch {
+            body.push(']');
+            bodies.push((std::mem::replace(&mut body, String::from("[")), n));
+            n = 0;
+        }
+    }
+    if n > 0 {
+        body.push(']');
+        bodies.push((body, n));
+    }
+    bodies
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    addr: SocketAddr,
+    stream: BufReader<TcpStream>,
+    head: Vec<u8>,
+    line: String,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            addr,
+            stream: BufReader::new(stream),
+            head: Vec::with_capacity(256),
+            line: String::new(),
+        })
+    }
+
+    async fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.send("POST", path, body).await
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        use std::io::Write;
+        self.head.clear();
+        write!(
+            self.head,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
+        let s = self.stream.get_mut();
+        s.write_all(&self.head).await?;
+        s.write_all(body).await?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let status: u16 = self
+            .line
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {:?}", self.line))?;
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line).await? == 0 {
+                bail!("connection closed");
+            }
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut answer = vec![0; length];
+        self.stream.read_exact(&mut answer).await?;
+        Ok((status, answer))
+    }
+}
+
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut c) = Conn::open(addr).await
+            && let Ok((200, _)) = c.send("GET", "/healthz", b"").await
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the server never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Ingested {
+    events: u64,
+    seconds: f64,
+    latencies: Vec<f64>,
+    /// accepted, duplicate, rejected, late.
+    verdicts: [u64; 4],
+}
+
+/// The number after `"name":` in a JSON answer.
+fn count_of(answer: &[u8], name: &str) -> u64 {
+    let key = format!("\"{name}\":");
+    let text = std::str::from_utf8(answer).unwrap_or("");
+    text.find(&key)
+        .map(|i| {
+            text[i + key.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Posts every body over `connections` connections; with `rate` (requests/s), paced.
+async fn ingest(
+    addr: SocketAddr,
+    bodies: &[(String, usize)],
+    connections: usize,
+    rate: Option<u64>,
+) -> anyhow::Result<Ingested> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let events = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks = (0..connections).map(|_| {
+        let next = Arc::clone(&next);
+        let events = Arc::clone(&events);
+        async move {
+            let mut conn = Conn::open(addr).await?;
+            let mut latencies = Vec::new();
+            let mut verdicts = [0u64; 4];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((body, n)) = bodies.get(i) else {
+                    break;
+                };
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = Instant::now();
+                let (status, answer) = conn.post("/v1/events", body.as_bytes()).await?;
+                if status != 200 {
+                    bail!("/v1/events: {status} {}", String::from_utf8_lossy(&answer));
+                }
+                latencies.push(sent.elapsed().as_secs_f64());
+                for (v, name) in
+                    verdicts
+                        .iter_mut()
+                        .zip(["accepted", "duplicate", "rejected", "late"])
+                {
+                    *v += count_of(&answer, name);
+                }
+                events.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok((latencies, verdicts))
+        }
+    });
+    let results = futures::future::join_all(tasks).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut out = Ingested {
+        events: events.load(Ordering::Relaxed),
+        seconds,
+        latencies: Vec::new(),
+        verdicts: [0; 4],
+    };
+    for r in results {
+        let (latencies, verdicts) = r?;
+        out.latencies.extend(latencies);
+        for (a, b) in out.verdicts.iter_mut().zip(verdicts) {
+            *a += b;
+        }
+    }
+    out.latencies.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+struct Checked {
+    latencies: Vec<f64>,
+    seconds: f64,
+    not_ok: u64,
+}
+
+/// Entitlement checks at a fixed rate, latency from each request's due time.
+async fn checks(addr: SocketAddr, args: &Args) -> anyhow::Result<Checked> {
+    let total = args.check_rate * args.check_seconds;
+    let start = Instant::now() + Duration::from_millis(50);
+    let k = args.check_connections as u64;
+    let customers = args.customers;
+    let rate = args.check_rate;
+    let tasks = (0..k).map(|lane| async move {
+        let mut conn = Conn::open(addr).await?;
+        let mut latencies = Vec::new();
+        let mut not_ok = 0u64;
+        let mut i = lane;
+        while i < total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+            // A fixed pseudo-random customer per request.
+            let c = (i.wrapping_mul(2_654_435_761) % customers as u64) as u32;
+            let tenant = if c % 5 == 0 { "acme" } else { "default" };
+            let path =
+                format!("/v1/customers/cust_{c:05}/entitlements/api_calls?tenant_id={tenant}");
+            let (status, _) = conn.send("GET", &path, b"").await?;
+            latencies.push(due.elapsed().as_secs_f64());
+            if status != 200 {
+                not_ok += 1;
+            }
+            i += k;
+        }
+        anyhow::Ok((latencies, not_ok))
+    });
+    let results = futures::future::join_all(tasks).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut out = Checked {
+        latencies: Vec::with_capacity(total as usize),
+        seconds,
+        not_ok: 0,
+    };
+    for r in results {
+        let (latencies, not_ok) = r?;
+        out.latencies.extend(latencies);
+        out.not_ok += not_ok;
+    }
+    out.latencies.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+fn report(what: &str, args: &Args, c: &Checked) {
+    println!(
+        "{what}: {} requests at {} /s target ({:.0} /s achieved) over {} connections: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; {} not 200",
+        c.latencies.len(),
+        args.check_rate,
+        c.latencies.len() as f64 / c.seconds,
+        args.check_connections,
+        percentile(&c.latencies, 0.50) * 1e3,
+        percentile(&c.latencies, 0.99) * 1e3,
+        percentile(&c.latencies, 0.999) * 1e3,
+        c.latencies.last().copied().unwrap_or(0.0) * 1e3,
+        c.not_ok,
+    );
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
