@@ -1385,6 +1385,14 @@ fn run_worker(
                         "nothing to commit"
                     },
                 ),
+                Reader::Http {
+                    ingress: Some(i), ..
+                } if commit => eprintln!(
+                    "epoch {epoch}: {} records read ({:.0}/s since start), {} bytes queued; watermark {watermark}",
+                    total_read,
+                    total_read as f64 / secs,
+                    i.queued_bytes(),
+                ),
                 _ => {}
             }
         }

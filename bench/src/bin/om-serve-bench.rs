@@ -432,7 +432,11 @@ async fn checks(addr: SocketAddr, args: &Args) -> anyhow::Result<Checked> {
             tokio::time::sleep_until(due.into()).await;
             // A fixed pseudo-random customer per request.
             let c = (i.wrapping_mul(2_654_435_761) % customers as u64) as u32;
-            let tenant = if c.is_multiple_of(5) { "acme" } else { "default" };
+            let tenant = if c.is_multiple_of(5) {
+                "acme"
+            } else {
+                "default"
+            };
             let path =
                 format!("/v1/customers/cust_{c:05}/entitlements/api_calls?tenant_id={tenant}");
             let (status, _) = conn.send("GET", &path, b"").await?;
