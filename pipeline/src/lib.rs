@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod customer_sink;
 pub mod dataflow;
 pub mod demo;
+pub mod pg;
 pub mod retract;
 pub mod run;
 pub mod serve;

@@ -101,6 +101,13 @@ enum Command {
     ///   curl -s -H "Authorization: Bearer $KEY" -d '{"sql":"SELECT * FROM credit_balances"}'
     ///        http://127.0.0.1:8080/v1/query
     /// Bodies are limited to 1 MiB, results to 100,000 rows, queries to 30 s.
+    ///
+    /// With --pg-listen ADDR it also serves the same SQL over the PostgreSQL protocol
+    /// (simple and extended query, text results; no TLS), the password being the API key:
+    ///   PGPASSWORD="$KEY" psql "host=127.0.0.1 port=5432 user=me dbname=openmonetize" \
+    ///        -c 'SELECT customer_id, balance FROM credit_balances'
+    /// The key alone decides the tenant (the user and database names are not checked).
+    /// BEGIN/COMMIT/ROLLBACK/SET are accepted without effect; SHOW answers a few settings.
     #[command(verbatim_doc_comment)]
     Serve {
         /// Data location the job writes to (as for `query`).
@@ -112,6 +119,10 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (printed at start).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also serve SQL over the PostgreSQL protocol on this address (port 0 picks a
+        /// free port, printed at start after the HTTP one).
+        #[arg(long)]
+        pg_listen: Option<String>,
     },
     /// Run SQL over the committed tables.
     ///
@@ -325,6 +336,7 @@ fn main() -> anyhow::Result<()> {
             data,
             config,
             listen,
+            pg_listen,
         } => {
             let config = openmonetize::load_config(config.as_deref())?;
             if config.api_keys.is_empty() {
@@ -341,6 +353,28 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("listening on {listen}"))?;
                 println!("listening on http://{}", listener.local_addr()?);
                 std::io::stdout().flush()?;
+                // The PostgreSQL listener stops when the HTTP server's shutdown signal
+                // fires (its sender is dropped).
+                let (stop, mut stopped) = tokio::sync::watch::channel(());
+                let pg = match pg_listen {
+                    None => None,
+                    Some(pg_listen) => {
+                        let pg_listener = tokio::net::TcpListener::bind(&pg_listen)
+                            .await
+                            .with_context(|| format!("listening on {pg_listen}"))?;
+                        println!("listening on postgres://{}", pg_listener.local_addr()?);
+                        std::io::stdout().flush()?;
+                        let shutdown = async move {
+                            let _ = stopped.changed().await;
+                        };
+                        Some(tokio::spawn(openmonetize::pg::serve(
+                            pg_listener,
+                            data.clone(),
+                            config.api_keys.clone(),
+                            shutdown,
+                        )))
+                    }
+                };
                 // Ctrl-C or SIGTERM: finish the requests in flight, then exit.
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -349,10 +383,15 @@ fn main() -> anyhow::Result<()> {
                         _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
                     }
+                    drop(stop);
                 };
                 openmonetize::serve::serve(listener, data, config.api_keys, shutdown)
                     .await
-                    .context("serving")
+                    .context("serving")?;
+                if let Some(pg) = pg {
+                    pg.await?.context("serving PostgreSQL")?;
+                }
+                Ok(())
             })
         }
         Command::Produce { file, to } => {

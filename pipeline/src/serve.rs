@@ -178,12 +178,15 @@ fn authorize(keys: &[ApiKey], headers: &HeaderMap) -> Result<Scope, ApiError> {
         .ok_or_else(|| {
             unauthorized("send `Authorization: Bearer KEY` with a key of [[api_keys]]")
         })?;
+    key_scope(keys, key).ok_or_else(|| unauthorized("unknown API key"))
+}
+
+/// The scope of `key` (surrounding whitespace ignored): its SHA-256 looked up in `keys`.
+/// Shared by HTTP and the PostgreSQL front end ([`crate::pg`]).
+pub fn key_scope(keys: &[ApiKey], key: &str) -> Option<Scope> {
     let hash: [u8; 32] = Sha256::digest(key.trim().as_bytes()).into();
-    let found = keys
-        .iter()
-        .find(|k| k.sha256 == hash)
-        .ok_or_else(|| unauthorized("unknown API key"))?;
-    Ok(match &found.scope {
+    let found = keys.iter().find(|k| k.sha256 == hash)?;
+    Some(match &found.scope {
         KeyScope::Tenant(t) => Scope::Tenant(t.clone()),
         KeyScope::Admin => Scope::All,
     })
