@@ -10,6 +10,7 @@ mod integration {
     mod kafka;
     mod model_check;
     mod parquet_interop;
+    mod pg;
     mod retract;
     mod serve;
     pub mod services;
