@@ -552,6 +552,10 @@ fn psycopg_transactions_parameters_prepared_statements_and_types() {
         "-12345678901234567890123456789.123456789"
     );
     assert_eq!(int(&seen["other_tenant_count"]), 0);
+    // The cross join would run for minutes; the cancel request after 1 s stops it.
+    assert_eq!(seen["cancelled"], "57014", "{seen}");
+    assert!(seen["cancel_seconds"].as_f64().unwrap() < 20.0, "{seen}");
+    assert_eq!(int(&seen["count_after_cancel"]), count);
     assert_eq!(
         seen["errors"],
         serde_json::json!({

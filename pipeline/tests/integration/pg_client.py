@@ -6,7 +6,7 @@ Usage: pg_client.py '{"host": ..., "port": ..., "key": ..., "customers": [...],
 Connects with the key as password (autocommit off, so psycopg sends BEGIN/COMMIT), runs
 queries through the simple protocol (no parameters) and the extended protocol (%s
 parameters; the same query more than 5 times, which psycopg turns into a named prepared
-statement), checks the Python types of the values and prints what it saw as one JSON
+statement), cancels a long query, checks the Python types of the values and prints what it saw as one JSON
 object; the Rust test compares it with `openmonetize query --tenant`. Exits non-zero
 (with a traceback) when a type check fails.
 """
@@ -15,6 +15,8 @@ import datetime
 import decimal
 import json
 import sys
+import threading
+import time
 
 import psycopg
 
@@ -136,5 +138,26 @@ with psycopg.connect(
     # The session still works after errors.
     (n,) = conn.execute("SELECT count(*) FROM events").fetchone()
     out["count_after_errors"] = n
+
+# A cancel request (libpq's PQcancel, psql's Ctrl-C) stops a long query; the connection
+# goes on.
+with psycopg.connect(
+    host=args["host"],
+    port=args["port"],
+    user="someone",
+    dbname="openmonetize",
+    password=args["key"],
+    autocommit=True,
+) as conn:
+    # cancel_safe since psycopg 3.2; cancel before.
+    timer = threading.Timer(1.0, getattr(conn, "cancel_safe", conn.cancel))
+    timer.start()
+    started = time.monotonic()
+    out["cancelled"] = sqlstate(
+        conn, "SELECT count(*) FROM events a, events b, events c, events d"
+    )
+    out["cancel_seconds"] = time.monotonic() - started
+    timer.join()
+    (out["count_after_cancel"],) = conn.execute("SELECT count(*) FROM events").fetchone()
 
 print(json.dumps(out))
