@@ -359,20 +359,20 @@ fn main() -> anyhow::Result<()> {
                 let pg = match pg_listen {
                     None => None,
                     Some(pg_listen) => {
-                        let pg_listener = tokio::net::TcpListener::bind(&pg_listen)
-                            .await
-                            .with_context(|| format!("listening on {pg_listen}"))?;
-                        println!("listening on postgres://{}", pg_listener.local_addr()?);
-                        std::io::stdout().flush()?;
                         let shutdown = async move {
                             let _ = stopped.changed().await;
                         };
-                        Some(tokio::spawn(openmonetize::pg::serve(
-                            pg_listener,
+                        let (addr, task) = openmonetize::pg::spawn(
+                            &pg_listen,
                             data.clone(),
                             config.api_keys.clone(),
                             shutdown,
-                        )))
+                        )
+                        .await
+                        .with_context(|| format!("listening on {pg_listen}"))?;
+                        println!("listening on postgres://{addr}");
+                        std::io::stdout().flush()?;
+                        Some(task)
                     }
                 };
                 // Ctrl-C or SIGTERM: finish the requests in flight, then exit.

@@ -75,6 +75,22 @@ use std::sync::Arc;
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// Binds `listen` and serves on it (as [`serve`]) in a task of the current runtime;
+/// returns the bound address and the task.
+pub async fn spawn(
+    listen: &str,
+    data: String,
+    keys: Vec<ApiKey>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    Ok((addr, tokio::spawn(serve(listener, data, keys, shutdown))))
+}
+
 /// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` completes;
 /// connections still open then are ended with the runtime.
 pub async fn serve(
