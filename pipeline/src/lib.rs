@@ -18,6 +18,7 @@ pub mod demo;
 pub mod ingress;
 pub mod live;
 pub mod metrics;
+pub mod pg;
 pub mod retract;
 pub mod run;
 pub mod serve;

@@ -119,6 +119,13 @@ enum Command {
     /// Bodies are limited to 1 MiB, results to 100,000 rows, queries and ingest answers
     /// to 30 s; errors are {"error":{"code","message"}}. Ctrl-C/SIGTERM: stop taking
     /// requests, commit and answer what was posted, exit.
+    ///
+    /// With --pg-listen ADDR it also serves the same SQL over the PostgreSQL protocol
+    /// (simple and extended query, text results; no TLS), the password being the API key:
+    ///   PGPASSWORD="$KEY" psql "host=127.0.0.1 port=5432 user=me dbname=openmonetize" \
+    ///        -c 'SELECT customer_id, balance FROM credit_balances'
+    /// The key alone decides the tenant (the user and database names are not checked).
+    /// BEGIN/COMMIT/ROLLBACK/SET are accepted without effect; SHOW answers a few settings.
     #[command(verbatim_doc_comment)]
     Serve {
         /// Data location the job writes to and SQL reads (as for `run`).
@@ -149,6 +156,10 @@ enum Command {
         /// Suppress progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Also serve SQL over the PostgreSQL protocol on this address (port 0 picks a
+        /// free port, printed at start after the HTTP one).
+        #[arg(long)]
+        pg_listen: Option<String>,
     },
     /// Run SQL over the committed tables.
     ///
@@ -367,6 +378,7 @@ fn main() -> anyhow::Result<()> {
             commit_interval,
             queue_bytes,
             quiet,
+            pg_listen,
         } => {
             let config = openmonetize::load_config(config.as_deref())?;
             if config.api_keys.is_empty() {
@@ -383,6 +395,7 @@ fn main() -> anyhow::Result<()> {
                 commit_interval,
                 queue_bytes,
                 progress: !quiet,
+                pg_listen,
             };
             // Ctrl-C or SIGTERM: refuse new records, let the job commit and answer what
             // was posted, then finish the requests in flight and exit.
@@ -395,8 +408,8 @@ fn main() -> anyhow::Result<()> {
                     _ = term.recv() => {}
                 }
             };
-            let summary = openmonetize::serve::run_server(settings, shutdown, |addr| {
-                println!("listening on http://{addr}");
+            let summary = openmonetize::serve::run_server(settings, shutdown, |scheme, addr| {
+                println!("listening on {scheme}://{addr}");
                 let _ = std::io::stdout().flush();
             })?;
             if let Some(summary) = summary

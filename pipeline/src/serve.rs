@@ -192,16 +192,19 @@ pub struct ServerSettings {
     pub queue_bytes: usize,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// Also serve SQL over the PostgreSQL protocol here ([`crate::pg`]).
+    pub pg_listen: Option<String>,
 }
 
 /// Runs the job (unless read-only) and serves the API until `shutdown` completes or the
-/// job fails; calls `listening` with the bound address first. At shutdown, new records
+/// job fails; calls `listening` with ("http" or "postgres", bound address) for each
+/// listener before serving. At shutdown, new records
 /// are refused, the job commits and answers what was posted, the requests in flight
 /// finish, and the job's summary is returned.
 pub fn run_server(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    listening: impl FnOnce(std::net::SocketAddr),
+    mut listening: impl FnMut(&'static str, std::net::SocketAddr),
 ) -> anyhow::Result<Option<crate::RunSummary>> {
     use anyhow::Context;
     let ServerSettings {
@@ -213,6 +216,7 @@ pub fn run_server(
         commit_interval,
         queue_bytes,
         progress,
+        pg_listen,
     } = settings;
     let keys = config.api_keys.clone();
     let metrics = Arc::new(JobMetrics::default());
@@ -263,7 +267,23 @@ pub fn run_server(
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
-        listening(listener.local_addr()?);
+        listening("http", listener.local_addr()?);
+        // The PostgreSQL listener stops when the shutdown begins (its sender is dropped).
+        let (pg_stop, mut pg_stopped) = tokio::sync::watch::channel(());
+        let pg = match pg_listen {
+            None => None,
+            Some(pg_listen) => {
+                let (addr, task) = crate::pg::spawn(&pg_listen, data.clone(), keys.clone(), {
+                    async move {
+                        let _ = pg_stopped.changed().await;
+                    }
+                })
+                .await
+                .with_context(|| format!("listening on {pg_listen}"))?;
+                listening("postgres", addr);
+                Some(task)
+            }
+        };
         let watched = job.clone();
         let shutdown = async move {
             // A job that stops by itself (a failure) ends the server too.
@@ -290,6 +310,7 @@ pub fn run_server(
                 job.commands.close();
             }
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(pg_stop);
         };
         let opts = ServeOptions {
             data,
@@ -297,7 +318,11 @@ pub fn run_server(
             job,
             metrics,
         };
-        serve(listener, opts, shutdown).await.context("serving")
+        serve(listener, opts, shutdown).await.context("serving")?;
+        if let Some(pg) = pg {
+            pg.await?.context("serving PostgreSQL")?;
+        }
+        anyhow::Ok(())
     });
     let summary = match handle {
         Some(handle) => Some(
@@ -748,12 +773,15 @@ fn authorize(keys: &[ApiKey], headers: &HeaderMap) -> Result<Scope, ApiError> {
         .ok_or_else(|| {
             unauthorized("send `Authorization: Bearer KEY` with a key of [[api_keys]]")
         })?;
+    key_scope(keys, key).ok_or_else(|| unauthorized("unknown API key"))
+}
+
+/// The scope of `key` (surrounding whitespace ignored): its SHA-256 looked up in `keys`.
+/// Shared by HTTP and the PostgreSQL front end ([`crate::pg`]).
+pub fn key_scope(keys: &[ApiKey], key: &str) -> Option<Scope> {
     let hash: [u8; 32] = Sha256::digest(key.trim().as_bytes()).into();
-    let found = keys
-        .iter()
-        .find(|k| k.sha256 == hash)
-        .ok_or_else(|| unauthorized("unknown API key"))?;
-    Ok(match &found.scope {
+    let found = keys.iter().find(|k| k.sha256 == hash)?;
+    Some(match &found.scope {
         KeyScope::Tenant(t) => Scope::Tenant(t.clone()),
         KeyScope::Admin => Scope::All,
     })

@@ -11,6 +11,7 @@ mod integration {
     mod kafka;
     mod model_check;
     mod parquet_interop;
+    mod pg;
     mod retract;
     pub mod serve;
     pub mod services;

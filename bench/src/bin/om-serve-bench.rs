@@ -111,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(args.commit_interval_ms),
         queue_bytes: 64 << 20,
         progress: false,
+        pg_listen: None,
     };
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -120,7 +121,7 @@ fn main() -> anyhow::Result<()> {
             async {
                 let _ = stop_rx.await;
             },
-            move |addr| {
+            move |_, addr| {
                 let _ = addr_tx.send(addr);
             },
         )
