@@ -13,11 +13,33 @@ const SCALE: i128 = 1_000_000_000;
 const INPUT_LIMIT: i128 = 1_000_000_000_000_000_000 * SCALE;
 
 /// An exact decimal with 9 fractional digits.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(into = "String", try_from = "String")]
+///
+/// Serialized as its decimal text (`"12.500000000"`) in human-readable formats such as
+/// JSON, and as the scaled `i128` in binary ones (bincode checkpoints), where formatting
+/// and parsing text would dominate the cost of saving state.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Decimal9(i128);
+
+impl serde::Serialize for Decimal9 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i128(self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Decimal9 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            Decimal9::parse(&text).map_err(serde::de::Error::custom)
+        } else {
+            i128::deserialize(d).map(Decimal9)
+        }
+    }
+}
 
 /// Why a text could not be read as a `Decimal9`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,6 +258,22 @@ impl TryFrom<String> for Decimal9 {
     type Error = DecimalError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Decimal9::parse(&s)
+    }
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn text_in_json_and_the_scaled_integer_in_bincode() {
+        let d = Decimal9::parse("-12.5").unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"-12.500000000\"");
+        assert_eq!(serde_json::from_str::<Decimal9>("\"-12.5\"").unwrap(), d);
+        assert!(serde_json::from_str::<Decimal9>("\"twelve\"").is_err());
+        let bytes = bincode::serialize(&d).unwrap();
+        assert_eq!(bytes, (-12_500_000_000i128).to_le_bytes());
+        assert_eq!(bincode::deserialize::<Decimal9>(&bytes).unwrap(), d);
     }
 }
 

@@ -99,8 +99,11 @@ pub fn config_digest(config: &Config) -> String {
     // (tracked meters, the model calls and their prices, which already-final day files
     // were computed with), and the burn rules. Plans are not: entitlements are computed
     // afresh at every commit.
+    // FORMAT changes whenever the layout of saved state does, so that a checkpoint of
+    // another layout is refused instead of misread.
+    const FORMAT: u32 = 2;
     let text = format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{FORMAT}{:?}{:?}{:?}{:?}{:?}{:?}",
         config.meters,
         config.pipeline,
         config.burn_rates,
@@ -131,7 +134,7 @@ pub fn check_resumable(
     }
     if commit.config_digest.as_deref() != Some(config_digest(config).as_str()) {
         bail!(
-            "its checkpoint was written with other meters, burn rates, [costs], [anomaly] or [forecasts] settings, model prices or pipeline settings: restart with the same config, or use an empty location"
+            "its checkpoint was written with other meters, burn rates, [costs], [anomaly] or [forecasts] settings, model prices or pipeline settings, or by an older version of openmonetize: restart with the same config and version, or use an empty location"
         );
     }
     Ok(())
