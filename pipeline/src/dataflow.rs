@@ -273,6 +273,7 @@ pub fn committer<'s>(
 ) -> StreamVec<'s, u64, ()> {
     meta.unary_frontier(Exchange::new(|_: &Meta| 0), "OM: Committer", move |_cap, _info| {
         let mut record = start;
+        let mut checkpoints = checkpoint_paths(&record);
         let mut pending: BTreeMap<u64, Vec<Meta>> = BTreeMap::new();
         move |(input, frontier), _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
             input.for_each(|cap, data| {
@@ -314,8 +315,25 @@ pub fn committer<'s>(
                 }
                 record.committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 runtime.block_on(record.write(&store)).unwrap_or_else(|e| panic!("committing epoch {t}: {e}"));
+                // The checkpoint files the previous commit named and this one does not
+                // are superseded: only the newest commit's checkpoint is ever resumed
+                // from (queries never read checkpoints), so they go now.
+                let current = checkpoint_paths(&record);
+                for stale in checkpoints.difference(&current) {
+                    runtime.block_on(store.delete(stale)).unwrap_or_else(|e| panic!("deleting superseded checkpoint {stale}: {e}"));
+                }
+                checkpoints = current;
                 *last.borrow_mut() = Some(record.clone());
             }
         }
     })
+}
+
+/// The checkpoint files a commit record names.
+fn checkpoint_paths(record: &CommitRecord) -> std::collections::BTreeSet<String> {
+    record
+        .tables
+        .get(checkpoint::TABLE)
+        .map(|files| files.values().map(|f| f.path.clone()).collect())
+        .unwrap_or_default()
 }

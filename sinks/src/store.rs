@@ -158,6 +158,14 @@ impl DataStore {
         }
     }
 
+    /// Deletes one object; deleting one that does not exist is not an error.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        match self.store.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Lists object paths under a prefix.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         use futures::TryStreamExt;
