@@ -1245,7 +1245,10 @@ fn run_worker(
                 .decode(chunk.lines[i])
                 .expect("a record that decoded once decodes again")
                 .event;
-            let verdict = http_verdicts.get_mut((pos - http_first) as usize);
+            // (Kafka offsets of several partitions may lie below the first record's.)
+            let verdict = pos
+                .checked_sub(http_first)
+                .and_then(|i| http_verdicts.get_mut(i as usize));
             match fate {
                 Fate::Duplicate => {
                     duplicate_count += 1;
