@@ -444,9 +444,12 @@ impl CustomerViews {
                 customer_id,
             }) => {
                 self.credits.name(fingerprint, &tenant_id, &customer_id);
-                self.names
-                    .entry(fingerprint)
-                    .or_insert((tenant_id, customer_id));
+                if let std::collections::btree_map::Entry::Vacant(v) = self.names.entry(fingerprint)
+                {
+                    v.insert((tenant_id, customer_id));
+                    // A new customer has entitlement rows (and a live snapshot entry).
+                    self.plans_changed = true;
+                }
             }
             CustomerInput::Name(NameRecord::Dimensions { .. }) => {}
         }

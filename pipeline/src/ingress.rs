@@ -274,6 +274,19 @@ impl Ingress {
         Ok(rx)
     }
 
+    /// After the job stopped: refuses new requests and drops the waiters of records it
+    /// never read (posted between its last read and the close), so their requests are
+    /// answered "the job stopped" at once instead of timing out.
+    pub fn abandon(&self) {
+        let mut q = self.lock();
+        q.state = State::Closed;
+        let next = q.batch.end();
+        q.batch = Batch {
+            first: next,
+            ..Batch::default()
+        };
+    }
+
     /// Bytes queued.
     pub fn queued_bytes(&self) -> usize {
         self.lock().batch.bytes.len()
@@ -364,6 +377,19 @@ mod tests {
             }
         );
         ingress.close();
+        assert_eq!(ingress.submit(&[b"x"], None).unwrap_err(), Refused::Closed);
+    }
+
+    #[test]
+    fn abandoned_records_get_their_channel_closed() {
+        let ingress = Ingress::new("events", 1 << 20);
+        ingress.open(0);
+        let mut rx = ingress.submit(&[b"{}"], None).unwrap();
+        ingress.abandon();
+        assert_eq!(
+            rx.try_recv().unwrap_err(),
+            oneshot::error::TryRecvError::Closed
+        );
         assert_eq!(ingress.submit(&[b"x"], None).unwrap_err(), Refused::Closed);
     }
 }

@@ -909,8 +909,11 @@ fn run_worker(
                     if let Some(v) = http_verdicts.get_mut(i) {
                         *v = IngressVerdict::Rejected(r.reason.clone());
                     }
+                    // A record posted with a tenant's key is that tenant's rejection,
+                    // whatever tenant it claims: no tenant writes into another's rows.
+                    let key_tenant = record_tenants.get(i).copied().flatten();
                     rejected.push(RejectedRecord {
-                        tenant_id: r.tenant_id,
+                        tenant_id: key_tenant.map(str::to_string).or(r.tenant_id),
                         event_id: r.event_id,
                         raw: lossy_truncated(line),
                         reason: r.reason,
@@ -1053,7 +1056,10 @@ fn run_worker(
                         commands_accepted += 1;
                         command_input.send(c);
                     }
-                    Err(r) => command_rejects.push(reject(r.tenant_id, r.reason)),
+                    Err(r) => {
+                        let key_tenant = read.tenants.get(i).cloned().flatten();
+                        command_rejects.push(reject(key_tenant.or(r.tenant_id), r.reason))
+                    }
                 }
                 verdicts.push(match command_rejects.get(rejects_before) {
                     Some(r) => IngressVerdict::Rejected(r.reason.clone()),

@@ -248,8 +248,8 @@ pub fn run_server(
                 let job = job.clone();
                 move || {
                     let result = crate::run(opts);
-                    job.events.close();
-                    job.commands.close();
+                    job.events.abandon();
+                    job.commands.abandon();
                     *job.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(match &result {
                         Ok(_) => "the job stopped".to_string(),
                         Err(e) => format!("the job failed: {e:#}"),
@@ -259,6 +259,17 @@ pub fn run_server(
             })
             .context("starting the job")?;
         (Some(job), Some(handle))
+    };
+    // Whatever ends the serving (shutdown, a listener that cannot bind), the job stops.
+    let stop_job = {
+        let (stop, job) = (Arc::clone(&stop), job.clone());
+        move || {
+            if let Some(job) = &job {
+                job.events.close();
+                job.commands.close();
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -324,6 +335,7 @@ pub fn run_server(
         }
         anyhow::Ok(())
     });
+    stop_job();
     let summary = match handle {
         Some(handle) => Some(
             handle

@@ -340,6 +340,22 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
     }
     assert!(text.contains("om_http_requests_total{route=\"/v1/events\",status=\"200\"} 2"));
 
+    // An invalid record claiming another tenant is the poster's rejection, not beta's.
+    let forged = json!({"id": "f1", "tenant_id": "beta", "customer_id": "x",
+                        "event_type": "api_call", "timestamp": "not a time"});
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &json!([forged]));
+    assert_eq!(
+        (status, statuses(&answer)),
+        (200, vec!["rejected".to_string()])
+    );
+    assert!(sql(&addr, "beta-key", "SELECT * FROM rejected_events").is_empty());
+    let mine = sql(
+        &addr,
+        "acme-key",
+        "SELECT count(*) AS n FROM rejected_events WHERE raw LIKE '%not a time%'",
+    );
+    assert_eq!(mine[0]["n"], 1);
+
     // A restart resumes from the last commit: balances and dedup state survive.
     let status = server.terminate();
     assert!(status.success(), "serve exited with {status}");
