@@ -457,20 +457,17 @@ fn body_of(
 /// The records of an ingest body: one JSON value, or each element of a JSON array.
 fn records_of(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", message);
+    let not_json = |e: serde_json::Error| {
+        bad(format!(
+            "the body must be one JSON record or a JSON array of records: {e}"
+        ))
+    };
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let records: Vec<&[u8]> = if first == Some(&b'[') {
-        let values: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-            bad(format!(
-                "the body must be one JSON record or a JSON array of records: {e}"
-            ))
-        })?;
+        let values: Vec<&RawValue> = serde_json::from_slice(body).map_err(not_json)?;
         values.into_iter().map(|v| v.get().as_bytes()).collect()
     } else {
-        let value: &RawValue = serde_json::from_slice(body).map_err(|e| {
-            bad(format!(
-                "the body must be one JSON record or a JSON array of records: {e}"
-            ))
-        })?;
+        let value: &RawValue = serde_json::from_slice(body).map_err(not_json)?;
         vec![value.get().as_bytes()]
     };
     if records.is_empty() {

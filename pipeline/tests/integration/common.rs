@@ -183,3 +183,12 @@ pub fn run_lines(r: LinesRun<'_>) -> String {
     .unwrap();
     data
 }
+
+/// The lowercase hex SHA-256 of `text`: how `[[api_keys]]` stores a key.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

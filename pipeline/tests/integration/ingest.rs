@@ -3,7 +3,8 @@
 //! tenant boundary on every endpoint, metrics, and a restart that resumes from the last
 //! commit. Uses the real binary and plain HTTP/1.1.
 
-use super::serve::{request, sha256_hex, start};
+use super::common::sha256_hex;
+use super::serve::{request, start};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;

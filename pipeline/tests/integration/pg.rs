@@ -4,8 +4,7 @@
 //! with `openmonetize query --tenant`; a tenant key must never see another tenant's
 //! rows, whatever the SQL.
 
-use super::common::{golden_dir, manifest_dir, openmonetize, parse_csv};
-use sha2::{Digest, Sha256};
+use super::common::{golden_dir, manifest_dir, openmonetize, parse_csv, sha256_hex};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -33,13 +32,6 @@ struct Fixture {
     server: Server,
 }
 
-fn hex_sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -61,8 +53,8 @@ fn fixture() -> Fixture {
         &config,
         format!(
             "[[api_keys]]\ntenant = \"acme\"\nsha256 = \"{}\"\n[[api_keys]]\nadmin = true\nsha256 = \"{}\"\n",
-            hex_sha256(TENANT_KEY),
-            hex_sha256(ADMIN_KEY)
+            sha256_hex(TENANT_KEY),
+            sha256_hex(ADMIN_KEY)
         ),
     )
     .unwrap();

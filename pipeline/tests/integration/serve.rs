@@ -2,7 +2,7 @@
 //! admin, and the 4xx answers to a missing or unknown key, bad SQL and DDL. Uses the
 //! real binary and plain HTTP/1.1 over a TCP socket.
 
-use super::common::{golden_dir, openmonetize};
+use super::common::{golden_dir, openmonetize, sha256_hex};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -33,19 +33,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn sha256_hex(text: &str) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(text.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 /// Starts `openmonetize serve --data DATA --config CONFIG EXTRA...` on a free port.
