@@ -6,6 +6,7 @@
 
 use crate::decimal::Decimal9;
 use crate::prices::PriceCatalog;
+use crate::pricing::{PricedMeter, Pricing};
 use crate::time::{Micros, WindowSize, parse_duration};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +30,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -169,13 +170,15 @@ pub enum Feature {
     Credits,
 }
 
-/// A plan: a name and its features.
+/// A plan: a name, its features and what it charges.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Unique plan name.
     pub name: String,
     /// Feature name -> feature.
     pub features: BTreeMap<String, Feature>,
+    /// `[plans.pricing]`: without it the plan's customers get no invoices.
+    pub pricing: Option<Pricing>,
 }
 
 /// `[costs]`: how AI generation events feed the `costs` table.
@@ -231,6 +234,27 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
 }
 
+/// `[[exports]]`: an export the live job runs on a schedule, for every calendar month
+/// that is final and not yet exported to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledExport {
+    /// `statements`, `invoices` or `revenue`.
+    pub kind: String,
+    /// Cron expression (UTC; seconds first: `sec min hour day month weekday [year]`).
+    pub schedule: String,
+    /// Destination URL (local path, `file://`, `s3://`).
+    pub to: String,
+    /// `csv`, `json` or `parquet`.
+    pub format: String,
+}
+
+impl ScheduledExport {
+    /// The parsed schedule (validated when the config was read).
+    pub fn cron(&self) -> cron::Schedule {
+        self.schedule.parse().expect("validated with the config")
+    }
+}
+
 /// `[pipeline]` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineSettings {
@@ -257,6 +281,8 @@ pub struct Config {
     pub forecasts: bool,
     /// API keys of `openmonetize serve`.
     pub api_keys: Vec<ApiKey>,
+    /// Exports the live job runs on a schedule.
+    pub exports: Vec<ScheduledExport>,
     /// Pipeline settings.
     pub pipeline: PipelineSettings,
 }
@@ -292,7 +318,18 @@ struct RawConfig {
     #[serde(default)]
     api_keys: Vec<RawApiKey>,
     #[serde(default)]
+    exports: Vec<RawExport>,
+    #[serde(default)]
     pipeline: RawPipeline,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    kind: String,
+    schedule: String,
+    to: String,
+    format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,6 +396,7 @@ struct RawPlan {
     name: String,
     #[serde(default)]
     features: BTreeMap<String, toml::Value>,
+    pricing: Option<crate::pricing::RawPricing>,
 }
 
 #[derive(Deserialize, Default)]
@@ -486,9 +524,25 @@ impl Config {
                 let feature = parse_feature(&v, &key, &meter_names)?;
                 features.insert(name, feature);
             }
+            let pricing = p
+                .pricing
+                .map(|raw| {
+                    raw.parse(&format!("plans[{i}].pricing"), |name| {
+                        let m = meters.iter().find(|m| m.name == name)?;
+                        Some(PricedMeter {
+                            summable: matches!(
+                                m.aggregation,
+                                Aggregation::Sum | Aggregation::Count
+                            ),
+                            monthly: m.windows.contains(&WindowSize::Month),
+                        })
+                    })
+                })
+                .transpose()?;
             plans.push(Plan {
                 name: p.name,
                 features,
+                pricing,
             });
         }
 
@@ -578,6 +632,47 @@ impl Config {
             })?;
             api_keys.push(ApiKey { scope, sha256 });
         }
+        let mut exports = Vec::with_capacity(raw.exports.len());
+        for (i, e) in raw.exports.into_iter().enumerate() {
+            let key = |field: &str| format!("exports[{i}].{field}");
+            if !matches!(e.kind.as_str(), "statements" | "invoices" | "revenue") {
+                return Err(invalid(
+                    key("kind"),
+                    format!(
+                        "`{}` is not an export; use statements, invoices or revenue",
+                        e.kind
+                    ),
+                ));
+            }
+            let format = e.format.unwrap_or_else(|| "parquet".into());
+            if !matches!(format.as_str(), "csv" | "json" | "parquet") {
+                return Err(invalid(
+                    key("format"),
+                    format!("`{format}` is not a format; use csv, json or parquet"),
+                ));
+            }
+            if let Err(err) = e.schedule.parse::<cron::Schedule>() {
+                return Err(invalid(
+                    key("schedule"),
+                    format!(
+                        "`{}` is not a cron schedule ({err}); write seconds first, e.g. \"0 0 6 * * *\" for 06:00 UTC every day",
+                        e.schedule
+                    ),
+                ));
+            }
+            if e.to.is_empty() {
+                return Err(invalid(
+                    key("to"),
+                    "must name a destination (a path or s3://BUCKET/PREFIX)",
+                ));
+            }
+            exports.push(ScheduledExport {
+                kind: e.kind,
+                schedule: e.schedule,
+                to: e.to,
+                format,
+            });
+        }
         Ok(Config {
             meters,
             burn_rates,
@@ -586,6 +681,7 @@ impl Config {
             anomaly,
             forecasts: raw.forecasts.enabled.unwrap_or(true),
             api_keys,
+            exports,
             pipeline: PipelineSettings {
                 allowed_lateness,
                 dedup_horizon,
@@ -616,7 +712,7 @@ fn parse_path(text: &str, key: &str) -> Result<ValuePath, ConfigError> {
     })
 }
 
-fn parse_decimal_value(v: &toml::Value, key: &str) -> Result<Decimal9, ConfigError> {
+pub(crate) fn parse_decimal_value(v: &toml::Value, key: &str) -> Result<Decimal9, ConfigError> {
     match v {
         toml::Value::String(s) => Decimal9::parse(s).map_err(|e| invalid(key, e.to_string())),
         toml::Value::Integer(n) => Ok(Decimal9::from_int(*n)),
@@ -844,5 +940,32 @@ aggregation = "summ"
         let bad = "[[meters]]\nname = \"x\"\nevent_type = \"t\"\naggregation = \"sum\"\nvalue = \"properties.x\"\n";
         let e = Config::from_toml(bad).unwrap_err().to_string();
         assert!(e.contains("meters[0].value"), "{e}");
+    }
+
+    #[test]
+    fn scheduled_exports_are_checked() {
+        let with = |export: &str| {
+            Config::from_toml(&format!("[[exports]]\n{export}"))
+                .map(|c| c.exports)
+                .map_err(|e| e.to_string())
+        };
+        let ok =
+            with("kind = \"invoices\"\nschedule = \"0 0 6 * * *\"\nto = \"s3://b/x\"").unwrap();
+        assert_eq!(ok[0].format, "parquet");
+        assert!(
+            with("kind = \"bills\"\nschedule = \"0 0 6 * * *\"\nto = \"x\"")
+                .unwrap_err()
+                .contains("exports[0].kind")
+        );
+        assert!(
+            with("kind = \"revenue\"\nschedule = \"daily\"\nto = \"x\"")
+                .unwrap_err()
+                .contains("not a cron schedule")
+        );
+        assert!(
+            with("kind = \"revenue\"\nschedule = \"0 0 6 * * *\"\nto = \"x\"\nformat = \"xlsx\"")
+                .unwrap_err()
+                .contains("use csv, json or parquet")
+        );
     }
 }

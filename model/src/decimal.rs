@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Scale factor: 10^9.
-const SCALE: i128 = 1_000_000_000;
+pub(crate) const SCALE: i128 = 1_000_000_000;
 /// Magnitude bound for input values: |x| < 10^18.
 const INPUT_LIMIT: i128 = 1_000_000_000_000_000_000 * SCALE;
 

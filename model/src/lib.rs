@@ -9,6 +9,8 @@ pub mod decimal;
 pub mod event;
 pub mod fingerprint;
 pub mod prices;
+pub mod pricing;
+pub mod revenue;
 pub mod schema;
 pub mod time;
 pub mod views;

@@ -25,7 +25,7 @@ fn source_fields() -> [Field; 3] {
 }
 
 /// The names of all tables, as registered for SQL.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "events",
     "usage_windows",
     "rejected_events",
@@ -34,6 +34,7 @@ pub const TABLES: [&str; 11] = [
     "credit_balances",
     "credit_ledger",
     "entitlements",
+    "subscriptions",
     "costs",
     "anomaly_scores",
     "forecasts",
@@ -173,6 +174,19 @@ pub static ENTITLEMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `subscriptions`: one row per `subscribe` command: the plan a customer is on from
+/// `effective_at` until `ends_at` (the next subscription's start; null for the current
+/// one).
+pub static SUBSCRIPTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("plan", false),
+        Field::new("effective_at", timestamp(), false),
+        Field::new("ends_at", timestamp(), true),
+    ]))
+});
+
 /// `costs`: one row per (customer, provider, model, UTC day) of model calls.
 pub static COSTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -223,6 +237,74 @@ pub static FORECASTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Tables derived at query time from the committed ones and the plans' pricing
+/// (`invoices`, `invoice_lines`, `revenue`; see `om_queries::billing`).
+pub const DERIVED_TABLES: [&str; 3] = ["invoices", "invoice_lines", "revenue"];
+
+/// `invoices`: one row per (customer, calendar month) with a priced plan.
+pub static INVOICES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("period", false),
+        Field::new("period_start", timestamp(), false),
+        Field::new("period_end", timestamp(), false),
+        utf8("plan", false),
+        utf8("currency", false),
+        Field::new("subtotal", DECIMAL, false),
+        Field::new("minimum_true_up", DECIMAL, false),
+        Field::new("total", DECIMAL, false),
+        Field::new("credits_applied", DECIMAL, false),
+        Field::new("credit_overage", DECIMAL, false),
+        Field::new("lines", DataType::Int64, false),
+        Field::new("is_final", DataType::Boolean, false),
+        Field::new("as_of", timestamp(), false),
+    ]))
+});
+
+/// `invoice_lines`: the lines of each invoice, numbered from 1.
+pub static INVOICE_LINES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("period", false),
+        Field::new("line", DataType::Int64, false),
+        utf8("kind", false),
+        utf8("meter", true),
+        utf8("price_model", true),
+        Field::new("tier", DataType::Int64, true),
+        Field::new("tier_from", DECIMAL, true),
+        Field::new("tier_to", DECIMAL, true),
+        Field::new("quantity", DECIMAL, false),
+        Field::new("unit_price", DECIMAL, true),
+        Field::new("flat_amount", DECIMAL, false),
+        Field::new("amount", DECIMAL, false),
+        utf8("currency", false),
+    ]))
+});
+
+/// `revenue`: one row per (customer, grant with a price, UTC day with ledger entries).
+pub static REVENUE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("tenant_id", false),
+        utf8("customer_id", false),
+        utf8("grant_id", false),
+        Field::new("day", timestamp(), false),
+        utf8("currency", false),
+        Field::new("price", DECIMAL, false),
+        Field::new("credits_consumed", DECIMAL, false),
+        Field::new("credits_lost", DECIMAL, false),
+        Field::new("recognized", DECIMAL, false),
+        Field::new("breakage", DECIMAL, false),
+        Field::new("recognized_to_date", DECIMAL, false),
+        Field::new("breakage_to_date", DECIMAL, false),
+        Field::new("deferred", DECIMAL, false),
+        Field::new("ledger_entries", DataType::Int64, false),
+        Field::new("ledger_from", timestamp(), false),
+        Field::new("ledger_to", timestamp(), false),
+    ]))
+});
+
 /// The schema of a table by name.
 pub fn table_schema(name: &str) -> Option<SchemaRef> {
     Some(Arc::clone(match name {
@@ -234,6 +316,10 @@ pub fn table_schema(name: &str) -> Option<SchemaRef> {
         "credit_balances" => &CREDIT_BALANCES,
         "credit_ledger" => &CREDIT_LEDGER,
         "entitlements" => &ENTITLEMENTS,
+        "subscriptions" => &SUBSCRIPTIONS,
+        "invoices" => &INVOICES,
+        "invoice_lines" => &INVOICE_LINES,
+        "revenue" => &REVENUE,
         "costs" => &COSTS,
         "anomaly_scores" => &ANOMALY_SCORES,
         "forecasts" => &FORECASTS,

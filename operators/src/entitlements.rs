@@ -33,6 +33,18 @@ impl Subscriptions {
             .insert(effective_at, plan.to_string());
     }
 
+    /// Every subscription: (customer, effective_at, plan, the next one's effective_at),
+    /// by customer and time.
+    pub fn all(&self) -> impl Iterator<Item = (u64, Micros, &str, Option<Micros>)> {
+        self.plans.iter().flat_map(|(&customer, plans)| {
+            let mut it = plans.iter().peekable();
+            std::iter::from_fn(move || {
+                let (&from, plan) = it.next()?;
+                Some((customer, from, plan.as_str(), it.peek().map(|(t, _)| **t)))
+            })
+        })
+    }
+
     /// The customer's plan at `now`.
     pub fn plan_at(&self, customer: u64, now: Micros) -> Option<&str> {
         let (_, plan) = self.plans.get(&customer)?.range(..=now).next_back()?;

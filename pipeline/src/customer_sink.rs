@@ -2,7 +2,8 @@
 //! worker and writes their tables.
 //!
 //! - credits ([`CreditState`]): `credit_grants`, `credit_balances`, `credit_ledger`;
-//! - plans ([`Subscriptions`]) with usage and balances: `entitlements`;
+//! - plans ([`Subscriptions`]) with usage and balances: `entitlements`, and
+//!   `subscriptions` (the plan history, for invoices);
 //! - hourly usage of the sum and count meters ([`MeterSeries`]): `forecasts`, and
 //!   `anomaly_scores` by UTC day;
 //! - model calls ([`CostState`]): `costs` by UTC day.
@@ -307,6 +308,20 @@ fn whole_tables(
         String::new(),
         entitlement_rows.len(),
         om_sinks::encode::entitlements(&entitlement_rows, now),
+    ));
+    let subscription_rows: Vec<_> = views
+        .subscriptions
+        .all()
+        .filter_map(|(fp, from, plan, to)| {
+            let (t, c) = views.names.get(&fp)?;
+            Some((t.as_str(), c.as_str(), plan, from, to))
+        })
+        .collect();
+    files.push((
+        "subscriptions",
+        String::new(),
+        subscription_rows.len(),
+        om_sinks::encode::subscriptions(&subscription_rows),
     ));
     if config.forecasts
         && let Some(now) = now

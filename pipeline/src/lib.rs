@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod customer_sink;
 pub mod dataflow;
 pub mod demo;
+pub mod exports;
 pub mod ingress;
 pub mod live;
 pub mod metrics;

@@ -164,11 +164,17 @@ enum Command {
     /// Run SQL over the committed tables.
     ///
     /// Tables: events, usage_windows, rejected_events, late_events, credit_grants,
-    /// credit_balances, credit_ledger, entitlements, costs, anomaly_scores, forecasts.
+    /// credit_balances, credit_ledger, entitlements, subscriptions, costs,
+    /// anomaly_scores, forecasts; and, computed from those with the plans' pricing in
+    /// --config: invoices, invoice_lines, revenue (docs/billing.md).
     Query {
         /// Data location the job wrote to.
         #[arg(long)]
         data: String,
+        /// Config file whose plans price `invoices` (the built-in default, which has no
+        /// pricing, when omitted).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Output format: table, csv or json (JSON lines).
         #[arg(long, default_value = "table")]
         format: String,
@@ -178,6 +184,38 @@ enum Command {
         tenant: Option<String>,
         /// The SQL statement.
         sql: String,
+    },
+    /// Export one calendar month as files: usage statements, invoices or revenue.
+    ///
+    /// Writes <TO>/<KIND>/<PERIOD>/<table>.<csv|jsonl|parquet> and then manifest.json
+    /// (files, rows, SHA-256, whether the month was final). The files hold only what the
+    /// month's data determines, so exporting a final month again writes the same bytes.
+    /// A month that is not final yet (its end is not at least allowed_lateness behind
+    /// the watermark) is exported as a draft, with a warning.
+    ///   statements: usage_statements (every meter's month value per customer and
+    ///               dimension group)
+    ///   invoices:   invoices and invoice_lines (priced with --config's plans)
+    ///   revenue:    revenue rows of the month's days (prepaid credits, ASC 606 style)
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// statements, invoices or revenue.
+        kind: String,
+        /// The month, YYYY-MM (UTC).
+        #[arg(long)]
+        period: String,
+        /// Data location the job wrote to.
+        #[arg(long)]
+        data: String,
+        /// Destination: a local path, file:///ABS/PATH or s3://BUCKET/PREFIX.
+        #[arg(long)]
+        to: String,
+        /// csv, json (JSON lines) or parquet.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Config file whose plans price the invoices (the built-in default when
+        /// omitted); use the job's config.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Produce JSONL records (e.g. events.jsonl, or replayed late events) into a Kafka
     /// topic, one message per line, keyed by tenant and customer so that a customer's
@@ -352,21 +390,52 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Query {
             data,
+            config,
             format,
             tenant,
             sql,
         } => {
             let format: om_queries::Format = format.parse()?;
+            let config = Arc::new(openmonetize::load_config(config.as_deref())?);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             let scope = tenant.map_or(om_queries::Scope::All, om_queries::Scope::Tenant);
-            let engine = runtime.block_on(om_queries::QueryEngine::open_scoped(&data, scope))?;
+            let engine = runtime.block_on(om_queries::QueryEngine::open_with_config(
+                &data, scope, config,
+            ))?;
             let batches = runtime.block_on(engine.sql(&sql)).context("query failed")?;
             print!("{}", om_queries::format(&batches, format)?);
             if format == om_queries::Format::Table {
                 println!();
             }
+            Ok(())
+        }
+        Command::Export {
+            kind,
+            period,
+            data,
+            to,
+            format,
+            config,
+        } => {
+            let config = Arc::new(openmonetize::load_config(config.as_deref())?);
+            let export = openmonetize::exports::parse_request(&kind, &period, &format)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let manifest = runtime.block_on(openmonetize::exports::export_once(
+                &data, &to, config, &export,
+            ))?;
+            if !manifest.is_final {
+                eprintln!(
+                    "warning: {period} is not final yet (late events can still change it): this export is a draft"
+                );
+            }
+            for f in &manifest.files {
+                println!("{}  {} rows  {} bytes", f.path, f.rows, f.bytes);
+            }
+            println!("{}", export.manifest_path());
             Ok(())
         }
         Command::Serve {

@@ -81,6 +81,7 @@ pub async fn spawn(
     listen: &str,
     data: String,
     keys: Vec<ApiKey>,
+    config: Arc<om_model::Config>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(
     std::net::SocketAddr,
@@ -88,7 +89,10 @@ pub async fn spawn(
 )> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    Ok((addr, tokio::spawn(serve(listener, data, keys, shutdown))))
+    Ok((
+        addr,
+        tokio::spawn(serve(listener, data, keys, config, shutdown)),
+    ))
 }
 
 /// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` completes;
@@ -97,9 +101,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     data: String,
     keys: Vec<ApiKey>,
+    config: Arc<om_model::Config>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let handlers = Arc::new(Handlers::new(data, keys));
+    let handlers = Arc::new(Handlers::new(data, keys, config));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -133,6 +138,7 @@ pub async fn serve(
 struct Server {
     data: String,
     keys: Vec<ApiKey>,
+    config: Arc<om_model::Config>,
     parameters: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     connections: Arc<ConnectionManager>,
@@ -149,7 +155,7 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(data: String, keys: Vec<ApiKey>) -> Handlers {
+    fn new(data: String, keys: Vec<ApiKey>, config: Arc<om_model::Config>) -> Handlers {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = SERVER_VERSION.to_string();
         parameters.is_superuser = false;
@@ -158,6 +164,7 @@ impl Handlers {
         let server = Arc::new(Server {
             data,
             keys,
+            config,
             parameters,
             pids: RandomPidSecretKeyGenerator::default(),
             connections: Arc::clone(&connections),
@@ -454,9 +461,10 @@ impl Server {
         scope: &Scope,
         statement: Statement,
     ) -> Result<(QueryEngine, LogicalPlan), SqlError> {
-        let engine = QueryEngine::open_scoped(&self.data, scope.clone())
-            .await
-            .map_err(|e| error("58030", format!("reading the tables: {e}")))?;
+        let engine =
+            QueryEngine::open_with_config(&self.data, scope.clone(), Arc::clone(&self.config))
+                .await
+                .map_err(|e| error("58030", format!("reading the tables: {e}")))?;
         let plan = engine
             .context()
             .state()

@@ -309,6 +309,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let opts = Arc::new(opts);
     let failed = Arc::new(AtomicBool::new(false));
+    let exports = crate::exports::Scheduler::start(
+        Arc::new(opts.config.clone()),
+        opts.data.clone(),
+        opts.progress,
+    );
     let guards = timely::execute(timely::Config::process(opts.workers), {
         let opts = Arc::clone(&opts);
         let failed = Arc::clone(&failed);
@@ -342,6 +347,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         }
     }
     drop(runtime);
+    // The last firing of each export schedule, after the last commit.
+    if let Some(exports) = exports {
+        exports.finish();
+    }
     // A worker that stopped because another failed reports `Aborted`; show the cause.
     errors.sort_by_key(|e| e.is::<Aborted>());
     if let Some(e) = errors.into_iter().next() {

@@ -87,6 +87,8 @@ pub struct ServeOptions {
     pub data: String,
     /// The API keys.
     pub keys: Vec<ApiKey>,
+    /// The config, for the billing tables' pricing.
+    pub config: Arc<om_model::Config>,
     /// The embedded job; none with `--read-only`.
     pub job: Option<Job>,
     /// Counters.
@@ -219,6 +221,7 @@ pub fn run_server(
         pg_listen,
     } = settings;
     let keys = config.api_keys.clone();
+    let shared_config = Arc::new(config.clone());
     let metrics = Arc::new(JobMetrics::default());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (job, handle) = if read_only {
@@ -284,11 +287,17 @@ pub fn run_server(
         let pg = match pg_listen {
             None => None,
             Some(pg_listen) => {
-                let (addr, task) = crate::pg::spawn(&pg_listen, data.clone(), keys.clone(), {
-                    async move {
-                        let _ = pg_stopped.changed().await;
-                    }
-                })
+                let (addr, task) = crate::pg::spawn(
+                    &pg_listen,
+                    data.clone(),
+                    keys.clone(),
+                    Arc::clone(&shared_config),
+                    {
+                        async move {
+                            let _ = pg_stopped.changed().await;
+                        }
+                    },
+                )
                 .await
                 .with_context(|| format!("listening on {pg_listen}"))?;
                 listening("postgres", addr);
@@ -326,6 +335,7 @@ pub fn run_server(
         let opts = ServeOptions {
             data,
             keys,
+            config: shared_config,
             job,
             metrics,
         };
@@ -393,7 +403,7 @@ async fn healthz(State(s): State<Arc<ServeOptions>>) -> Result<Response, ApiErro
         }
         body["live_epoch"] = json!(job.live.epoch());
     } else {
-        let engine = open(&s.data, Scope::All).await?;
+        let engine = open(&s.data, Scope::All, &s.config).await?;
         body["epoch"] = json!(engine.commit().map(|c| c.epoch));
     }
     Ok(axum::Json(body).into_response())
@@ -731,7 +741,7 @@ async fn query(
             format!("the body must be JSON {{\"sql\": \"SELECT ...\"}}: {e}"),
         )
     })?;
-    let engine = open(&s.data, scope).await?;
+    let engine = open(&s.data, scope, &s.config).await?;
     let batches = tokio::time::timeout(QUERY_TIMEOUT, engine.sql(&request.sql))
         .await
         .map_err(|_| {
@@ -796,14 +806,20 @@ pub fn key_scope(keys: &[ApiKey], key: &str) -> Option<Scope> {
     })
 }
 
-async fn open(data: &str, scope: Scope) -> Result<QueryEngine, ApiError> {
-    QueryEngine::open_scoped(data, scope).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "data_unavailable",
-            format!("reading the tables: {e}"),
-        )
-    })
+async fn open(
+    data: &str,
+    scope: Scope,
+    config: &Arc<om_model::Config>,
+) -> Result<QueryEngine, ApiError> {
+    QueryEngine::open_with_config(data, scope, Arc::clone(config))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "data_unavailable",
+                format!("reading the tables: {e}"),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! model.
 
 mod integration {
+    mod billing;
     mod cli;
     pub mod common;
     mod credit_model;

@@ -13,6 +13,9 @@
 //! factories, and accepts only queries: DDL (`CREATE EXTERNAL TABLE ...`), DML and
 //! statements (`SET`, ...) are refused.
 
+pub mod billing;
+pub mod export;
+
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -24,7 +27,7 @@ use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
-use om_model::schema;
+use om_model::{Config, schema};
 use om_sinks::{CommitRecord, DataStore};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +66,7 @@ pub struct QueryEngine {
     ctx: SessionContext,
     commit: Option<CommitRecord>,
     scope: Scope,
+    config: Arc<Config>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -82,8 +86,19 @@ impl QueryEngine {
     }
 
     /// Opens `data_url` for `scope` (see the module docs for what a tenant session
-    /// allows).
+    /// allows), with the built-in config's plans for the billing tables (no pricing:
+    /// `invoices` is empty; `revenue` needs none).
     pub async fn open_scoped(data_url: &str, scope: Scope) -> Result<QueryEngine> {
+        QueryEngine::open_with_config(data_url, scope, Arc::new(Config::builtin())).await
+    }
+
+    /// Opens `data_url` for `scope`; the billing tables (`invoices`, `invoice_lines`,
+    /// `revenue`) use `config`'s plans and allowed lateness.
+    pub async fn open_with_config(
+        data_url: &str,
+        scope: Scope,
+        config: Arc<Config>,
+    ) -> Result<QueryEngine> {
         let store = DataStore::open(data_url)?;
         let commit = CommitRecord::latest(&store).await?;
         let ctx = match scope {
@@ -123,7 +138,17 @@ impl QueryEngine {
                 .with_schema(schema);
             register(&ctx, name, Arc::new(ListingTable::try_new(config)?), &scope)?;
         }
-        Ok(QueryEngine { ctx, commit, scope })
+        let watermark = commit.as_ref().and_then(|c| c.watermark_micros);
+        let billing = billing::Billing::new(&ctx, Arc::clone(&config), watermark).await?;
+        for name in schema::DERIVED_TABLES {
+            ctx.register_table(name, billing.table(name))?;
+        }
+        Ok(QueryEngine {
+            ctx,
+            commit,
+            scope,
+            config,
+        })
     }
 
     /// Whose rows the session sees.
@@ -134,6 +159,17 @@ impl QueryEngine {
     /// The commit the tables are read at (`None` before the first commit).
     pub fn commit(&self) -> Option<&CommitRecord> {
         self.commit.as_ref()
+    }
+
+    /// Whether the calendar month starting at `start` is final at this commit: it ends
+    /// at or before watermark - allowed_lateness, so no accepted event can change it
+    /// (the rule of `usage_windows.is_final`).
+    pub fn period_is_final(&self, start: om_model::Micros) -> bool {
+        let end = om_model::WindowSize::Month.end(start);
+        self.commit
+            .as_ref()
+            .and_then(|c| c.watermark_micros)
+            .is_some_and(|w| end <= w - self.config.pipeline.allowed_lateness)
     }
 
     /// The DataFusion session, for registering more views.
@@ -244,30 +280,35 @@ pub fn format(batches: &[RecordBatch], format: Format) -> Result<String> {
     }
 }
 
+/// `b` with its decimal columns as exact text (`"12.500000000"`).
+pub(crate) fn decimals_as_text(b: &RecordBatch) -> Result<RecordBatch> {
+    let schema = b.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(b.columns()) {
+        if matches!(f.data_type(), arrow::datatypes::DataType::Decimal128(..)) {
+            let text = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+            fields.push(
+                f.as_ref()
+                    .clone()
+                    .with_data_type(arrow::datatypes::DataType::Utf8),
+            );
+            columns.push(text);
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(Arc::clone(c));
+        }
+    }
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
 /// Query results as a JSON array of row objects, with decimals as exact strings
 /// (`"12.500000000"`), since JSON numbers are read as binary floats by most clients.
 pub fn json_rows(batches: &[RecordBatch]) -> Result<String> {
     let mut w = arrow::json::ArrayWriter::new(Vec::new());
     for b in batches {
-        let schema = b.schema();
-        let mut fields = Vec::with_capacity(schema.fields().len());
-        let mut columns = Vec::with_capacity(schema.fields().len());
-        for (f, c) in schema.fields().iter().zip(b.columns()) {
-            if matches!(f.data_type(), arrow::datatypes::DataType::Decimal128(..)) {
-                let text = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
-                fields.push(
-                    f.as_ref()
-                        .clone()
-                        .with_data_type(arrow::datatypes::DataType::Utf8),
-                );
-                columns.push(text);
-            } else {
-                fields.push(f.as_ref().clone());
-                columns.push(Arc::clone(c));
-            }
-        }
-        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
-        w.write(&RecordBatch::try_new(schema, columns)?)?;
+        w.write(&decimals_as_text(b)?)?;
     }
     w.finish()?;
     let out = w.into_inner();

@@ -416,6 +416,37 @@ pub fn credit_ledger(rows: &[LedgerRow<'_>]) -> Result<RecordBatch> {
     )?)
 }
 
+/// A `subscriptions` row: (tenant, customer, plan, effective_at, ends_at).
+pub type SubscriptionRow<'a> = (&'a str, &'a str, &'a str, Micros, Option<Micros>);
+
+/// The `subscriptions` table.
+pub fn subscriptions(rows: &[SubscriptionRow<'_>]) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut tenant = StringBuilder::with_capacity(n, n * 8);
+    let mut customer = StringBuilder::with_capacity(n, n * 10);
+    let mut plan = StringBuilder::with_capacity(n, n * 6);
+    let mut effective_at = ts_builder(n);
+    let mut ends_at = ts_builder(n);
+    for &(t, c, p, from, to) in rows {
+        tenant.append_value(t);
+        customer.append_value(c);
+        plan.append_value(p);
+        effective_at.append_value(from);
+        ends_at.append_option(to);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(tenant.finish()),
+        Arc::new(customer.finish()),
+        Arc::new(plan.finish()),
+        Arc::new(effective_at.finish()),
+        Arc::new(ends_at.finish()),
+    ];
+    Ok(RecordBatch::try_new(
+        Arc::clone(&schema::SUBSCRIPTIONS),
+        columns,
+    )?)
+}
+
 /// The `entitlements` table, as of `as_of`.
 pub fn entitlements(rows: &[EntitlementRow<'_>], as_of: Option<Micros>) -> Result<RecordBatch> {
     let n = rows.len();
