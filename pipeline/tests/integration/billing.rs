@@ -540,6 +540,18 @@ fn invoices_revenue_and_exports() {
     assert_eq!(read_all(&scheduled.join("invoices/2026-10")), first);
     export(&b, "parquet");
     export(&b, "parquet");
+    openmonetize(&[
+        "export",
+        "revenue",
+        "--period",
+        "2026-10",
+        "--data",
+        data.to_str().unwrap(),
+        "--to",
+        b.to_str().unwrap(),
+        "--format",
+        "parquet",
+    ]);
     let parquet = read_all(&b.join("invoices/2026-10"));
     assert_eq!(parquet.len(), 3, "invoices, invoice_lines, manifest");
     let manifest: serde_json::Value =
@@ -562,7 +574,9 @@ t = pq.read_table(b + "/invoices/2026-10/invoices.parquet")
 assert str(t.schema.field("total").type) == "decimal128(38, 9)", t.schema
 pq_total = sum(t.column("total").to_pylist())
 pq_lines = sum(pq.read_table(b + "/invoices/2026-10/invoice_lines.parquet").column("amount").to_pylist())
-print(json.dumps([str(csv_total), str(csv_lines), str(pq_total), str(pq_lines)]))
+rev = pq.read_table(b + "/revenue/2026-10/revenue.parquet")
+rev_total = sum(rev.column("recognized").to_pylist()) + sum(rev.column("breakage").to_pylist())
+print(json.dumps([str(csv_total), str(csv_lines), str(pq_total), str(pq_lines), str(rev_total)]))
 "#;
     let out = Command::new(&python)
         .args(["-c", script, a.to_str().unwrap(), b.to_str().unwrap()])
@@ -573,7 +587,18 @@ print(json.dumps([str(csv_total), str(csv_lines), str(pq_total), str(pq_lines)])
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let totals: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut totals: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    // October's revenue: g1 6 + 4, g3 5 (g2's breakage is on November 1).
+    let revenue = totals.pop().unwrap();
+    assert_eq!(revenue.parse::<f64>().ok(), Some(15.0), "{revenue}");
+    assert_eq!(
+        rows(
+            &data,
+            &config_path,
+            "SELECT CAST(sum(recognized + breakage) AS VARCHAR) FROM revenue WHERE day < TIMESTAMP '2026-11-01T00:00:00Z'"
+        )[0][0],
+        "15.000000000"
+    );
     let sql = rows(
         &data,
         &config_path,
@@ -694,5 +719,23 @@ fn a_late_event_changes_the_open_months_invoice_only() {
     );
     assert_eq!(answer["results"][1]["status"], json!("late"), "{answer}");
     assert_eq!(totals(), vec![p("2026-10", "10"), p("2026-11", "9")]);
+    // The schedule fires every second: the final October was exported once (its
+    // manifest is not rewritten at later firings) and the open November not at all.
+    let manifest = tmp.path().join("scheduled/invoices/2026-10/manifest.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !manifest.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "October was never exported"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let written = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        written
+    );
+    assert!(!tmp.path().join("scheduled/invoices/2026-11").exists());
     server.terminate();
 }
