@@ -19,18 +19,20 @@ import late
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def measure(cmd, env=None, log=None):
-    """Runs cmd; returns (seconds, peak RSS MiB). Fails loudly on a non-zero exit."""
+def measure(cmd, log):
+    """Runs cmd; returns (seconds, peak RSS MiB). Fails loudly on a non-zero exit.
+
+    Peak RSS comes from GNU time (`/usr/bin/time -f %M`), which forks the engine from its
+    own small process: a child forked straight from this driver would report the
+    driver's memory at fork time (Linux carries the high-water mark across exec)."""
+    rss_file = log + ".rss"
     start = time.monotonic()
-    with open(log, "w") if log else open(os.devnull, "w") as out:
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(p.pid, 0)
+    with open(log, "w") as out:
+        code = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd, stdout=out, stderr=subprocess.STDOUT)
     secs = time.monotonic() - start
-    code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        tail = open(log).read()[-3000:] if log else ""
-        sys.exit(f"{' '.join(cmd)} exited with {code}\n{tail}")
-    return secs, usage.ru_maxrss / 1024
+        sys.exit(f"{' '.join(cmd)} exited with {code}\n{open(log).read()[-3000:]}")
+    return secs, int(open(rss_file).read().split()[-1]) / 1024
 
 
 def canonical_csv(path):

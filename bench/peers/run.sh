@@ -50,6 +50,12 @@ if ! "$VENV/bin/python" -c 'import pathway, bytewax, duckdb, pyarrow' 2>/dev/nul
     'pathway==0.33.0' 'bytewax==0.21.1' 'duckdb==2.0.1' 'pyarrow>=14'
 fi
 
+# Peak RSS is measured with GNU time (Debian package `time`).
+if [ ! -x /usr/bin/time ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq time
+fi
+
 BIN="${OM_BIN:-$OM_CACHE/target/release/openmonetize}"
 if [ ! -x "$BIN" ]; then
   echo "building the release binary (cargo build --release -p openmonetize)..." >&2
