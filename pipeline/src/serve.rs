@@ -742,7 +742,7 @@ async fn query(
         )
     })?;
     let engine = open(&s.data, scope, &s.config).await?;
-    let batches = tokio::time::timeout(QUERY_TIMEOUT, engine.sql(&request.sql))
+    let (schema, batches) = tokio::time::timeout(QUERY_TIMEOUT, engine.query(&request.sql))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -760,20 +760,39 @@ async fn query(
             format!("the result has {rows} rows, more than {MAX_ROWS}; add a LIMIT or aggregate"),
         ));
     }
-    let columns: Vec<String> = match batches.first() {
-        Some(b) => b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect(),
-        None => Vec::new(),
-    };
+    let wants_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(ARROW_STREAM));
+    if wants_arrow {
+        let bytes = arrow_stream(&schema, &batches).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string())
+        })?;
+        return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
+    }
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let rows = om_queries::json_rows(&batches)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding", e.to_string()))?;
     let columns = serde_json::to_string(&columns).expect("strings encode");
     let body = format!("{{\"columns\":{columns},\"rows\":{rows}}}");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The media type of an Arrow IPC stream, the binary answer of `/v1/query`.
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// The batches as one Arrow IPC stream (schema first, so an empty result keeps its
+/// columns and types).
+fn arrow_stream(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::record_batch::RecordBatch],
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    w.into_inner()
 }
 
 /// The scope of the request's bearer key.

@@ -180,6 +180,14 @@ impl QueryEngine {
     /// Runs one SQL statement and collects its result; a tenant session runs queries
     /// only.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.query(sql).await?.1)
+    }
+
+    /// As [`QueryEngine::sql`], with the result's schema (known even with no rows).
+    pub async fn query(
+        &self,
+        sql: &str,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
         let options = match self.scope {
             Scope::All => SQLOptions::new(),
             Scope::Tenant(_) => SQLOptions::new()
@@ -187,12 +195,9 @@ impl QueryEngine {
                 .with_allow_dml(false)
                 .with_allow_statements(false),
         };
-        Ok(self
-            .ctx
-            .sql_with_options(sql, options)
-            .await?
-            .collect()
-            .await?)
+        let df = self.ctx.sql_with_options(sql, options).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        Ok((schema, df.collect().await?))
     }
 }
 

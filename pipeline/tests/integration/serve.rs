@@ -159,6 +159,57 @@ fn sql_over_http_as_a_tenant_and_as_an_admin() {
         assert_eq!(value.split_once('.').unwrap().1.len(), 9, "{value}");
     }
 
+    // The same as an Arrow IPC stream, read back by pyarrow with exact decimals.
+    let arrow_sql = r#"{"sql": "SELECT customer_id, value FROM usage_windows WHERE window_size = 'day' ORDER BY customer_id, value"}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/query HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer acme-secret\r\nAccept: application/vnd.apache.arrow.stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{arrow_sql}",
+        arrow_sql.len()
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&answer[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/vnd.apache.arrow.stream"),
+        "{head}"
+    );
+    let stream = tmp.path().join("answer.arrows");
+    std::fs::write(&stream, &answer[split + 4..]).unwrap();
+    let python = std::env::var("OM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, pyarrow.ipc as ipc\n\
+             t = ipc.open_stream(open(sys.argv[1], 'rb')).read_all()\n\
+             print(t.num_rows, t.schema.field('value').type, sum(t.column('value').to_pylist()))",
+        ])
+        .arg(&stream)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/v1/query",
+        Some("acme-secret"),
+        r#"{"sql": "SELECT count(*) AS n, CAST(sum(value) AS VARCHAR) AS s FROM usage_windows WHERE window_size = 'day'"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let want = format!(
+        "{} decimal128(38, 9) {}",
+        body["rows"][0]["n"],
+        body["rows"][0]["s"].as_str().unwrap()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+
     let (status, body) = request(addr, "POST", "/v1/query", Some("admin-secret"), sql);
     assert_eq!(status, 200, "{body}");
     let tenants: Vec<&str> = body["rows"]
