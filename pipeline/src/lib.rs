@@ -17,6 +17,7 @@ pub mod dataflow;
 pub mod demo;
 pub mod exports;
 pub mod ingress;
+pub mod kafka_ingest;
 pub mod live;
 pub mod metrics;
 pub mod pg;

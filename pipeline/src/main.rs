@@ -160,6 +160,16 @@ enum Command {
         /// free port, printed at start after the HTTP one).
         #[arg(long)]
         pg_listen: Option<String>,
+        /// Kafka mode: the job reads this topic (kafka://HOST:PORT/TOPIC, it must exist)
+        /// instead of an in-process queue, and POST /v1/events produces to it; each
+        /// request is answered once a commit covers its records, with the same verdicts
+        /// (read back from rejected_events and late_events). Other producers may write to
+        /// the topic too.
+        #[arg(long)]
+        events_topic: Option<String>,
+        /// Kafka mode: the commands topic, which POST /v1/commands produces to.
+        #[arg(long, requires = "events_topic")]
+        commands_topic: Option<String>,
     },
     /// Run SQL over the committed tables.
     ///
@@ -448,6 +458,8 @@ fn main() -> anyhow::Result<()> {
             queue_bytes,
             quiet,
             pg_listen,
+            events_topic,
+            commands_topic,
         } => {
             let config = openmonetize::load_config(config.as_deref())?;
             if config.api_keys.is_empty() {
@@ -465,6 +477,8 @@ fn main() -> anyhow::Result<()> {
                 queue_bytes,
                 progress: !quiet,
                 pg_listen,
+                events_topic,
+                commands_topic,
             };
             // Ctrl-C or SIGTERM: refuse new records, let the job commit and answer what
             // was posted, then finish the requests in flight and exit.

@@ -26,9 +26,21 @@ struct State {
 }
 
 /// The job's and the server's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JobMetrics {
     state: Mutex<State>,
+    /// The epoch and source positions of the last commit, for whoever waits on them
+    /// (`serve` over Kafka answers a request once a commit covers its records).
+    positions: tokio::sync::watch::Sender<crate::kafka_ingest::Positions>,
+}
+
+impl Default for JobMetrics {
+    fn default() -> Self {
+        JobMetrics {
+            state: Mutex::default(),
+            positions: tokio::sync::watch::Sender::new(None),
+        }
+    }
 }
 
 impl JobMetrics {
@@ -39,6 +51,10 @@ impl JobMetrics {
     /// A commit was written, `latency` after its epoch's reading ended (none when not
     /// measured, e.g. the commit a job resumes from).
     pub fn committed(&self, record: &CommitRecord, latency: Option<Duration>) {
+        self.positions.send_replace(Some((
+            record.epoch,
+            std::sync::Arc::new(record.sources.clone()),
+        )));
         let mut s = self.lock();
         s.commit = Some(CommitRecord {
             tables: Default::default(),
@@ -56,6 +72,11 @@ impl JobMetrics {
             s.latency_count += 1;
             s.latency_sum += secs;
         }
+    }
+
+    /// Follows the positions of each commit.
+    pub fn positions(&self) -> tokio::sync::watch::Receiver<crate::kafka_ingest::Positions> {
+        self.positions.subscribe()
     }
 
     /// The epoch of the last commit.

@@ -714,6 +714,9 @@ fn run_worker(
     }
 
     for epoch in first_epoch.. {
+        // Commits written since the last epoch: metrics, and (serve) the requests they
+        // answer.
+        watch.check(&last_commit);
         let epoch_started = Instant::now();
         let ingested_at = chrono::Utc::now().timestamp_micros();
 

@@ -70,14 +70,25 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// The embedded job's side of the server.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// Events posted to `/v1/events`.
+    /// Events posted to `/v1/events` (queue mode).
     pub events: Arc<Ingress>,
-    /// Commands posted to `/v1/commands`.
+    /// Commands posted to `/v1/commands` (queue mode).
     pub commands: Arc<Ingress>,
+    /// Kafka mode: the topics posted records are produced to.
+    pub kafka: Option<Arc<KafkaFeeds>>,
     /// Balances and entitlements.
     pub live: Arc<LiveViews>,
     /// Why the job stopped, once it did.
     pub stopped: Arc<Mutex<Option<String>>>,
+}
+
+/// The topics of Kafka mode.
+#[derive(Debug)]
+pub struct KafkaFeeds {
+    /// The events topic.
+    pub events: crate::kafka_ingest::KafkaIngest,
+    /// The commands topic, if any.
+    pub commands: Option<crate::kafka_ingest::KafkaIngest>,
 }
 
 /// What the server serves.
@@ -196,6 +207,11 @@ pub struct ServerSettings {
     pub progress: bool,
     /// Also serve SQL over the PostgreSQL protocol here ([`crate::pg`]).
     pub pg_listen: Option<String>,
+    /// Kafka mode ([`crate::kafka_ingest`]): the job reads this events topic and posted
+    /// events are produced to it; none: the in-process queue.
+    pub events_topic: Option<String>,
+    /// Kafka mode: the commands topic (posted commands are refused without one).
+    pub commands_topic: Option<String>,
 }
 
 /// Runs the job (unless read-only) and serves the API until `shutdown` completes or the
@@ -219,6 +235,8 @@ pub fn run_server(
         queue_bytes,
         progress,
         pg_listen,
+        events_topic,
+        commands_topic,
     } = settings;
     let keys = config.api_keys.clone();
     let shared_config = Arc::new(config.clone());
@@ -230,9 +248,38 @@ pub fn run_server(
         let events = Arc::new(Ingress::new("events", queue_bytes));
         let commands = Arc::new(Ingress::new("commands", queue_bytes));
         let live = Arc::new(LiveViews::new(workers));
-        let mut opts =
-            crate::RunOptions::new(config, crate::Source::Http(Arc::clone(&events)), &data);
-        opts.commands = Some(crate::Source::Http(Arc::clone(&commands)));
+        let (mut opts, kafka) = match &events_topic {
+            None => {
+                if commands_topic.is_some() {
+                    anyhow::bail!("--commands-topic needs --events-topic (Kafka mode)");
+                }
+                let mut opts =
+                    crate::RunOptions::new(config, crate::Source::Http(Arc::clone(&events)), &data);
+                opts.commands = Some(crate::Source::Http(Arc::clone(&commands)));
+                (opts, None)
+            }
+            Some(topic) => {
+                let url = |t: &str, flag: &str| {
+                    t.parse::<om_sources::kafka::KafkaUrl>()
+                        .with_context(|| format!("{flag} `{t}`"))
+                };
+                let events_url = url(topic, "--events-topic")?;
+                let commands_url = commands_topic
+                    .as_deref()
+                    .map(|t| url(t, "--commands-topic"))
+                    .transpose()?;
+                let feeds = KafkaFeeds {
+                    events: crate::kafka_ingest::KafkaIngest::open(&events_url)?,
+                    commands: commands_url
+                        .as_ref()
+                        .map(crate::kafka_ingest::KafkaIngest::open)
+                        .transpose()?,
+                };
+                let mut opts = crate::RunOptions::new(config, topic.parse()?, &data);
+                opts.commands = commands_topic.as_deref().map(str::parse).transpose()?;
+                (opts, Some(Arc::new(feeds)))
+            }
+        };
         opts.workers = workers;
         opts.commit_interval = commit_interval;
         opts.stop = Arc::clone(&stop);
@@ -242,6 +289,7 @@ pub fn run_server(
         let job = Job {
             events,
             commands,
+            kafka,
             live,
             stopped: Arc::default(),
         };
@@ -493,7 +541,10 @@ async fn post_events(
 ) -> Result<Response, ApiError> {
     let scope = authorize(&s.keys, &headers)?;
     let job = job(&s)?;
-    ingest(&job.events, scope, &body_of(body)?).await
+    match &job.kafka {
+        Some(k) => ingest_kafka(&s, &k.events, scope, &body_of(body)?).await,
+        None => ingest(&job.events, scope, &body_of(body)?).await,
+    }
 }
 
 async fn post_commands(
@@ -503,7 +554,57 @@ async fn post_commands(
 ) -> Result<Response, ApiError> {
     let scope = authorize(&s.keys, &headers)?;
     let job = job(&s)?;
-    ingest(&job.commands, scope, &body_of(body)?).await
+    match &job.kafka {
+        Some(k) => {
+            let topic = k.commands.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_commands_topic",
+                    "this server produces to Kafka and was started without --commands-topic: commands cannot be posted",
+                )
+            })?;
+            ingest_kafka(&s, topic, scope, &body_of(body)?).await
+        }
+        None => ingest(&job.commands, scope, &body_of(body)?).await,
+    }
+}
+
+/// Kafka mode: produces the records of `body` and answers their verdicts once
+/// committed.
+async fn ingest_kafka(
+    s: &ServeOptions,
+    topic: &crate::kafka_ingest::KafkaIngest,
+    scope: Scope,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    use crate::kafka_ingest::KafkaIngestError;
+    let records = records_of(body)?;
+    let tenant = match &scope {
+        Scope::Tenant(t) => Some(t.as_str()),
+        Scope::All => None,
+    };
+    let submitted = topic.submit(&records, tenant, s.metrics.positions(), &s.data);
+    let reply = tokio::time::timeout(QUERY_TIMEOUT, submitted)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "no commit covered the records within {} s; they are in Kafka and will be committed: retrying is safe, duplicates are recognized by (tenant_id, id)",
+                    QUERY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            let code = match e {
+                KafkaIngestError::Produce { .. } => "kafka_unavailable",
+                KafkaIngestError::Stopped => "job_stopped",
+                KafkaIngestError::Verdicts(_) => "data_unavailable",
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+        })?;
+    Ok(verdicts_answer(reply))
 }
 
 /// Queues the records of `body` and answers their verdicts once committed.
@@ -540,6 +641,11 @@ async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response
                 "the job stopped before committing these records; retry (duplicates are recognized by (tenant_id, id))",
             )
         })?;
+    Ok(verdicts_answer(Reply { epoch, verdicts }))
+}
+
+/// The answer to posted records: counts and each record's verdict.
+fn verdicts_answer(Reply { epoch, verdicts }: Reply) -> Response {
     let mut counts = [0usize; 5];
     let results: Vec<serde_json::Value> = verdicts
         .iter()
@@ -558,7 +664,7 @@ async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response
             }
         })
         .collect();
-    Ok(axum::Json(json!({
+    axum::Json(json!({
         "epoch": epoch,
         "accepted": counts[0],
         "queued": counts[1],
@@ -567,7 +673,7 @@ async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response
         "rejected": counts[4],
         "results": results,
     }))
-    .into_response())
+    .into_response()
 }
 
 /// The tenant of a customer read: the key's, or an admin's `?tenant_id=`.

@@ -402,6 +402,88 @@ impl KafkaProducer {
     }
 }
 
+/// What an [`AckedProducer`] reports for each message: (partition, offset) once the
+/// broker has it, or why it failed.
+pub type Ack = Box<dyn FnOnce(std::result::Result<(u32, u64), String>) + Send>;
+
+/// The delivery reports of an [`AckedProducer`], handed to each message's [`Ack`].
+struct Acks;
+
+impl rdkafka::ClientContext for Acks {}
+
+impl rdkafka::producer::ProducerContext for Acks {
+    type DeliveryOpaque = Box<std::sync::Mutex<Option<Ack>>>;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
+        let Some(ack) = ack.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+            return;
+        };
+        ack(match result {
+            Ok(m) => Ok((m.partition() as u32, m.offset() as u64)),
+            Err((e, _)) => Err(e.to_string()),
+        });
+    }
+}
+
+/// A producer that tells the caller where each message landed, once the broker has
+/// acknowledged it (`acks=all`): what `serve` needs to answer a posted record only
+/// after the job committed it. A background thread polls the client.
+pub struct AckedProducer {
+    url: KafkaUrl,
+    producer: rdkafka::producer::ThreadedProducer<Acks>,
+}
+
+impl fmt::Debug for AckedProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckedProducer")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl AckedProducer {
+    /// Connects to the topic's brokers (the topic must exist).
+    pub fn open(url: &KafkaUrl) -> Result<Self> {
+        url.partition_count(Duration::from_secs(10))?;
+        let producer = url
+            .config()
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "false")
+            .create_with_context(Acks)
+            .map_err(|e| url.client_error("creating a producer", e))?;
+        Ok(AckedProducer {
+            url: url.clone(),
+            producer,
+        })
+    }
+
+    /// The topic.
+    pub fn url(&self) -> &KafkaUrl {
+        &self.url
+    }
+
+    /// Queues one message; `ack` is called with its (partition, offset) or the error.
+    /// Waits while the client's queue is full.
+    pub fn send(&self, key: Option<&[u8]>, payload: &[u8], ack: Ack) -> Result<()> {
+        let mut ack = Box::new(std::sync::Mutex::new(Some(ack)));
+        loop {
+            let mut record = BaseRecord::with_opaque_to(&self.url.topic, ack).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    ack = r.delivery_opaque;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(self.url.client_error("producing", e)),
+            }
+        }
+    }
+}
+
 /// The partition key of a JSON event: `tenant_id` (when present) and `customer_id`, so
 /// that one customer's events stay in order in one partition. `None` when the line has
 /// no string `customer_id` (it is still produced, and the job rejects or accepts it).

@@ -114,6 +114,8 @@ fn main() -> anyhow::Result<()> {
         queue_bytes: 64 << 20,
         progress: false,
         pg_listen: None,
+        events_topic: None,
+        commands_topic: None,
     };
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

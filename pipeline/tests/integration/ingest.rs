@@ -390,3 +390,106 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
         4
     );
 }
+
+#[test]
+fn kafka_mode_produces_posted_records_and_answers_their_verdicts_after_the_commit() {
+    let broker = super::services::Broker::start();
+    let events = broker.topic("posted-events", 2);
+    let commands = broker.topic("posted-commands", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let config = config(tmp.path());
+    let server = start(
+        data,
+        &config,
+        &[
+            "--commit-interval",
+            "100ms",
+            "--workers",
+            "2",
+            "--events-topic",
+            &events,
+            "--commands-topic",
+            &commands,
+        ],
+    );
+    let addr = server.addr.clone();
+
+    // Commands go through Kafka too; another tenant's is refused at once.
+    let (status, answer) = post(
+        &addr,
+        "/v1/commands",
+        "acme-key",
+        &json!([
+            {"kind": "grant", "tenant_id": "acme", "grant_id": "g1", "customer_id": "c1",
+             "amount": "100", "priority": 1, "effective_at": "2026-11-01T00:00:00Z"},
+            {"kind": "grant", "tenant_id": "beta", "grant_id": "g2", "customer_id": "x",
+             "amount": "5", "effective_at": "2026-11-01T00:00:00Z"},
+        ]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["accepted", "rejected"]);
+
+    // The verdicts come back from the committed tables: a duplicate from
+    // rejected_events, an invalid record with its reason, a late one from late_events.
+    let batch = json!([
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        generation("e2", "c1", "2026-11-20T10:10:00Z", 1500),
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        {"id": "bad", "tenant_id": "acme", "event_type": "api_call", "timestamp": "2026-11-20T10:00:00Z"},
+        call("b1", "beta", "x", "2026-11-20T10:00:00Z"),
+    ]);
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &batch);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        statuses(&answer),
+        ["accepted", "accepted", "duplicate", "rejected", "rejected"]
+    );
+    assert!(
+        answer["results"][3]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("customer_id"),
+        "{answer}"
+    );
+    let (status, late) = post(
+        &addr,
+        "/v1/events",
+        "acme-key",
+        &json!([call("old", "acme", "c1", "2026-11-01T00:00:00Z")]),
+    );
+    assert_eq!(status, 200, "{late}");
+    assert_eq!(statuses(&late), ["late"]);
+    let (status, again) = post(&addr, "/v1/events", "admin-key", &batch);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        statuses(&again),
+        [
+            "duplicate",
+            "duplicate",
+            "duplicate",
+            "rejected",
+            "accepted"
+        ]
+    );
+
+    // Counted once; the live balance follows the topic: 1,500 tokens burn 15 credits.
+    let rows = sql(
+        &addr,
+        "acme-key",
+        "SELECT meter, CAST(value AS VARCHAR) AS value FROM usage_windows WHERE window_size = 'month' ORDER BY meter",
+    );
+    assert_eq!(
+        rows,
+        [
+            json!({"meter": "api_calls", "value": "1.000000000"}),
+            json!({"meter": "tokens", "value": "1500.000000000"})
+        ]
+    );
+    let (status, balance) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(balance["balance"], json!("85.000000000"), "{balance}");
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+}
