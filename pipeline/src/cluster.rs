@@ -82,6 +82,53 @@ impl Cluster {
     }
 }
 
+/// While held, panics that only echo a broken connection between the processes are
+/// not printed (timely's network threads, the workers that find their channels
+/// poisoned, and the join of the network threads); the job's error says what happened.
+/// The cause of the break, timely's "timely communication error", is printed in one line.
+pub struct QuietNetworkPanics {
+    previous: Option<std::sync::Arc<PanicHook>>,
+}
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+impl QuietNetworkPanics {
+    /// Installs the filter in front of the current panic hook.
+    pub fn install() -> QuietNetworkPanics {
+        let previous = std::sync::Arc::new(std::panic::take_hook());
+        let inner = std::sync::Arc::clone(&previous);
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if message.starts_with("timely communication error") {
+                eprintln!("connection to another process broke ({message})");
+            } else if !(message.starts_with("MergeQueue poisoned")
+                || message.starts_with("Send thread panic")
+                || message.starts_with("Recv thread panic"))
+            {
+                inner(info);
+            }
+        }));
+        QuietNetworkPanics {
+            previous: Some(previous),
+        }
+    }
+}
+
+impl Drop for QuietNetworkPanics {
+    fn drop(&mut self) {
+        // Removing the filter drops its reference to the previous hook.
+        drop(std::panic::take_hook());
+        if let Some(previous) = self.previous.take().and_then(std::sync::Arc::into_inner) {
+            std::panic::set_hook(previous);
+        }
+    }
+}
+
 /// The addresses of a hosts file: one `host:port` per line, line `i` for process `i`;
 /// blank lines and `#` comments are ignored. There must be exactly `processes` of them.
 pub fn parse_hosts(text: &str, processes: usize) -> anyhow::Result<Vec<String>> {

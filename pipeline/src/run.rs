@@ -330,6 +330,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         None => timely::Config::process(opts.workers),
     };
     let in_cluster = opts.cluster.is_some();
+    let _quiet = in_cluster.then(crate::cluster::QuietNetworkPanics::install);
     let opts = Arc::new(opts);
     let failed = Arc::new(AtomicBool::new(false));
     // What each worker of this process ended with, in the order they ended. Workers
@@ -445,6 +446,23 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         elapsed: start.elapsed(),
         bytes: bytes.load(Ordering::Relaxed),
     })
+}
+
+/// A digest of what every worker of a job must agree on (the processes of a cluster are
+/// started separately): the config, the sources, the data location and how the input is
+/// cut into epochs and commits.
+fn settings_digest(opts: &RunOptions, sources: &[String]) -> u64 {
+    let text = format!(
+        "{:?}|{sources:?}|{}|{}|{}|{}|{:?}|{}",
+        opts.config,
+        opts.data,
+        opts.workers,
+        opts.epoch_bytes,
+        opts.commit_every,
+        opts.commit_interval,
+        opts.until_caught_up
+    );
+    twox_hash::XxHash3_64::oneshot(text.as_bytes())
 }
 
 /// How one worker of this process ended.
@@ -573,6 +591,8 @@ struct Status {
     idle: Vec<u32>,
     /// A stop was requested.
     stop: bool,
+    /// [`settings_digest`] of the worker's job: the processes of a cluster must agree.
+    settings: u64,
 }
 
 /// A worker's side of the source.
@@ -656,6 +676,7 @@ fn run_worker(
     let sources: Vec<String> = std::iter::once(source_name.clone())
         .chain(commands.as_ref().map(Input::name))
         .collect();
+    let settings = settings_digest(opts, &sources);
     let file_boundary = |e: u64, w: usize| -> u64 {
         let Input::File(file) = input else { return 0 };
         let base = e * epoch_bytes;
@@ -1200,6 +1221,7 @@ fn run_worker(
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
+            settings,
         });
 
         // Wait for the verdicts and statuses of the whole epoch.
@@ -1207,6 +1229,11 @@ fn run_worker(
         status_input.advance_to(epoch + 1);
         step_while(worker, failed, || dedup_probe.less_equal(&epoch))?;
         let all = statuses.borrow_mut().remove(&epoch).unwrap_or_default();
+        if all.iter().any(|s| s.settings != settings) {
+            bail!(
+                "the processes of the cluster run with different settings: start every process with the same config file contents, --events, --commands, --data, --workers, --epoch-bytes, --commit-every, --commit-interval and --until-caught-up"
+            );
+        }
         if all.len() != peers {
             // Every worker sends one status per epoch; fewer means the workers are at
             // different epochs: processes of a cluster that resumed from different commits.

@@ -219,7 +219,7 @@ fn a_cluster_with_a_killed_process_stops_and_resumes_to_the_same_tables() {
         let mut args = vec![
             "gen",
             "--events",
-            "300000",
+            "150000",
             "--customers",
             "1000",
             "--seed",
@@ -305,4 +305,44 @@ fn a_cluster_with_a_killed_process_stops_and_resumes_to_the_same_tables() {
             b.len()
         );
     }
+}
+
+#[test]
+fn processes_started_with_different_settings_all_stop_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = golden_dir("small");
+    let data = tmp.path().join("data");
+    let args = |epoch_bytes: &str| {
+        strings(&[
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+            "--events",
+            &format!("file:{}", dir.join("events.jsonl").display()),
+            "--data",
+            data.to_str().unwrap(),
+            "--epoch-bytes",
+            epoch_bytes,
+            "--quiet",
+        ])
+    };
+    let hosts = hosts_file(tmp.path(), 2);
+    let children = [
+        start_process(&args("4096"), 0, 2, &hosts),
+        start_process(&args("8192"), 1, 2, &hosts),
+    ];
+    let mut said = String::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = wait_output(child, 60, &format!("process {i}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "process {i} succeeded:\n{stderr}");
+        said.push_str(&stderr);
+    }
+    assert!(
+        said.contains("the processes of the cluster run with different settings"),
+        "{said}"
+    );
+    assert!(
+        !data.join("_commits").exists(),
+        "nothing is committed when the settings differ"
+    );
 }
