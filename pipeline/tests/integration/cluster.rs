@@ -346,3 +346,51 @@ fn processes_started_with_different_settings_all_stop_with_an_error() {
         "nothing is committed when the settings differ"
     );
 }
+
+/// A worker of process 1 that fails stops process 1 with its error and process 0 with
+/// the lost connection, instead of leaving process 0 waiting for it: one returning an
+/// error (it cannot write its first events file, because a directory sits where the file
+/// must go) and one panicking inside an operator (same for its usage partition at the
+/// final commit). The obstacles are those of `cli::a_failing_worker_stops_the_job_with_its_error`.
+#[test]
+fn a_failing_worker_stops_every_process() {
+    for obstacle in [
+        "events/e000000-w1.parquet",
+        "usage_windows/hour/2026-10-26T04/w1-e000005.parquet",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("d");
+        std::fs::create_dir_all(data.join(obstacle).join("obstacle")).unwrap();
+        let dir = golden_dir("small");
+        let args = strings(&[
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+            "--events",
+            &format!("file:{}", dir.join("events.jsonl").display()),
+            "--data",
+            data.to_str().unwrap(),
+            "--epoch-bytes",
+            "20000",
+            "--quiet",
+        ]);
+        let hosts = hosts_file(tmp.path(), 2);
+        let children: Vec<Child> = (0..2).map(|i| start_process(&args, i, 2, &hosts)).collect();
+        let mut stderr = Vec::new();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = wait_output(child, 120, &format!("process {i} ({obstacle})"));
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!out.status.success(), "process {i} succeeded:\n{err}");
+            stderr.push(err);
+        }
+        assert!(
+            stderr[1].contains(&format!("writing {obstacle}")),
+            "process 1: {}",
+            stderr[1]
+        );
+        assert!(
+            stderr[0].contains("lost the connection to another process of the cluster"),
+            "process 0: {}",
+            stderr[0]
+        );
+    }
+}
