@@ -11,8 +11,10 @@
 //! at; so the newest commit record always names a complete checkpoint of exactly the
 //! input it covers. A restart loads them, resumes every partition at the recorded
 //! offset, and continues with the next epoch number, so no file a commit names is ever
-//! overwritten. A restart needs the same number of workers (state is split by worker)
-//! and the same meters and pipeline settings (`Checkpointed::config_digest`).
+//! overwritten. A restart needs the same number of workers (state is split by worker;
+//! a cluster's workers are numbered across its processes, so what counts is their total:
+//! 2 processes of 1 worker resume what 1 process of 2 workers saved, and back) and the
+//! same meters and pipeline settings (`Checkpointed::config_digest`).
 
 use anyhow::{Context, bail};
 use om_model::Config;
@@ -114,7 +116,8 @@ pub fn config_digest(config: &Config) -> String {
     format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
 }
 
-/// Checks that `commit` can be resumed by a job with `workers` workers and `config`.
+/// Checks that `commit` can be resumed by a job with `workers` workers in all (in every
+/// process of a cluster) and `config`.
 pub fn check_resumable(
     commit: &CommitRecord,
     workers: usize,
@@ -129,7 +132,7 @@ pub fn check_resumable(
     let saved_workers = parts.keys().filter(|s| s.starts_with("reader-")).count();
     if saved_workers != workers {
         bail!(
-            "its checkpoint was written by {saved_workers} workers: restart with --workers {saved_workers}"
+            "its checkpoint was written by {saved_workers} workers in all, this job has {workers}: restart with --workers {saved_workers} (in cluster mode, --processes times --workers must be {saved_workers})"
         );
     }
     if commit.config_digest.as_deref() != Some(config_digest(config).as_str()) {

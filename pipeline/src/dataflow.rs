@@ -262,7 +262,8 @@ fn encode_usage(rows: &[WindowRow], names: &Names, meters: &[String]) -> RecordB
 /// 0 and, once the epoch is complete everywhere and it is a commit epoch, writes the
 /// commit record covering it and the epochs since the previous commit, continuing from
 /// `start` (the commit a job resumes from, or an empty record). `last` holds the newest
-/// record written.
+/// record written. Its (empty) output passes an epoch once the commit covering it is
+/// written.
 pub fn committer<'s>(
     meta: StreamVec<'s, u64, Meta>,
     store: DataStore,
@@ -271,7 +272,11 @@ pub fn committer<'s>(
     last: Rc<RefCell<Option<CommitRecord>>>,
     info: Rc<RefCell<EpochInfo>>,
 ) -> StreamVec<'s, u64, ()> {
-    meta.unary_frontier(Exchange::new(|_: &Meta| 0), "OM: Committer", move |_cap, _info| {
+    meta.unary_frontier(Exchange::new(|_: &Meta| 0), "OM: Committer", move |cap, _info| {
+        // Held until the inputs pass an epoch and its record is written, so that a probe
+        // of this operator, on any worker of any process, sees an epoch complete only
+        // once its commit is written.
+        let mut cap = Some(cap);
         let mut record = start;
         let mut checkpoints = checkpoint_paths(&record);
         let mut pending: BTreeMap<u64, Vec<Meta>> = BTreeMap::new();
@@ -325,6 +330,7 @@ pub fn committer<'s>(
                 checkpoints = current;
                 *last.borrow_mut() = Some(record.clone());
             }
+            follow_inputs(&mut cap, &[frontier]);
         }
     })
 }

@@ -12,6 +12,7 @@
 //! writes the epoch's commit record, and [`serve`] answers the epoch's HTTP requests.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod customer_sink;
 pub mod dataflow;
 pub mod demo;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use om_sources::kafka::{KafkaProducer, KafkaUrl, event_key};
+use openmonetize::cluster::Cluster;
 use openmonetize::demo::{DemoOptions, demo};
 use openmonetize::run::{DEFAULT_COMMIT_EVERY, DEFAULT_EPOCH_BYTES, RunOptions, Source, run};
 use openmonetize::serve::ServerSettings;
@@ -67,9 +68,20 @@ enum Command {
         /// servers) or memory://NAME.
         #[arg(long)]
         data: String,
-        /// Timely worker threads.
+        /// Timely worker threads (of this process, in cluster mode).
         #[arg(long, default_value_t = default_workers())]
         workers: usize,
+        /// Cluster mode: the number of processes of the job, each started with the same
+        /// arguments but its own --process (README, "Cluster mode").
+        #[arg(long, env = "OM_PROCESSES")]
+        processes: Option<usize>,
+        /// Cluster mode: this process's index, 0..N (e.g. the StatefulSet pod index).
+        #[arg(long, env = "OM_PROCESS")]
+        process: Option<usize>,
+        /// Cluster mode: a file of one host:port per line, line i the address process i
+        /// listens on for the other processes.
+        #[arg(long, env = "OM_HOSTS")]
+        hosts: Option<PathBuf>,
         /// Input bytes per epoch (the unit of dedup, lateness and window updates).
         #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
         epoch_bytes: u64,
@@ -340,12 +352,16 @@ fn main() -> anyhow::Result<()> {
             commands,
             data,
             workers,
+            processes,
+            process,
+            hosts,
             epoch_bytes,
             commit_every,
             commit_interval,
             until_caught_up,
             quiet,
         } => {
+            let cluster = Cluster::from_settings(processes, process, hosts.as_deref())?;
             let commands: Option<Source> = commands
                 .map(|c| c.parse().with_context(|| format!("--commands `{c}`")))
                 .transpose()?;
@@ -362,9 +378,14 @@ fn main() -> anyhow::Result<()> {
                 signal_hook::flag::register(signal, Arc::clone(&stop))
                     .context("installing the signal handler")?;
             }
+            let place = cluster
+                .as_ref()
+                .map(|c| format!(" (process {} of {})", c.process, c.processes))
+                .unwrap_or_default();
             let stopped = Arc::clone(&stop);
             let summary = run(RunOptions {
                 workers,
+                cluster,
                 epoch_bytes,
                 commit_every,
                 commit_interval,
@@ -387,7 +408,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             eprintln!(
-                "done: {read} records ({:.0}/s) in {secs:.2}s: accepted {}, rejected {} ({} duplicates), late {}; watermark {}; committed epoch {} to {data}",
+                "done{place}: {read} records ({:.0}/s) in {secs:.2}s: accepted {}, rejected {} ({} duplicates), late {}; watermark {}; committed epoch {} to {data}",
                 read as f64 / secs.max(1e-9),
                 c.accepted,
                 c.rejected,

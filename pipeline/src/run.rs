@@ -24,6 +24,7 @@
 //! read anything for Kafka, and the last epoch.
 
 use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
+use crate::cluster::Cluster;
 use crate::customer_sink::{CustomerInput, CustomerSinkConfig, CustomerViews, customer_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
 use crate::ingress::{self, Ingress, Verdict as IngressVerdict};
@@ -53,8 +54,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -113,8 +114,11 @@ pub struct RunOptions {
     pub commands: Option<Source>,
     /// Where the tables go (`--data`).
     pub data: String,
-    /// Number of timely workers.
+    /// Number of timely workers (of this process, in cluster mode).
     pub workers: usize,
+    /// Cluster mode: this process's place among several (`None`: the job is this
+    /// process).
+    pub cluster: Option<Cluster>,
     /// Input bytes per epoch (file), or at most this much payload per worker and epoch
     /// (Kafka).
     pub epoch_bytes: u64,
@@ -145,6 +149,7 @@ impl RunOptions {
             commands: None,
             data: data.into(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cluster: None,
             epoch_bytes: DEFAULT_EPOCH_BYTES,
             commit_every: DEFAULT_COMMIT_EVERY,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
@@ -232,6 +237,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     if opts.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    // The job's workers, in every process: checkpoints are split by them.
+    let all_workers = opts.workers * opts.cluster.as_ref().map_or(1, |c| c.processes);
+    if opts.cluster.is_some() {
+        if let Source::Http(_) = opts.events {
+            bail!("`serve` runs in one process; cluster mode is for `run`");
+        }
+        if opts.data.starts_with("memory://") {
+            bail!(
+                "--data {}: a memory:// location lives in one process; a cluster needs one every process reaches (a shared directory, or s3://)",
+                opts.data
+            );
+        }
+    }
     let start = Instant::now();
     let input = Arc::new(Input::open(&opts.events, "events")?);
     let commands = Arc::new(
@@ -267,7 +285,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             let cannot = |why: anyhow::Error| {
                 anyhow::anyhow!("cannot resume the job in {}: {why:#}", opts.data)
             };
-            checkpoint::check_resumable(&prev, opts.workers, &opts.config).map_err(cannot)?;
+            checkpoint::check_resumable(&prev, all_workers, &opts.config).map_err(cannot)?;
             let topics: Vec<String> = std::iter::once(input.name())
                 .chain(commands.as_ref().as_ref().map(Input::name))
                 .map(|t| format!("{t}#"))
@@ -307,22 +325,58 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let resume = Arc::new(resume);
     let handle = runtime.handle().clone();
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let timely_config = match &opts.cluster {
+        Some(cluster) => cluster.timely_config(opts.workers),
+        None => timely::Config::process(opts.workers),
+    };
+    let in_cluster = opts.cluster.is_some();
+    let _quiet = in_cluster.then(crate::cluster::QuietNetworkPanics::install);
     let opts = Arc::new(opts);
     let failed = Arc::new(AtomicBool::new(false));
-    let exports = crate::exports::Scheduler::start(
-        Arc::new(opts.config.clone()),
-        opts.data.clone(),
-        opts.progress,
-    );
-    let guards = timely::execute(timely::Config::process(opts.workers), {
+    // Scheduled exports: one scheduler per job (process 0 of a cluster).
+    let exports = match &opts.cluster {
+        Some(c) if c.process > 0 => None,
+        _ => crate::exports::Scheduler::start(
+            Arc::new(opts.config.clone()),
+            opts.data.clone(),
+            opts.progress,
+        ),
+    };
+    // What each worker of this process ended with, in the order they ended. Workers
+    // report here rather than through their join handles: in cluster mode a failed
+    // worker ends in a panic, and a lost connection makes timely's network threads
+    // panic when the workers are joined, which loses the join results.
+    let outcomes: Arc<Mutex<Vec<WorkerOutcome>>> = Arc::default();
+    // (In cluster mode, timely connects to the other processes here, waiting for them.)
+    let guards = timely::execute(timely_config, {
         let opts = Arc::clone(&opts);
         let failed = Arc::clone(&failed);
         let bytes = Arc::clone(&bytes);
+        let outcomes = Arc::clone(&outcomes);
         move |worker| {
             let _flag = FailFlag(&failed);
-            let result = run_worker(
-                worker, &opts, &input, &commands, &resume, &store, &handle, &failed, &bytes,
-            );
+            let index = worker.index();
+            let report = |outcome| outcomes.lock().expect("outcomes lock").push(outcome);
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_worker(
+                    &mut *worker,
+                    &opts,
+                    &input,
+                    &commands,
+                    &resume,
+                    &store,
+                    &handle,
+                    &failed,
+                    &bytes,
+                )
+            }));
+            let result = match ran {
+                Ok(result) => result,
+                Err(panic) => {
+                    report(WorkerOutcome::Panicked(index, panic_message(&*panic)));
+                    std::panic::resume_unwind(panic);
+                }
+            };
             if result.is_err() {
                 failed.store(true, Ordering::SeqCst);
             }
@@ -332,37 +386,121 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             for dataflow in worker.installed_dataflows() {
                 worker.drop_dataflow(dataflow);
             }
-            result
+            match result {
+                // The other processes must stop too. A worker that returns tells them
+                // it is done, and they would wait for its epochs forever; one that
+                // panics poisons its channels, so timely closes this process's
+                // connections uncleanly and every other process fails at its next step.
+                Err(e) if in_cluster && !e.is::<Aborted>() => {
+                    let message = format!("{e:#}");
+                    report(WorkerOutcome::Done(Err(e)));
+                    std::panic::resume_unwind(Box::new(message));
+                }
+                result => report(WorkerOutcome::Done(result)),
+            }
         }
     })
     .map_err(|e| anyhow::anyhow!("starting workers: {e}"))?;
+    // Joining drops timely's network threads too, which panic if a connection to
+    // another process broke.
+    let connections_broke =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || guards.join())).is_err();
+    drop(runtime);
     let mut commit = None;
     let mut errors = Vec::new();
-    for result in guards.join() {
-        match result {
-            Ok(Ok(Some(c))) => commit = Some(c),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => errors.push(e),
-            Err(panic) => errors.push(anyhow::anyhow!("{panic}")),
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes lock"));
+    for outcome in outcomes {
+        match outcome {
+            WorkerOutcome::Done(Ok(Some(c))) => commit = Some(c),
+            WorkerOutcome::Done(Ok(None)) => {}
+            WorkerOutcome::Done(Err(e)) => errors.push(e),
+            // timely's own words for a broken connection, as seen by a worker.
+            WorkerOutcome::Panicked(_, message)
+                if message.contains("MergeQueue poisoned")
+                    || message.contains("timely communication error") =>
+            {
+                errors.push(ClusterLost.into())
+            }
+            WorkerOutcome::Panicked(index, message) => {
+                errors.push(anyhow::anyhow!("worker {index} panicked: {message}"))
+            }
         }
     }
-    drop(runtime);
     // The last firing of each export schedule, after the last commit.
     if let Some(exports) = exports {
         exports.finish();
     }
-    // A worker that stopped because another failed reports `Aborted`; show the cause.
-    errors.sort_by_key(|e| e.is::<Aborted>());
+    if connections_broke {
+        errors.push(ClusterLost.into());
+    }
+    // A worker that stopped because another failed reports `Aborted`, or `ClusterLost`
+    // when that was in another process; show the cause.
+    errors.sort_by_key(|e| (e.is::<Aborted>(), e.is::<ClusterLost>()));
     if let Some(e) = errors.into_iter().next() {
         return Err(e.context("the job failed"));
     }
-    let commit = commit.context("worker 0 committed nothing")?;
+    let commit = match (commit, &opts.cluster) {
+        (Some(c), _) => c,
+        // The committer, on worker 0 in process 0, holds its capability until it has
+        // written a commit: every worker is done, so the last commit record is written.
+        (None, Some(cluster)) if cluster.process > 0 => {
+            let store = DataStore::open(&opts.data)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(CommitRecord::latest(&store))?
+                .context("process 0 committed nothing")?
+        }
+        (None, _) => bail!("worker 0 committed nothing"),
+    };
     Ok(RunSummary {
         commit,
         elapsed: start.elapsed(),
         bytes: bytes.load(Ordering::Relaxed),
     })
 }
+
+/// A digest of what every worker of a job must agree on (the processes of a cluster are
+/// started separately): the config, the sources, the data location and how the input is
+/// cut into epochs and commits.
+fn settings_digest(opts: &RunOptions, sources: &[String]) -> u64 {
+    let text = format!(
+        "{:?}|{sources:?}|{}|{}|{}|{}|{:?}|{}",
+        opts.config,
+        opts.data,
+        opts.workers,
+        opts.epoch_bytes,
+        opts.commit_every,
+        opts.commit_interval,
+        opts.until_caught_up
+    );
+    twox_hash::XxHash3_64::oneshot(text.as_bytes())
+}
+
+/// How one worker of this process ended.
+enum WorkerOutcome {
+    /// It returned: worker 0's last commit, or an error.
+    Done(anyhow::Result<Option<CommitRecord>>),
+    /// It panicked: (worker index, panic message).
+    Panicked(usize, String),
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Raised in every process of a cluster when another one stops or is unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lost the connection to another process of the cluster (it failed, was killed, or the network broke), so every process stops; restart all of them: the job resumes from its last commit"
+)]
+struct ClusterLost;
 
 /// Raised on every other worker when one worker fails.
 #[derive(Debug, thiserror::Error)]
@@ -466,6 +604,8 @@ struct Status {
     idle: Vec<u32>,
     /// A stop was requested.
     stop: bool,
+    /// [`settings_digest`] of the worker's job: the processes of a cluster must agree.
+    settings: u64,
 }
 
 /// A worker's side of the source.
@@ -549,6 +689,7 @@ fn run_worker(
     let sources: Vec<String> = std::iter::once(source_name.clone())
         .chain(commands.as_ref().map(Input::name))
         .collect();
+    let settings = settings_digest(opts, &sources);
     let file_boundary = |e: u64, w: usize| -> u64 {
         let Input::File(file) = input else { return 0 };
         let base = e * epoch_bytes;
@@ -1096,6 +1237,7 @@ fn run_worker(
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
+            settings,
         });
 
         // Wait for the verdicts and statuses of the whole epoch.
@@ -1103,7 +1245,19 @@ fn run_worker(
         status_input.advance_to(epoch + 1);
         step_while(worker, failed, || dedup_probe.less_equal(&epoch))?;
         let all = statuses.borrow_mut().remove(&epoch).unwrap_or_default();
-        debug_assert_eq!(all.len(), peers, "one status per worker");
+        if all.iter().any(|s| s.settings != settings) {
+            bail!(
+                "the processes of the cluster run with different settings: start every process with the same config file contents, --events, --commands, --data, --workers, --epoch-bytes, --commit-every, --commit-interval and --until-caught-up"
+            );
+        }
+        if all.len() != peers {
+            // Every worker sends one status per epoch; fewer means the workers are at
+            // different epochs: processes of a cluster that resumed from different commits.
+            bail!(
+                "epoch {epoch} has the status of {} of the {peers} workers: the processes of the cluster started from different commits (one was restarted while the others still ran?); stop them all and start them together",
+                all.len()
+            );
+        }
         // A stop request (Ctrl-C, SIGTERM) ends any job after committing this epoch.
         let last = all.iter().any(|s| s.stop)
             || match input {

@@ -1,10 +1,11 @@
 //! End-to-end tests of the `openmonetize` binary and library: golden cases (from a file
-//! and through a real Kafka broker), worker counts, and a property test against a naive
-//! model.
+//! and through a real Kafka broker), worker counts, a property test against a naive
+//! model, and cluster mode (several processes).
 
 mod integration {
     mod billing;
     mod cli;
+    mod cluster;
     pub mod common;
     mod credit_model;
     mod golden;

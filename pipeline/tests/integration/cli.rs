@@ -78,6 +78,55 @@ fn bad_input_is_named() {
         &["run", "--events", &ev, "--data", "ftp://x/y"],
         &["ftp://x/y", "memory://"],
     );
+    // Cluster mode: the three settings go together, the index is in range, the hosts
+    // file lists one address per process, and the data is reachable by every process.
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1:1\n127.0.0.1:2\n").unwrap();
+    let hosts = hosts.to_str().unwrap();
+    let run = ["run", "--events", &ev, "--data", data];
+    let cluster = |extra: &[&'static str]| -> Vec<String> {
+        run.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let with = |args: &[String], more: &[&str]| -> Vec<String> {
+        args.iter()
+            .cloned()
+            .chain(more.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let check = |args: Vec<String>, want: &[&str]| {
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), want)
+    };
+    check(
+        cluster(&["--processes", "2", "--process", "0"]),
+        &[
+            "--hosts FILE (OM_HOSTS)",
+            "got only --processes and --process",
+        ],
+    );
+    check(
+        with(
+            &cluster(&["--processes", "2", "--process", "2"]),
+            &["--hosts", hosts],
+        ),
+        &["--process 2 is not a process", "0..1"],
+    );
+    check(
+        with(
+            &cluster(&["--processes", "3", "--process", "0"]),
+            &["--hosts", hosts],
+        ),
+        &[hosts, "lists 2 addresses, but --processes is 3"],
+    );
+    check(
+        with(
+            &cluster(&["--processes", "2", "--process", "0"]),
+            &["--hosts", hosts],
+        )
+        .into_iter()
+        .map(|a| if a == data { "memory://x".into() } else { a })
+        .collect(),
+        &["memory://x", "every process reaches"],
+    );
     // A location that already holds tables is not silently mixed into.
     super::common::openmonetize(&["run", "--events", &ev, "--data", data, "--quiet"]);
     fails_with(

@@ -29,7 +29,7 @@ const SAME_AS_FILE_SQL: [&str; 8] = [
 ];
 
 /// Produces golden `case`'s `file` (events.jsonl or commands.jsonl) into a topic.
-fn produce(case: &str, file: &str, url: &str) {
+pub(super) fn produce(case: &str, file: &str, url: &str) {
     let path = golden_dir(case).join(file);
     openmonetize(&["produce", "--file", path.to_str().unwrap(), "--to", url]);
 }
@@ -140,7 +140,7 @@ fn committed_commands(data: &Path) -> u64 {
 
 /// The newest commit record in `data`, if any. Records are written atomically, to a
 /// staging file (`N.json#k`, left behind by a kill) then renamed; only `*.json` count.
-fn newest_commit(data: &Path) -> Option<serde_json::Value> {
+pub(super) fn newest_commit(data: &Path) -> Option<serde_json::Value> {
     let dir = std::fs::read_dir(data.join("_commits")).ok()?;
     let newest = dir
         .filter_map(Result::ok)
@@ -230,7 +230,7 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
 /// Every table (the credit tables too: the job reads a commands topic of grants), every
 /// column but `ingested_at`, in a stable order (Kafka positions are the same in every run
 /// over the same topic).
-const ALL_TABLES_SQL: [&str; 11] = [
+pub(super) const ALL_TABLES_SQL: [&str; 11] = [
     "SELECT tenant_id, customer_id, meter, dimensions, window_size, window_start, window_end, value, events, is_final \
      FROM usage_windows ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start",
     "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties, source, source_partition, source_offset \
@@ -272,13 +272,13 @@ fn run_job(url: &str, commands: &str, data: &Path) -> std::process::Child {
 }
 
 /// The epoch of the newest commit record in `data`.
-fn newest_commit_epoch(data: &Path) -> Option<u64> {
+pub(super) fn newest_commit_epoch(data: &Path) -> Option<u64> {
     newest_commit(data)?["epoch"].as_u64()
 }
 
 /// The newest commit names only whole files and its counts match what queries see;
 /// returns its epoch.
-fn newest_commit_is_whole(data: &Path) -> Option<u64> {
+pub(super) fn newest_commit_is_whole(data: &Path) -> Option<u64> {
     let record = newest_commit(data)?;
     let got = query_csv(
         data,
