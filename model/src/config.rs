@@ -5,6 +5,7 @@
 //! [`Config::builtin`] is the embedded default used by `openmonetize demo`.
 
 use crate::decimal::Decimal9;
+use crate::export::{ExportFormat, ExportKind};
 use crate::prices::PriceCatalog;
 use crate::pricing::{PricedMeter, Pricing};
 use crate::time::{Micros, WindowSize, parse_duration};
@@ -238,14 +239,14 @@ pub struct ApiKey {
 /// that is final and not yet exported to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduledExport {
-    /// `statements`, `invoices` or `revenue`.
-    pub kind: String,
+    /// What it exports.
+    pub kind: ExportKind,
     /// Cron expression (UTC; seconds first: `sec min hour day month weekday [year]`).
     pub schedule: String,
     /// Destination URL (local path, `file://`, `s3://`).
     pub to: String,
-    /// `csv`, `json` or `parquet`.
-    pub format: String,
+    /// The file format.
+    pub format: ExportFormat,
 }
 
 impl ScheduledExport {
@@ -288,6 +289,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// A digest of what the billing tables read from the config: the plans (with their
+    /// pricing) and the allowed lateness (which decides when a month is final).
+    pub fn billing_digest(&self) -> String {
+        let text = format!("{:?}{}", self.plans, self.pipeline.allowed_lateness);
+        format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
+    }
+
     /// Whether a meter's usage adds up across its dimension groups and hours (sum and
     /// count): the meters behind metered features, anomaly scores and forecasts.
     pub fn is_summable(&self, meter: usize) -> bool {
@@ -635,22 +643,22 @@ impl Config {
         let mut exports = Vec::with_capacity(raw.exports.len());
         for (i, e) in raw.exports.into_iter().enumerate() {
             let key = |field: &str| format!("exports[{i}].{field}");
-            if !matches!(e.kind.as_str(), "statements" | "invoices" | "revenue") {
-                return Err(invalid(
+            let kind = ExportKind::parse(&e.kind).ok_or_else(|| {
+                invalid(
                     key("kind"),
-                    format!(
-                        "`{}` is not an export; use statements, invoices or revenue",
-                        e.kind
-                    ),
-                ));
-            }
-            let format = e.format.unwrap_or_else(|| "parquet".into());
-            if !matches!(format.as_str(), "csv" | "json" | "parquet") {
-                return Err(invalid(
+                    format!("`{}` is not an export; use {}", e.kind, ExportKind::NAMES),
+                )
+            })?;
+            let format_name = e.format.as_deref().unwrap_or("parquet");
+            let format = ExportFormat::parse(format_name).ok_or_else(|| {
+                invalid(
                     key("format"),
-                    format!("`{format}` is not a format; use csv, json or parquet"),
-                ));
-            }
+                    format!(
+                        "`{format_name}` is not a format; use {}",
+                        ExportFormat::NAMES
+                    ),
+                )
+            })?;
             if let Err(err) = e.schedule.parse::<cron::Schedule>() {
                 return Err(invalid(
                     key("schedule"),
@@ -667,7 +675,7 @@ impl Config {
                 ));
             }
             exports.push(ScheduledExport {
-                kind: e.kind,
+                kind,
                 schedule: e.schedule,
                 to: e.to,
                 format,
@@ -951,7 +959,7 @@ aggregation = "summ"
         };
         let ok =
             with("kind = \"invoices\"\nschedule = \"0 0 6 * * *\"\nto = \"s3://b/x\"").unwrap();
-        assert_eq!(ok[0].format, "parquet");
+        assert_eq!(ok[0].format, ExportFormat::Parquet);
         assert!(
             with("kind = \"bills\"\nschedule = \"0 0 6 * * *\"\nto = \"x\"")
                 .unwrap_err()

@@ -4,6 +4,7 @@
 //! representation as Arrow's `Decimal128(38, 9)`, so values go to Parquet without
 //! conversion. Text is parsed digit by digit (never through `f64`); arithmetic is checked.
 
+use ethnum::I256;
 use std::fmt;
 use std::str::FromStr;
 
@@ -205,6 +206,24 @@ impl Decimal9 {
             return Err(DecimalError::OutOfRange(text.to_string()));
         }
         Ok(Decimal9(if negative { -raw } else { raw }))
+    }
+}
+
+/// `n / d` (d > 0) in 256 bits, rounded half to even, symmetric around zero: for exact
+/// products of decimals that do not fit 128 bits before their division.
+pub fn div_half_even_wide(n: I256, d: I256) -> I256 {
+    let (q, r) = (n.abs() / d, n.abs() % d);
+    let twice = r * I256::from(2);
+    let up = twice > d || (twice == d && q % I256::from(2) == I256::ONE);
+    let q = if up { q + I256::ONE } else { q };
+    if n < I256::ZERO { -q } else { q }
+}
+
+impl Decimal9 {
+    /// A 256-bit raw value (scaled by 10^9) as a decimal when it fits 38 digits.
+    pub fn from_wide(v: I256) -> Option<Decimal9> {
+        let limit = I256::from(10i128.pow(38));
+        (v.abs() < limit).then(|| Decimal9(v.as_i128()))
     }
 }
 

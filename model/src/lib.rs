@@ -7,6 +7,7 @@ pub mod config;
 pub mod credit;
 pub mod decimal;
 pub mod event;
+pub mod export;
 pub mod fingerprint;
 pub mod prices;
 pub mod pricing;

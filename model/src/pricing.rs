@@ -27,7 +27,8 @@
 //! `credit_overage_price` per credit.
 
 use crate::config::{ConfigError, invalid, parse_decimal_value};
-use crate::decimal::{Decimal9, SCALE, div_half_even};
+use crate::decimal::{Decimal9, SCALE, div_half_even, div_half_even_wide};
+use ethnum::I256;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 
@@ -61,10 +62,11 @@ impl Currency {
     }
 
     /// `wide` (a value scaled by 10^18) rounded half to even to the minor unit, as a
-    /// [`Decimal9`].
-    fn round_wide(&self, wide: i128) -> Decimal9 {
-        let step = 10i128.pow(18 - self.minor_units);
-        Decimal9::from_raw(div_half_even(wide, step) * 10i128.pow(9 - self.minor_units))
+    /// [`Decimal9`]; `None` beyond 38 digits.
+    fn round_wide(&self, wide: I256) -> Option<Decimal9> {
+        let step = I256::from(10i128.pow(18 - self.minor_units));
+        let minor = div_half_even_wide(wide, step);
+        Decimal9::from_wide(minor * I256::from(10i128.pow(9 - self.minor_units)))
     }
 
     /// `value` rounded half to even to the minor unit.
@@ -186,11 +188,16 @@ pub struct Line {
     pub tier_from: Option<Decimal9>,
     /// The tier's upper bound (inclusive; `None` for the last tier).
     pub tier_to: Option<Decimal9>,
-    /// Units priced on this line (packages are shown as the usage they cover).
+    /// The priced meter's usage in the period (usage lines).
+    pub usage: Option<Decimal9>,
+    /// What the line prices: the units of a tier or of a per-unit price, the packages
+    /// of a package price, 1 for the flat fee and the minimum commitment, the credits of
+    /// the credit lines. quantity x unit_price + flat_amount is the amount before
+    /// rounding.
     pub quantity: Decimal9,
-    /// Price per unit (per package for `package`).
+    /// Price per unit (per package; for the minimum commitment, the top-up itself).
     pub unit_price: Option<Decimal9>,
-    /// Flat part of the line (a tier's flat price, the flat fee).
+    /// Flat part of the line: a tier's flat price.
     pub flat_amount: Decimal9,
     /// The line's amount, rounded to the currency's minor unit.
     pub amount: Decimal9,
@@ -211,7 +218,7 @@ pub struct Rated {
 
 /// An amount too large for the 38-digit range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the amount of {what} overflows 38 digits")]
+#[error("the amount of {what} does not fit 38 digits")]
 pub struct Overflow {
     /// Which line.
     pub what: String,
@@ -240,6 +247,7 @@ impl Pricing {
                 kind: LineKind::FlatFee,
                 meter: None,
                 price_model: None,
+                usage: None,
                 tier: None,
                 tier_from: None,
                 tier_to: None,
@@ -254,36 +262,37 @@ impl Pricing {
             let usage_line = |tier: Option<(u32, Decimal9, Option<Decimal9>)>,
                               quantity: Decimal9,
                               unit_price: Decimal9,
-                              flat: Decimal9,
-                              wide: i128| Line {
-                kind: LineKind::Usage,
-                meter: Some(charge.meter.clone()),
-                price_model: Some(charge.model.name()),
-                tier: tier.map(|t| t.0),
-                tier_from: tier.map(|t| t.1),
-                tier_to: tier.and_then(|t| t.2),
-                quantity,
-                unit_price: Some(unit_price),
-                flat_amount: flat,
-                amount: cur.round_wide(wide),
+                              flat: Decimal9|
+             -> Result<Line, Overflow> {
+                Ok(Line {
+                    kind: LineKind::Usage,
+                    meter: Some(charge.meter.clone()),
+                    price_model: Some(charge.model.name()),
+                    usage: Some(q),
+                    tier: tier.map(|t| t.0),
+                    tier_from: tier.map(|t| t.1),
+                    tier_to: tier.and_then(|t| t.2),
+                    quantity,
+                    unit_price: Some(unit_price),
+                    flat_amount: flat,
+                    amount: cur
+                        .round_wide(exact(quantity, unit_price, flat))
+                        .ok_or_else(|| overflow(&format!("meter {}", charge.meter)))?,
+                })
             };
-            let what = || format!("meter {}", charge.meter);
             match &charge.model {
                 PriceModel::PerUnit { unit_price } => {
-                    let wide =
-                        exact(q, *unit_price, Decimal9::ZERO).ok_or_else(|| overflow(&what()))?;
-                    lines.push(usage_line(None, q, *unit_price, Decimal9::ZERO, wide));
+                    lines.push(usage_line(None, q, *unit_price, Decimal9::ZERO)?);
                 }
                 PriceModel::Package { size, price } => {
                     // ceil(q / size) packages, in integers of the raw values.
                     let packages = q.raw().div_euclid(size.raw())
                         + i128::from(q.raw().rem_euclid(size.raw()) != 0);
-                    let wide = price
-                        .raw()
-                        .checked_mul(packages)
-                        .and_then(|p| p.checked_mul(SCALE))
-                        .ok_or_else(|| overflow(&what()))?;
-                    lines.push(usage_line(None, q, *price, Decimal9::ZERO, wide));
+                    let packages = packages
+                        .checked_mul(SCALE)
+                        .map(Decimal9::from_raw)
+                        .ok_or_else(|| overflow(&format!("meter {}", charge.meter)))?;
+                    lines.push(usage_line(None, packages, *price, Decimal9::ZERO)?);
                 }
                 PriceModel::Graduated(tiers) => {
                     let mut from = Decimal9::ZERO;
@@ -293,11 +302,9 @@ impl Pricing {
                         }
                         let top = t.up_to.map_or(q, |u| u.min(q));
                         let part = Decimal9::from_raw((top.raw() - from.raw()).max(0));
-                        let wide = exact(part, t.unit_price, t.flat_price)
-                            .ok_or_else(|| overflow(&what()))?;
                         if part != Decimal9::ZERO || t.flat_price != Decimal9::ZERO {
                             let tier = Some((i as u32 + 1, from, t.up_to));
-                            lines.push(usage_line(tier, part, t.unit_price, t.flat_price, wide));
+                            lines.push(usage_line(tier, part, t.unit_price, t.flat_price)?);
                         }
                         match t.up_to {
                             Some(u) => from = u,
@@ -322,9 +329,8 @@ impl Pricing {
                     } else {
                         Decimal9::ZERO
                     };
-                    let wide = exact(q, t.unit_price, flat).ok_or_else(|| overflow(&what()))?;
                     let tier = Some((i as u32 + 1, from, t.up_to));
-                    lines.push(usage_line(tier, q, t.unit_price, flat, wide));
+                    lines.push(usage_line(tier, q, t.unit_price, flat)?);
                 }
             }
         }
@@ -334,6 +340,7 @@ impl Pricing {
                 kind: LineKind::CreditsApplied,
                 meter: None,
                 price_model: None,
+                usage: None,
                 tier: None,
                 tier_from: None,
                 tier_to: None,
@@ -346,15 +353,16 @@ impl Pricing {
         let overage = period.overage();
         if overage != Decimal9::ZERO {
             let amount = match self.credit_overage_price {
-                Some(p) => cur.round_wide(
-                    exact(overage, p, Decimal9::ZERO).ok_or_else(|| overflow("credit overage"))?,
-                ),
+                Some(p) => cur
+                    .round_wide(exact(overage, p, Decimal9::ZERO))
+                    .ok_or_else(|| overflow("credit overage"))?,
                 None => Decimal9::ZERO,
             };
             lines.push(Line {
                 kind: LineKind::CreditOverage,
                 meter: None,
                 price_model: None,
+                usage: None,
                 tier: None,
                 tier_from: None,
                 tier_to: None,
@@ -381,11 +389,12 @@ impl Pricing {
                 kind: LineKind::MinimumCommitment,
                 meter: None,
                 price_model: None,
+                usage: None,
                 tier: None,
                 tier_from: None,
                 tier_to: None,
                 quantity: Decimal9::ONE,
-                unit_price: Some(minimum),
+                unit_price: Some(minimum_true_up),
                 flat_amount: Decimal9::ZERO,
                 amount: minimum_true_up,
             });
@@ -399,11 +408,9 @@ impl Pricing {
     }
 }
 
-/// `q x price + flat`, exact, scaled by 10^18; `None` on overflow.
-fn exact(q: Decimal9, price: Decimal9, flat: Decimal9) -> Option<i128> {
-    q.raw()
-        .checked_mul(price.raw())?
-        .checked_add(flat.raw().checked_mul(SCALE)?)
+/// `q x price + flat`, exact, scaled by 10^18 (256 bits: no overflow for any decimals).
+fn exact(q: Decimal9, price: Decimal9, flat: Decimal9) -> I256 {
+    I256::from(q.raw()) * I256::from(price.raw()) + I256::from(flat.raw()) * I256::from(SCALE)
 }
 
 #[derive(Deserialize)]
@@ -724,7 +731,13 @@ mod tests {
         let p = pricing(
             "[[charges]]\nmeter = \"calls\"\nmodel = \"package\"\npackage_size = 1000\npackage_price = \"5\"",
         );
-        assert_eq!(p.rate(&usage("2001")).unwrap().total, d("15"));
+        let r = p.rate(&usage("2001")).unwrap();
+        assert_eq!(r.total, d("15"));
+        // The line prices packages: 3 x 5.00, for a usage of 2,001.
+        assert_eq!(
+            (r.lines[0].quantity, r.lines[0].usage),
+            (d("3"), Some(d("2001")))
+        );
         assert_eq!(p.rate(&usage("2000")).unwrap().total, d("10"));
         assert_eq!(p.rate(&usage("0")).unwrap().total, d("0"));
         assert_eq!(p.rate(&usage("0.5")).unwrap().total, d("5"));

@@ -16,8 +16,9 @@
 
 use crate::Decimal9;
 use crate::Micros;
-use crate::decimal::div_half_even;
-use crate::pricing::{Currency, Overflow};
+use crate::decimal::div_half_even_wide;
+use crate::pricing::Currency;
+use ethnum::I256;
 
 /// What a grant was sold for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,10 +70,7 @@ pub struct RevenueDay {
 }
 
 /// The revenue days of one grant from its ledger days (sorted by day, one per day).
-pub fn recognize(sale: &GrantSale, days: &[LedgerDay]) -> Result<Vec<RevenueDay>, Overflow> {
-    let overflow = || Overflow {
-        what: "recognized revenue".into(),
-    };
+pub fn recognize(sale: &GrantSale, days: &[LedgerDay]) -> Vec<RevenueDay> {
     let step = 10i128.pow(9 - sale.currency.minor_units);
     let mut consumed = 0i128;
     let mut recognized_to_date = 0i128;
@@ -81,19 +79,15 @@ pub fn recognize(sale: &GrantSale, days: &[LedgerDay]) -> Result<Vec<RevenueDay>
     for d in days {
         consumed += d.consumed.raw();
         let before = recognized_to_date;
-        // price x consumed / amount, rounded once to the minor unit.
-        let wide = sale
-            .price
-            .raw()
-            .checked_mul(consumed)
-            .ok_or_else(overflow)?;
-        let den = sale.amount.raw().checked_mul(step).ok_or_else(overflow)?;
+        // price x consumed / amount, rounded once to the minor unit (exact in 256 bits).
+        let wide = I256::from(sale.price.raw()) * I256::from(consumed);
+        let den = I256::from(sale.amount.raw()) * I256::from(step);
         // Never above the price (a price finer than the minor unit could round up past
         // it), and all of it once every credit is consumed.
         recognized_to_date = if consumed >= sale.amount.raw() {
             sale.price.raw()
         } else {
-            (div_half_even(wide, den) * step).min(sale.price.raw())
+            (div_half_even_wide(wide, den).as_i128() * step).min(sale.price.raw())
         };
         let breakage = if d.lost.raw() > 0 {
             sale.price.raw() - recognized_to_date - breakage_to_date
@@ -112,7 +106,7 @@ pub fn recognize(sale: &GrantSale, days: &[LedgerDay]) -> Result<Vec<RevenueDay>
             deferred: Decimal9::from_raw(sale.price.raw() - recognized_to_date - breakage_to_date),
         });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -151,7 +145,7 @@ mod tests {
             day(2, "333", "0"),
             day(3, "0", "417"),
         ];
-        let r = recognize(&sale, &days).unwrap();
+        let r = recognize(&sale, &days);
         let col = |f: fn(&RevenueDay) -> Decimal9| r.iter().map(f).collect::<Vec<_>>();
         assert_eq!(col(|r| r.recognized), [d("0"), d("25"), d("33.3"), d("0")]);
         assert_eq!(col(|r| r.breakage), [d("0"), d("0"), d("0"), d("41.7")]);
@@ -167,7 +161,7 @@ mod tests {
             currency: Currency::parse("USD").unwrap(),
         };
         let days = [day(0, "1", "0"), day(1, "1", "0"), day(2, "1", "0")];
-        let r = recognize(&sale, &days).unwrap();
+        let r = recognize(&sale, &days);
         let daily: Vec<_> = r.iter().map(|r| r.recognized).collect();
         assert_eq!(daily, [d("3.33"), d("3.34"), d("3.33")]);
         assert_eq!(r[2].deferred, d("0"));
@@ -205,7 +199,7 @@ mod tests {
             if lose_at_end {
                 days.push(day(uses.len() as i64, "0", "0").with_lost(Decimal9::from_raw(left)));
             }
-            let r = recognize(&sale, &days).unwrap();
+            let r = recognize(&sale, &days);
             let mut consumed = Decimal9::ZERO;
             for (row, day) in r.iter().zip(&days) {
                 consumed += day.consumed;

@@ -272,6 +272,7 @@ pub static INVOICE_LINES: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("kind", false),
         utf8("meter", true),
         utf8("price_model", true),
+        Field::new("usage", DECIMAL, true),
         Field::new("tier", DataType::Int64, true),
         Field::new("tier_from", DECIMAL, true),
         Field::new("tier_to", DECIMAL, true),

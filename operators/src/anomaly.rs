@@ -15,6 +15,7 @@
 use ethnum::{I256, U256};
 use om_model::Decimal9;
 use om_model::config::AnomalySettings;
+use om_model::decimal::div_half_even_wide;
 
 /// Hours in the baseline.
 pub const BASELINE_HOURS: usize = 24;
@@ -53,16 +54,16 @@ fn score_wide(x: Decimal9, baseline: &[Decimal9; BASELINE_HOURS], s: &AnomalySet
         .iter()
         .map(|v| I256::from(v.raw()) * I256::from(v.raw()))
         .sum();
-    let mean = to_decimal(div_half_even(sum, I256::from(n)));
+    let mean = Decimal9::from_wide(div_half_even_wide(sum, I256::from(n)));
     // Variance = (n·Σx² - (Σx)²) / n², in units of 10^-18; std = sqrt(that) / n.
     let numerator = (I256::from(n) * squares - sum * sum).as_u256();
-    let std = to_decimal(I256::from(sqrt_div_half_even(numerator, n as u128)));
+    let std = Decimal9::from_wide(I256::from(sqrt_div_half_even(numerator, n as u128)));
     let (mean, std) = (
         mean.unwrap_or(Decimal9::ZERO),
         std.unwrap_or(Decimal9::ZERO),
     );
     let divisor = std.raw().max(SCALE);
-    let score = to_decimal(div_half_even(
+    let score = Decimal9::from_wide(div_half_even_wide(
         (I256::from(x.raw()) - I256::from(mean.raw())) * I256::from(SCALE),
         I256::from(divisor),
     ));
@@ -101,21 +102,6 @@ fn sqrt_div_half_even_u128(v: u128, n: u128) -> i128 {
     let edge = n2 * (2 * a + 1) * (2 * a + 1);
     let up = 4 * v > edge || (4 * v == edge && a % 2 == 1);
     (if up { a + 1 } else { a }) as i128
-}
-
-/// A 256-bit value as a decimal when it fits 38 digits.
-fn to_decimal(v: I256) -> Option<Decimal9> {
-    let limit = I256::from(10i128.pow(38));
-    (v.abs() < limit).then(|| Decimal9::from_raw(v.as_i128()))
-}
-
-/// `n / d` rounded half to even (d > 0); symmetric around zero.
-fn div_half_even(n: I256, d: I256) -> I256 {
-    let (q, r) = (n.abs() / d, n.abs() % d);
-    let twice = r * I256::from(2);
-    let up = twice > d || (twice == d && q % I256::from(2) == I256::ONE);
-    let q = if up { q + I256::ONE } else { q };
-    if n < I256::ZERO { -q } else { q }
 }
 
 /// sqrt(v) / n rounded half to even, exactly: with a = floor(sqrt(v / n²)), the result

@@ -5,7 +5,8 @@
 //! (UTC, checked every second) and once more when the job stops (after its last
 //! commit; a file run is a backfill), it opens the newest
 //! commit and exports every calendar month that is final (its end at least
-//! allowed_lateness behind the watermark) and has no manifest at the destination yet.
+//! allowed_lateness behind the watermark) and has no final manifest at the destination
+//! yet (a draft exported by hand while the month was open does not count).
 //! So a month is exported once, after it can no longer change; a failed export (the
 //! destination is down) is retried at the next firing. The files are written before
 //! the manifest, so a crash mid-export leaves no manifest and the month is exported
@@ -14,8 +15,9 @@
 use anyhow::Context;
 use arrow::array::Array;
 use om_model::config::ScheduledExport;
+use om_model::export::{ExportFormat, ExportKind};
 use om_model::{Config, Micros, WindowSize};
-use om_queries::export::{self, Export, ExportKind, ExportManifest, FileFormat};
+use om_queries::export::{self, Export, ExportManifest};
 use om_queries::{QueryEngine, Scope};
 use om_sinks::DataStore;
 use std::sync::Arc;
@@ -24,14 +26,16 @@ use std::time::Duration;
 
 /// Parses the CLI's kind, `--period` and `--format`.
 pub fn parse_request(kind: &str, period: &str, format: &str) -> anyhow::Result<Export> {
-    let kind = ExportKind::parse(kind).with_context(|| {
-        format!("`{kind}` is not an export: use statements, invoices or revenue")
-    })?;
+    let kind = ExportKind::parse(kind)
+        .with_context(|| format!("`{kind}` is not an export: use {}", ExportKind::NAMES))?;
     let period = om_queries::billing::parse_period(period).with_context(|| {
         format!("--period `{period}` is not a month: write YYYY-MM, e.g. 2026-11")
     })?;
-    let format = FileFormat::parse(format).with_context(|| {
-        format!("--format `{format}` is not a format: use csv, json or parquet")
+    let format = ExportFormat::parse(format).with_context(|| {
+        format!(
+            "--format `{format}` is not a format: use {}",
+            ExportFormat::NAMES
+        )
     })?;
     Ok(Export {
         kind,
@@ -109,13 +113,14 @@ fn schedule(config: &Arc<Config>, data: &str, stop: &AtomicBool, progress: bool)
                 match done {
                     Ok(months) if progress => {
                         for m in months {
-                            eprintln!("exported {} {m} to {}", export.kind, export.to);
+                            eprintln!("exported {} {m} to {}", export.kind.as_str(), export.to);
                         }
                     }
                     Ok(_) => {}
                     Err(e) => eprintln!(
                         "warning: scheduled {} export to {} failed (retried at its next time): {e:#}",
-                        export.kind, export.to
+                        export.kind.as_str(),
+                        export.to
                     ),
                 }
             }
@@ -141,18 +146,16 @@ async fn export_final_months(
     let Some(first) = first_month(&engine).await? else {
         return Ok(Vec::new());
     };
-    let kind = ExportKind::parse(&scheduled.kind).expect("validated with the config");
-    let format = FileFormat::parse(&scheduled.format).expect("validated with the config");
     let dest = DataStore::open(&scheduled.to)?;
     let mut done = Vec::new();
     let mut month = first;
     while month <= WindowSize::Month.start(watermark) && engine.period_is_final(month) {
         let export = Export {
-            kind,
+            kind: scheduled.kind,
             period: month,
-            format,
+            format: scheduled.format,
         };
-        if !export::exists(&dest, &export).await? {
+        if !export::final_exists(&dest, &export).await? {
             export::run(&engine, &dest, &export).await?;
             done.push(om_queries::billing::period_label(month));
         }

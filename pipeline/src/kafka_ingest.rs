@@ -19,8 +19,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The positions of the last commit: (epoch, source position name -> next offset).
-pub type Positions = Option<(u64, Arc<BTreeMap<String, u64>>)>;
+/// What requests waiting for a commit follow.
+#[derive(Clone, Debug, Default)]
+pub struct Positions {
+    /// The last commit: (epoch, source position name -> next offset).
+    pub last: Option<(u64, Arc<BTreeMap<String, u64>>)>,
+    /// The job stopped: no later commit will come from this process.
+    pub stopped: bool,
+}
 
 /// Why posted records were not answered.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +40,9 @@ pub enum KafkaIngestError {
         reason: String,
     },
     /// The job stopped before a commit covered the records.
-    #[error("the job stopped before committing these records")]
+    #[error(
+        "the job stopped before committing these records; those produced are in Kafka and are counted when the job runs again (retrying is safe: duplicates are recognized by (tenant_id, id))"
+    )]
     Stopped,
     /// Reading the verdicts from the committed tables failed.
     #[error("reading the verdicts: {0}")]
@@ -74,6 +82,9 @@ impl KafkaIngest {
             topic: url.to_string(),
             reason,
         };
+        if commits.borrow().stopped {
+            return Err(KafkaIngestError::Stopped);
+        }
         let mut verdicts: Vec<Option<Verdict>> = vec![None; records.len()];
         let mut acks = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
@@ -115,20 +126,21 @@ impl KafkaIngest {
             *next = (*next).max(o + 1);
         }
         let epoch = loop {
-            let covered = commits
-                .borrow_and_update()
-                .as_ref()
-                .and_then(|(epoch, at)| {
-                    needed
-                        .iter()
-                        .all(|(name, next)| at.get(name).is_some_and(|a| a >= next))
-                        .then_some(*epoch)
-                });
+            let progress = commits.borrow_and_update().clone();
+            let covered = progress.last.as_ref().and_then(|(epoch, at)| {
+                needed
+                    .iter()
+                    .all(|(name, next)| at.get(name).is_some_and(|a| a >= next))
+                    .then_some(*epoch)
+            });
             if let Some(epoch) = covered {
                 break epoch;
             }
             if landed.is_empty() {
-                break commits.borrow().as_ref().map_or(0, |(e, _)| *e);
+                break progress.last.as_ref().map_or(0, |(e, _)| *e);
+            }
+            if progress.stopped {
+                return Err(KafkaIngestError::Stopped);
             }
             commits
                 .changed()

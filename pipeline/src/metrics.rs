@@ -38,7 +38,7 @@ impl Default for JobMetrics {
     fn default() -> Self {
         JobMetrics {
             state: Mutex::default(),
-            positions: tokio::sync::watch::Sender::new(None),
+            positions: tokio::sync::watch::Sender::new(Default::default()),
         }
     }
 }
@@ -51,10 +51,8 @@ impl JobMetrics {
     /// A commit was written, `latency` after its epoch's reading ended (none when not
     /// measured, e.g. the commit a job resumes from).
     pub fn committed(&self, record: &CommitRecord, latency: Option<Duration>) {
-        self.positions.send_replace(Some((
-            record.epoch,
-            std::sync::Arc::new(record.sources.clone()),
-        )));
+        let last = (record.epoch, std::sync::Arc::new(record.sources.clone()));
+        self.positions.send_modify(|p| p.last = Some(last));
         let mut s = self.lock();
         s.commit = Some(CommitRecord {
             tables: Default::default(),
@@ -72,6 +70,11 @@ impl JobMetrics {
             s.latency_count += 1;
             s.latency_sum += secs;
         }
+    }
+
+    /// The job stopped: requests still waiting for a commit are answered so.
+    pub fn job_stopped(&self) {
+        self.positions.send_modify(|p| p.stopped = true);
     }
 
     /// Follows the positions of each commit.

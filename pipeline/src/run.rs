@@ -811,6 +811,7 @@ fn run_worker(
         if checkpoints {
             start.config_digest = Some(checkpoint::config_digest(config));
         }
+        start.billing_digest = Some(config.billing_digest());
         committer(
             files
                 .concat(customer_files)

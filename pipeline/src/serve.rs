@@ -297,10 +297,12 @@ pub fn run_server(
             .name("om-job".into())
             .spawn({
                 let job = job.clone();
+                let metrics = Arc::clone(&metrics);
                 move || {
                     let result = crate::run(opts);
                     job.events.abandon();
                     job.commands.abandon();
+                    metrics.job_stopped();
                     *job.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(match &result {
                         Ok(_) => "the job stopped".to_string(),
                         Err(e) => format!("the job failed: {e:#}"),

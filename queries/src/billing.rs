@@ -31,7 +31,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use om_model::pricing::{Currency, PeriodUsage, Pricing, Rated};
 use om_model::revenue::{self, GrantSale, LedgerDay};
-use om_model::time::{DAY, format_micros};
+use om_model::time::format_micros;
 use om_model::{Config, Decimal9, Micros, WindowSize, schema};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub(crate) struct Billing {
     inputs: SessionContext,
     config: Arc<Config>,
     watermark: Option<Micros>,
+    /// The job wrote the tables with other plans or another allowed lateness.
+    other_config: bool,
     tables: OnceCell<BTreeMap<&'static str, RecordBatch>>,
 }
 
@@ -60,6 +62,7 @@ impl Billing {
         ctx: &SessionContext,
         config: Arc<Config>,
         watermark: Option<Micros>,
+        other_config: bool,
     ) -> Result<Arc<Billing>> {
         // The caller's runtime: its object stores (s3://, memory://) read the files.
         let state = datafusion::execution::SessionStateBuilder::new()
@@ -74,6 +77,7 @@ impl Billing {
             inputs,
             config,
             watermark,
+            other_config,
             tables: OnceCell::new(),
         }))
     }
@@ -136,7 +140,12 @@ impl Billing {
                         start,
                         end,
                     };
-                    let rated = pricing.rate(&period).map_err(external)?;
+                    let rated = pricing.rate(&period).map_err(|e| {
+                        external(format!(
+                            "invoice of {tenant}/{customer} for {}: {e}",
+                            period_label(start)
+                        ))
+                    })?;
                     let label = period_label(start);
                     inv.push(&InvoiceHead {
                         tenant,
@@ -174,7 +183,7 @@ impl Billing {
                 }),
             };
             let days: Vec<LedgerDay> = g.days.values().cloned().collect();
-            for day in revenue::recognize(&sale, &days).map_err(external)? {
+            for day in revenue::recognize(&sale, &days) {
                 let ledger = &g.days[&day.day];
                 cols.push(tenant, &g.customer, grant_id, &sale, &day, ledger);
             }
@@ -183,8 +192,8 @@ impl Billing {
     }
 }
 
-fn external(e: impl std::error::Error + Send + Sync + 'static) -> crate::Error {
-    crate::Error::DataFusion(DataFusionError::External(Box::new(e)))
+fn external(e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Billing(e.to_string())
 }
 
 /// `2026-11` for the month starting at `start`.
@@ -308,7 +317,7 @@ impl Facts {
                 let Some(grant) = f.grants.get_mut(&(t.value(i).into(), g.value(i).into())) else {
                     continue;
                 };
-                let day = at.div_euclid(DAY) * DAY;
+                let day = WindowSize::Day.start(at);
                 let d = grant.days.entry(day).or_insert_with(|| LedgerDay {
                     day,
                     first_at: at,
@@ -366,10 +375,10 @@ impl Period<'_> {
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize, what: &str) -> Result<&'a T> {
     batch.column(i).as_any().downcast_ref::<T>().ok_or_else(|| {
-        external(std::io::Error::other(format!(
-            "billing input column {i} is {} where {what} was expected",
+        external(format!(
+            "input column {i} is {} where {what} was expected",
             batch.column(i).data_type()
-        )))
+        ))
     })
 }
 
@@ -504,6 +513,7 @@ struct LineColumns {
     kind: StringBuilder,
     meter: StringBuilder,
     price_model: StringBuilder,
+    usage: Option<Decimal128Builder>,
     tier: Int64Builder,
     amounts: Option<[Decimal128Builder; 6]>,
     currency: StringBuilder,
@@ -522,6 +532,9 @@ impl LineColumns {
             self.kind.append_value(l.kind.as_str());
             self.meter.append_option(l.meter.as_deref());
             self.price_model.append_option(l.price_model);
+            self.usage
+                .get_or_insert_with(dec)
+                .append_option(l.usage.map(Decimal9::raw));
             self.tier.append_option(l.tier.map(i64::from));
             let values = [
                 l.tier_from,
@@ -554,6 +567,7 @@ impl LineColumns {
                 Arc::new(self.kind.finish()),
                 Arc::new(self.meter.finish()),
                 Arc::new(self.price_model.finish()),
+                Arc::new(self.usage.get_or_insert_with(dec).finish()),
                 Arc::new(self.tier.finish()),
                 from,
                 to,
@@ -692,6 +706,13 @@ impl TableProvider for Derived {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        // Invoices depend on the plans and the allowed lateness; revenue on neither.
+        if self.billing.other_config && self.name != "revenue" {
+            return Err(DataFusionError::External(Box::new(external(
+                "the job that wrote these tables ran with other [[plans]] (pricing) or another \
+                 pipeline.allowed_lateness than this config: pass the job's config (--config FILE)",
+            ))));
+        }
         let tables = self
             .billing
             .tables()

@@ -2,8 +2,8 @@
 //! live job): usage statements, invoices or revenue, written as files to a destination
 //! (local path, `file://`, `s3://...`) with a manifest.
 //!
-//! Layout: `<to>/<kind>/<YYYY-MM>/<table>.<csv|jsonl|parquet>` and
-//! `<to>/<kind>/<YYYY-MM>/manifest.json` (written last). The files hold only what the
+//! Layout: `<to>/<kind>/<YYYY-MM>/<format>/<table>.<csv|jsonl|parquet>` and
+//! `<to>/<kind>/<YYYY-MM>/<format>/manifest.json` (written last). The files hold only what the
 //! period's data determines (rows sorted by their key, no export time, no `as_of`), so
 //! exporting a final period again writes byte-identical files.
 //!
@@ -15,148 +15,78 @@
 use crate::billing::period_label;
 use crate::{Error, QueryEngine, Result};
 use arrow::record_batch::RecordBatch;
+use om_model::export::{ExportFormat, ExportKind};
 use om_model::time::format_micros;
 use om_model::{Micros, WindowSize};
 use om_sinks::DataStore;
 use sha2::{Digest, Sha256};
 
-/// What an export holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExportKind {
-    /// Month usage per customer, meter and dimension group.
-    Statements,
-    /// Invoices and their lines.
-    Invoices,
-    /// Revenue recognition of prepaid credits.
-    Revenue,
-}
-
-impl ExportKind {
-    /// The name in the CLI, config and paths.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportKind::Statements => "statements",
-            ExportKind::Invoices => "invoices",
-            ExportKind::Revenue => "revenue",
-        }
-    }
-
-    /// Parses `statements`, `invoices` or `revenue`.
-    pub fn parse(text: &str) -> Option<ExportKind> {
-        Some(match text {
-            "statements" => ExportKind::Statements,
-            "invoices" => ExportKind::Invoices,
-            "revenue" => ExportKind::Revenue,
-            _ => return None,
-        })
-    }
-
-    /// (file name, query) of each file, for the month starting at `start`.
-    fn queries(self, start: Micros) -> Vec<(&'static str, String)> {
-        let label = period_label(start);
-        let from = format_micros(start);
-        let to = format_micros(WindowSize::Month.end(start));
-        match self {
-            ExportKind::Statements => vec![(
-                "usage_statements",
+/// (file name, query) of each file of `kind`, for the month starting at `start`.
+fn queries(kind: ExportKind, start: Micros) -> Vec<(&'static str, String)> {
+    let label = period_label(start);
+    let from = format_micros(start);
+    let to = format_micros(WindowSize::Month.end(start));
+    match kind {
+        ExportKind::Statements => vec![(
+            "usage_statements",
+            format!(
+                "SELECT tenant_id, customer_id, meter, dimensions, '{label}' AS period, value, events, is_final \
+                 FROM usage_windows WHERE window_size = 'month' AND window_start = TIMESTAMP '{from}' \
+                 ORDER BY tenant_id, customer_id, meter, dimensions"
+            ),
+        )],
+        ExportKind::Invoices => vec![
+            (
+                "invoices",
                 format!(
-                    "SELECT tenant_id, customer_id, meter, dimensions, '{label}' AS period, value, events, is_final \
-                     FROM usage_windows WHERE window_size = 'month' AND window_start = TIMESTAMP '{from}' \
-                     ORDER BY tenant_id, customer_id, meter, dimensions"
+                    "SELECT tenant_id, customer_id, period, period_start, period_end, plan, currency, \
+                     subtotal, minimum_true_up, total, credits_applied, credit_overage, lines, is_final \
+                     FROM invoices WHERE period = '{label}' ORDER BY tenant_id, customer_id"
                 ),
-            )],
-            ExportKind::Invoices => vec![
-                (
-                    "invoices",
-                    format!(
-                        "SELECT tenant_id, customer_id, period, period_start, period_end, plan, currency, \
-                         subtotal, minimum_true_up, total, credits_applied, credit_overage, lines, is_final \
-                         FROM invoices WHERE period = '{label}' ORDER BY tenant_id, customer_id"
-                    ),
-                ),
-                (
-                    "invoice_lines",
-                    format!(
-                        "SELECT * FROM invoice_lines WHERE period = '{label}' \
-                         ORDER BY tenant_id, customer_id, line"
-                    ),
-                ),
-            ],
-            ExportKind::Revenue => vec![(
-                "revenue",
+            ),
+            (
+                "invoice_lines",
                 format!(
-                    "SELECT * FROM revenue WHERE day >= TIMESTAMP '{from}' AND day < TIMESTAMP '{to}' \
-                     ORDER BY tenant_id, customer_id, grant_id, day"
+                    "SELECT * FROM invoice_lines WHERE period = '{label}' \
+                     ORDER BY tenant_id, customer_id, line"
                 ),
-            )],
-        }
+            ),
+        ],
+        ExportKind::Revenue => vec![(
+            "revenue",
+            format!(
+                "SELECT * FROM revenue WHERE day >= TIMESTAMP '{from}' AND day < TIMESTAMP '{to}' \
+                 ORDER BY tenant_id, customer_id, grant_id, day"
+            ),
+        )],
     }
 }
 
-/// File formats of exports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileFormat {
-    /// CSV with a header row; decimals with 9 fractional digits.
-    Csv,
-    /// JSON lines; decimals as exact strings.
-    Json,
-    /// Parquet; decimals as Decimal128(38, 9).
-    Parquet,
-}
-
-impl FileFormat {
-    /// Parses `csv`, `json` or `parquet`.
-    pub fn parse(text: &str) -> Option<FileFormat> {
-        Some(match text {
-            "csv" => FileFormat::Csv,
-            "json" => FileFormat::Json,
-            "parquet" => FileFormat::Parquet,
-            _ => return None,
-        })
-    }
-
-    /// The name in the CLI and config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileFormat::Csv => "csv",
-            FileFormat::Json => "json",
-            FileFormat::Parquet => "parquet",
+/// The batches as one file of `format`.
+fn encode(
+    format: ExportFormat,
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>> {
+    let batch = arrow::compute::concat_batches(&schema, batches)?;
+    Ok(match format {
+        ExportFormat::Csv => {
+            let mut out = Vec::new();
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            w.write(&batch)?;
+            drop(w);
+            out
         }
-    }
-
-    fn extension(self) -> &'static str {
-        match self {
-            FileFormat::Csv => "csv",
-            FileFormat::Json => "jsonl",
-            FileFormat::Parquet => "parquet",
+        ExportFormat::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+            w.write(&crate::decimals_as_text(&batch)?)?;
+            w.finish()?;
+            w.into_inner()
         }
-    }
-
-    fn encode(
-        self,
-        schema: arrow::datatypes::SchemaRef,
-        batches: &[RecordBatch],
-    ) -> Result<Vec<u8>> {
-        let batch = arrow::compute::concat_batches(&schema, batches)?;
-        Ok(match self {
-            FileFormat::Csv => {
-                let mut out = Vec::new();
-                let mut w = arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut out);
-                w.write(&batch)?;
-                drop(w);
-                out
-            }
-            FileFormat::Json => {
-                let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
-                w.write(&crate::decimals_as_text(&batch)?)?;
-                w.finish()?;
-                w.into_inner()
-            }
-            FileFormat::Parquet => om_sinks::parquet::encode(&batch)?,
-        })
-    }
+        ExportFormat::Parquet => om_sinks::parquet::encode(&batch)?,
+    })
 }
 
 /// One export run's request.
@@ -167,13 +97,18 @@ pub struct Export {
     /// Start of the month.
     pub period: Micros,
     /// File format.
-    pub format: FileFormat,
+    pub format: ExportFormat,
 }
 
 impl Export {
-    /// `<kind>/<YYYY-MM>`, the folder of the export under the destination.
+    /// `<kind>/<YYYY-MM>/<format>`, the folder of the export under the destination.
     pub fn folder(&self) -> String {
-        format!("{}/{}", self.kind.as_str(), period_label(self.period))
+        format!(
+            "{}/{}/{}",
+            self.kind.as_str(),
+            period_label(self.period),
+            self.format.as_str()
+        )
     }
 
     /// Where its manifest goes.
@@ -211,21 +146,26 @@ pub struct ExportManifest {
     pub files: Vec<ExportedFile>,
 }
 
-/// Whether an export of this kind and month already has a manifest at `to`.
-pub async fn exists(to: &DataStore, export: &Export) -> Result<bool> {
-    Ok(to.get(&export.manifest_path()).await?.is_some())
+/// Whether this export already has a manifest at `to` that says its month was final
+/// (a draft of a month that was still open does not count).
+pub async fn final_exists(to: &DataStore, export: &Export) -> Result<bool> {
+    let Some(bytes) = to.get(&export.manifest_path()).await? else {
+        return Ok(false);
+    };
+    let manifest: ExportManifest = serde_json::from_slice(&bytes).map_err(Error::Manifest)?;
+    Ok(manifest.is_final)
 }
 
 /// Runs one export: queries its tables at the engine's commit, writes its files, then
 /// its manifest.
 pub async fn run(engine: &QueryEngine, to: &DataStore, export: &Export) -> Result<ExportManifest> {
     let mut files = Vec::new();
-    for (name, sql) in export.kind.queries(export.period) {
+    for (name, sql) in queries(export.kind, export.period) {
         let df = engine.context().sql(&sql).await?;
         let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let bytes = export.format.encode(schema, &batches)?;
+        let bytes = encode(export.format, schema, &batches)?;
         let path = format!("{}/{name}.{}", export.folder(), export.format.extension());
         files.push(ExportedFile {
             path: path.clone(),
@@ -242,9 +182,7 @@ pub async fn run(engine: &QueryEngine, to: &DataStore, export: &Export) -> Resul
         is_final: engine.period_is_final(export.period),
         files,
     };
-    let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| {
-        Error::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
-    })?;
+    let mut text = serde_json::to_vec_pretty(&manifest).map_err(Error::Manifest)?;
     text.push(b'\n');
     to.put(&export.manifest_path(), text).await?;
     Ok(manifest)

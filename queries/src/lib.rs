@@ -44,6 +44,13 @@ pub enum Error {
     /// Formatting the result failed.
     #[error("formatting the result: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The billing tables could not be computed (an amount beyond 38 digits, an input
+    /// table of an unexpected shape).
+    #[error("billing: {0}")]
+    Billing(String),
+    /// An export manifest could not be written or read.
+    #[error("export manifest: {0}")]
+    Manifest(serde_json::Error),
     /// An output format name that does not exist.
     #[error("unknown format `{0}`; use table, csv or json")]
     Format(String),
@@ -86,8 +93,9 @@ impl QueryEngine {
     }
 
     /// Opens `data_url` for `scope` (see the module docs for what a tenant session
-    /// allows), with the built-in config's plans for the billing tables (no pricing:
-    /// `invoices` is empty; `revenue` needs none).
+    /// allows), with the built-in config's plans and allowed lateness for the billing
+    /// tables; use [`QueryEngine::open_with_config`] with the job's config to price
+    /// invoices as the job's plans do.
     pub async fn open_scoped(data_url: &str, scope: Scope) -> Result<QueryEngine> {
         QueryEngine::open_with_config(data_url, scope, Arc::new(Config::builtin())).await
     }
@@ -139,7 +147,12 @@ impl QueryEngine {
             register(&ctx, name, Arc::new(ListingTable::try_new(config)?), &scope)?;
         }
         let watermark = commit.as_ref().and_then(|c| c.watermark_micros);
-        let billing = billing::Billing::new(&ctx, Arc::clone(&config), watermark).await?;
+        let other_config = commit
+            .as_ref()
+            .and_then(|c| c.billing_digest.as_deref())
+            .is_some_and(|d| d != config.billing_digest());
+        let billing =
+            billing::Billing::new(&ctx, Arc::clone(&config), watermark, other_config).await?;
         for name in schema::DERIVED_TABLES {
             ctx.register_table(name, billing.table(name))?;
         }

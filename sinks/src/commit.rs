@@ -78,6 +78,10 @@ pub struct CommitRecord {
     /// Digest of the meters and pipeline settings a checkpoint was taken with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_digest: Option<String>,
+    /// Digest of what the billing tables read from the config (the plans and the
+    /// allowed lateness), so that a reader with another config is told so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_digest: Option<String>,
 }
 
 impl CommitRecord {

@@ -345,34 +345,73 @@ fn invoices_revenue_and_exports() {
         rows(
             &data,
             &config_path,
-            "SELECT line, kind, coalesce(meter, ''), coalesce(CAST(tier AS VARCHAR), ''), quantity, \
+            "SELECT line, kind, coalesce(meter, ''), coalesce(CAST(tier AS VARCHAR), ''), \
+             coalesce(CAST(usage AS VARCHAR), ''), quantity, \
              coalesce(CAST(unit_price AS VARCHAR), ''), amount FROM invoice_lines \
              WHERE customer_id = 'c1' AND period = '2026-10' ORDER BY line"
         ),
         vec![
-            row(&["1", "flat_fee", "", "", &d("1"), &d("20"), &d("20")]),
-            row(&["2", "usage", "api_calls", "1", &d("2"), &d("0"), &d("0")]),
+            row(&["1", "flat_fee", "", "", "", &d("1"), &d("20"), &d("20")]),
+            row(&[
+                "2",
+                "usage",
+                "api_calls",
+                "1",
+                &d("5"),
+                &d("2"),
+                &d("0"),
+                &d("0")
+            ]),
             row(&[
                 "3",
                 "usage",
                 "api_calls",
                 "2",
+                &d("5"),
                 &d("3"),
                 &d("1.250"),
                 &d("3.750")
             ]),
-            row(&["4", "usage", "tokens", "", &d("2500"), &d("3"), &d("9")]),
-            row(&["5", "credits_applied", "", "", &d("25"), "", &d("0")]),
+            // 2,500 tokens are 3 packages of 1,000 at 3.00.
+            row(&[
+                "4",
+                "usage",
+                "tokens",
+                "",
+                &d("2500"),
+                &d("3"),
+                &d("3"),
+                &d("9")
+            ]),
+            row(&["5", "credits_applied", "", "", "", &d("25"), "", &d("0")]),
             row(&[
                 "6",
                 "minimum_commitment",
                 "",
                 "",
+                "",
                 &d("1"),
-                &d("50"),
+                &d("17.250"),
                 &d("17.250")
             ]),
         ]
+    );
+    // Without the job's config, the billing tables refuse rather than price with the
+    // built-in plans.
+    let other = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
+        .args([
+            "query",
+            "--data",
+            data.to_str().unwrap(),
+            "SELECT count(*) FROM invoices",
+        ])
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("pass the job's config"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
     );
     // Lines add up to the totals.
     assert_eq!(
@@ -498,7 +537,11 @@ fn invoices_revenue_and_exports() {
     );
 
     // The job exported the final October, not the open November.
-    assert!(scheduled.join("invoices/2026-10/manifest.json").exists());
+    assert!(
+        scheduled
+            .join("invoices/2026-10/csv/manifest.json")
+            .exists()
+    );
     assert!(!scheduled.join("invoices/2026-11").exists());
 
     // On demand, twice: byte-identical files, and the same bytes as the job's export.
@@ -534,10 +577,10 @@ fn invoices_revenue_and_exports() {
     };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     export(&a, "csv");
-    let first = read_all(&a.join("invoices/2026-10"));
+    let first = read_all(&a.join("invoices/2026-10/csv"));
     export(&a, "csv");
-    assert_eq!(read_all(&a.join("invoices/2026-10")), first);
-    assert_eq!(read_all(&scheduled.join("invoices/2026-10")), first);
+    assert_eq!(read_all(&a.join("invoices/2026-10/csv")), first);
+    assert_eq!(read_all(&scheduled.join("invoices/2026-10/csv")), first);
     export(&b, "parquet");
     export(&b, "parquet");
     openmonetize(&[
@@ -552,11 +595,12 @@ fn invoices_revenue_and_exports() {
         "--format",
         "parquet",
     ]);
-    let parquet = read_all(&b.join("invoices/2026-10"));
+    let parquet = read_all(&b.join("invoices/2026-10/parquet"));
     assert_eq!(parquet.len(), 3, "invoices, invoice_lines, manifest");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.join("invoices/2026-10/manifest.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(a.join("invoices/2026-10/csv/manifest.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["is_final"], json!(true));
     assert_eq!(manifest["files"][0]["rows"], json!(3));
 
@@ -566,15 +610,15 @@ fn invoices_revenue_and_exports() {
 import csv, decimal, json, sys
 import pyarrow.parquet as pq
 a, b = sys.argv[1], sys.argv[2]
-with open(a + "/invoices/2026-10/invoices.csv", newline="") as f:
+with open(a + "/invoices/2026-10/csv/invoices.csv", newline="") as f:
     csv_total = sum(decimal.Decimal(r["total"]) for r in csv.DictReader(f))
-with open(a + "/invoices/2026-10/invoice_lines.csv", newline="") as f:
+with open(a + "/invoices/2026-10/csv/invoice_lines.csv", newline="") as f:
     csv_lines = sum(decimal.Decimal(r["amount"]) for r in csv.DictReader(f))
-t = pq.read_table(b + "/invoices/2026-10/invoices.parquet")
+t = pq.read_table(b + "/invoices/2026-10/parquet/invoices.parquet")
 assert str(t.schema.field("total").type) == "decimal128(38, 9)", t.schema
 pq_total = sum(t.column("total").to_pylist())
-pq_lines = sum(pq.read_table(b + "/invoices/2026-10/invoice_lines.parquet").column("amount").to_pylist())
-rev = pq.read_table(b + "/revenue/2026-10/revenue.parquet")
+pq_lines = sum(pq.read_table(b + "/invoices/2026-10/parquet/invoice_lines.parquet").column("amount").to_pylist())
+rev = pq.read_table(b + "/revenue/2026-10/parquet/revenue.parquet")
 rev_total = sum(rev.column("recognized").to_pylist()) + sum(rev.column("breakage").to_pylist())
 print(json.dumps([str(csv_total), str(csv_lines), str(pq_total), str(pq_lines), str(rev_total)]))
 "#;
@@ -628,7 +672,7 @@ print(json.dumps([str(csv_total), str(csv_lines), str(pq_total), str(pq_lines), 
         "json",
     ]);
     let statements =
-        std::fs::read_to_string(a.join("statements/2026-10/usage_statements.jsonl")).unwrap();
+        std::fs::read_to_string(a.join("statements/2026-10/json/usage_statements.jsonl")).unwrap();
     assert_eq!(statements.lines().count(), 4, "{statements}");
     assert!(
         statements.contains(r#""value":"2500.000000000""#),
@@ -721,7 +765,9 @@ fn a_late_event_changes_the_open_months_invoice_only() {
     assert_eq!(totals(), vec![p("2026-10", "10"), p("2026-11", "9")]);
     // The schedule fires every second: the final October was exported once (its
     // manifest is not rewritten at later firings) and the open November not at all.
-    let manifest = tmp.path().join("scheduled/invoices/2026-10/manifest.json");
+    let manifest = tmp
+        .path()
+        .join("scheduled/invoices/2026-10/csv/manifest.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !manifest.exists() {
         assert!(

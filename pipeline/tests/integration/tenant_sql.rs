@@ -28,18 +28,31 @@ fn a_tenant_session_sees_only_its_rows() {
     run(RunOptions {
         progress: false,
         commands: Some(Source::File(dir.join("commands.jsonl"))),
-        ..RunOptions::new(config, Source::File(dir.join("events.jsonl")), data.clone())
+        ..RunOptions::new(
+            config.clone(),
+            Source::File(dir.join("events.jsonl")),
+            data.clone(),
+        )
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let admin = rt.block_on(QueryEngine::open(&data)).unwrap();
+    // With the job's config, which the billing tables (invoices, revenue) need.
+    let config = std::sync::Arc::new(config);
+    let admin = rt
+        .block_on(QueryEngine::open_with_config(
+            &data,
+            Scope::All,
+            std::sync::Arc::clone(&config),
+        ))
+        .unwrap();
     let acme = rt
-        .block_on(QueryEngine::open_scoped(
+        .block_on(QueryEngine::open_with_config(
             &data,
             Scope::Tenant("acme".into()),
+            config,
         ))
         .unwrap();
 
