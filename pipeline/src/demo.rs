@@ -154,6 +154,27 @@ pub fn demo(opts: DemoOptions) -> anyhow::Result<()> {
             "11. Why events were turned away (rejected_events, late_events)",
             "SELECT reason, COUNT(*) AS n FROM (SELECT regexp_replace(reason, ':.*', '') AS reason FROM rejected_events UNION ALL SELECT 'late' FROM late_events) GROUP BY reason ORDER BY n DESC",
         ),
+        (
+            "12. This month's draft invoices so far, priced by the plans' [plans.pricing] (invoices, invoice_lines)",
+            "SELECT customer_id, period, plan, subtotal, minimum_true_up, total, credits_applied, \
+             credit_overage, is_final FROM invoices ORDER BY subtotal DESC LIMIT 5",
+        ),
+        (
+            "   ... and the lines of the largest one",
+            "SELECT l.line, l.kind, l.meter, l.usage, l.quantity, l.unit_price, l.amount \
+             FROM invoice_lines l JOIN (SELECT tenant_id, customer_id, period FROM invoices \
+             ORDER BY subtotal DESC, customer_id LIMIT 1) i \
+             ON l.tenant_id = i.tenant_id AND l.customer_id = i.customer_id AND l.period = i.period \
+             ORDER BY l.line",
+        ),
+        (
+            "13. Prepaid credits as revenue: recognized, breakage and still deferred (revenue)",
+            "SELECT currency, COUNT(*) AS grants, SUM(price) AS sold, \
+             SUM(recognized_to_date) AS recognized, SUM(breakage_to_date) AS breakage, \
+             SUM(deferred) AS deferred FROM (SELECT *, row_number() OVER \
+             (PARTITION BY tenant_id, grant_id ORDER BY day DESC) AS latest FROM revenue) \
+             WHERE latest = 1 GROUP BY currency",
+        ),
     ];
     for (title, sql) in queries {
         println!("{title}\n   {sql}\n");
