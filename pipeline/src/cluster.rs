@@ -10,6 +10,26 @@
 
 use anyhow::{Context, bail};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a process reports when a connection to another process of the cluster broke.
+pub const LOST: &str = "lost the connection to another process of the cluster (it failed, was killed, or the network broke), so every process stops; restart all of them: the job resumes from its last commit";
+
+/// Set once a worker of this process failed by itself (not because a connection
+/// broke): then its own error is what the process reports at the end.
+pub static FAILED_HERE: AtomicBool = AtomicBool::new(false);
+
+/// Whether a worker's panic message is timely's for a broken connection.
+pub fn is_network_panic(message: &str) -> bool {
+    [
+        "timely communication error",
+        "MergeQueue poisoned",
+        "Send thread panic",
+        "Recv thread panic",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p))
+}
 
 /// Where this process sits in a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,10 +126,14 @@ impl QuietNetworkPanics {
                 .unwrap_or_default();
             if message.starts_with("timely communication error") {
                 eprintln!("connection to another process broke ({message})");
-            } else if !(message.starts_with("MergeQueue poisoned")
-                || message.starts_with("Send thread panic")
-                || message.starts_with("Recv thread panic"))
-            {
+                // Nothing of this process failed by itself: stop it here, before the
+                // unwinding of timely's worker threads, whose destructors can panic
+                // again on the broken channels and abort the process.
+                if !FAILED_HERE.load(Ordering::SeqCst) {
+                    eprintln!("Error: the job failed: {LOST}");
+                    std::process::exit(1);
+                }
+            } else if !is_network_panic(message) {
                 inner(info);
             }
         }));

@@ -373,7 +373,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             let result = match ran {
                 Ok(result) => result,
                 Err(panic) => {
-                    report(WorkerOutcome::Panicked(index, panic_message(&*panic)));
+                    let message = panic_message(&*panic);
+                    if !crate::cluster::is_network_panic(&message) {
+                        crate::cluster::FAILED_HERE.store(true, Ordering::SeqCst);
+                    }
+                    report(WorkerOutcome::Panicked(index, message));
                     std::panic::resume_unwind(panic);
                 }
             };
@@ -392,6 +396,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                 // panics poisons its channels, so timely closes this process's
                 // connections uncleanly and every other process fails at its next step.
                 Err(e) if in_cluster && !e.is::<Aborted>() => {
+                    crate::cluster::FAILED_HERE.store(true, Ordering::SeqCst);
                     let message = format!("{e:#}");
                     report(WorkerOutcome::Done(Err(e)));
                     std::panic::resume_unwind(Box::new(message));
@@ -497,9 +502,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Raised in every process of a cluster when another one stops or is unreachable.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "lost the connection to another process of the cluster (it failed, was killed, or the network broke), so every process stops; restart all of them: the job resumes from its last commit"
-)]
+#[error("{}", crate::cluster::LOST)]
 struct ClusterLost;
 
 /// Raised on every other worker when one worker fails.
