@@ -72,6 +72,15 @@ impl Verdict {
 /// Number of shards of the key table.
 const SHARDS: usize = 16;
 
+/// One change to the key table, journaled for incremental checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DedupChange {
+    /// A first occurrence: key and event time.
+    Keep(u128, Micros),
+    /// Keys older than this were forgotten.
+    Sweep(Micros),
+}
+
 /// The keys one owner remembers.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DedupState {
@@ -81,6 +90,9 @@ pub struct DedupState {
     horizon: Micros,
     max_ts: Option<Micros>,
     swept_at: Micros,
+    /// The changes since the last [`DedupState::take_journal`], when journaling.
+    #[serde(skip)]
+    journal: Option<Vec<DedupChange>>,
 }
 
 impl DedupState {
@@ -91,6 +103,50 @@ impl DedupState {
             horizon,
             max_ts: None,
             swept_at: Micros::MIN,
+            journal: None,
+        }
+    }
+
+    /// Starts journaling changes (for a job that saves checkpoints).
+    pub fn start_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes since the previous call, in order; the journal starts over.
+    pub fn take_journal(&mut self) -> Vec<DedupChange> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Applies journaled changes: the state becomes what it was when they were taken.
+    pub fn replay(&mut self, changes: &[DedupChange]) {
+        for c in changes {
+            match *c {
+                DedupChange::Keep(key, ts) => self.keep(key, ts),
+                DedupChange::Sweep(cutoff) => self.sweep(cutoff),
+            }
+        }
+    }
+
+    /// Remembers a first occurrence (as `process` does).
+    fn keep(&mut self, key: u128, ts: Micros) {
+        self.seen[(key >> 124) as usize].insert(key, ts);
+        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+        if let Some(j) = &mut self.journal {
+            j.push(DedupChange::Keep(key, ts));
+        }
+    }
+
+    /// Forgets the keys older than `cutoff`.
+    fn sweep(&mut self, cutoff: Micros) {
+        for shard in &mut self.seen {
+            shard.retain(|_, ts| *ts >= cutoff);
+        }
+        self.swept_at = cutoff;
+        if let Some(j) = &mut self.journal {
+            j.push(DedupChange::Sweep(cutoff));
         }
     }
 
@@ -121,6 +177,9 @@ impl DedupState {
                     let m = chunk_max.entry(p.chunk).or_insert(p.ts);
                     *m = (*m).max(p.ts);
                     self.max_ts = Some(self.max_ts.map_or(p.ts, |m| m.max(p.ts)));
+                    if let Some(j) = &mut self.journal {
+                        j.push(DedupChange::Keep(p.key, p.ts));
+                    }
                 }
             }
         }
@@ -134,10 +193,7 @@ impl DedupState {
         let Some(max) = self.max_ts else { return };
         let cutoff = max.saturating_sub(self.horizon);
         if cutoff.saturating_sub(self.swept_at) > self.horizon / 16 {
-            for shard in &mut self.seen {
-                shard.retain(|_, ts| *ts >= cutoff);
-            }
-            self.swept_at = cutoff;
+            self.sweep(cutoff);
         }
     }
 }
@@ -235,5 +291,45 @@ mod tests {
         assert_eq!(s.len(), 1);
         let (dups, _) = s.process(vec![probe("new", 3, 0, 1_000)]);
         assert_eq!(dups.len(), 1);
+    }
+
+    /// The fields that decide verdicts, for comparing two states.
+    fn contents(s: &DedupState) -> (Vec<(u128, Micros)>, Option<Micros>, Micros) {
+        let mut keys: Vec<(u128, Micros)> =
+            s.seen.iter().flatten().map(|(k, t)| (*k, *t)).collect();
+        keys.sort_unstable();
+        (keys, s.max_ts, s.swept_at)
+    }
+
+    #[test]
+    fn a_base_with_its_journal_replayed_equals_the_state() {
+        let mut live = DedupState::new(100);
+        live.start_journal();
+        live.process(vec![probe("a", 1, 0, 10), probe("b", 2, 0, 20)]);
+        // The base is taken here: what follows is journaled.
+        let base = bincode::serialize(&live).unwrap();
+        live.take_journal();
+        let mut deltas = Vec::new();
+        for (i, ts) in [50, 130, 400, 401].into_iter().enumerate() {
+            live.process(vec![
+                probe(&format!("k{i}"), i as u64, 0, ts),
+                probe("a", 9, 0, ts),
+            ]);
+            deltas.push(live.take_journal());
+        }
+        assert!(
+            deltas
+                .iter()
+                .flatten()
+                .any(|c| matches!(c, DedupChange::Sweep(_)))
+        );
+        let mut restored: DedupState = bincode::deserialize(&base).unwrap();
+        for d in &deltas {
+            restored.replay(d);
+        }
+        assert_eq!(contents(&restored), contents(&live));
+        // And it answers the same: "k3" (kept) is a duplicate, "a" (swept) is not.
+        let probes = vec![probe("k3", 1, 0, 402), probe("a", 2, 0, 402)];
+        assert_eq!(restored.process(probes.clone()), live.process(probes));
     }
 }

@@ -24,7 +24,7 @@ pub mod windowed_usage;
 
 pub use costs::{CostState, CostUpdate};
 pub use credits::{BurnUpdate, CreditState};
-pub use dedup::{DedupProbe, DedupState, Verdict};
+pub use dedup::{DedupChange, DedupProbe, DedupState, Verdict};
 pub use entitlements::Subscriptions;
 pub use lateness::{Fate, Order, Watermarks, classify, late_reason};
 pub use meter_series::{HourUpdate, MeterSeries};

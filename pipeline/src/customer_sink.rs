@@ -17,7 +17,7 @@
 //! the day-partitioned views whose days changed (slot `day/<day>/w<worker>`), and, in a
 //! job with checkpoints, saves the state.
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Chain, EpochLog};
 use crate::dataflow::{EpochInfo, EpochSchedule, Meta, follow_inputs};
 use crate::live::{CustomerLive, LiveViews, WorkerLive};
 use om_model::credit::BalanceRow;
@@ -106,12 +106,71 @@ pub struct CustomerSinkConfig {
     /// Save a checkpoint of the state at every commit epoch.
     pub checkpoints: bool,
     /// The checkpoint to start from.
-    pub restore: Option<CustomerViews>,
+    pub restore: Option<CustomerRestore>,
     /// Where to publish each commit's balances and entitlements for live reads
     /// (`openmonetize serve`).
     pub live: Option<Arc<LiveViews>>,
     /// The epoch and watermark of the commit the job resumes from, if any.
     pub resumed: Option<(u64, Option<Micros>)>,
+}
+
+/// One entry of the customer sink's epoch log (its checkpoint deltas).
+#[derive(Debug, serde::Deserialize)]
+pub enum CustomerEntry {
+    /// An epoch's input, as it was processed.
+    Epoch {
+        /// Inputs, applied first, in this order.
+        inputs: Vec<CustomerInput>,
+        /// Commands, in this order.
+        commands: Vec<Command>,
+    },
+    /// A commit.
+    Commit {
+        /// The latest watermark ("now" of the views).
+        now: Option<Micros>,
+        /// The closed watermark.
+        closed: Option<Micros>,
+    },
+}
+
+/// A [`CustomerEntry`] by reference, in its layout.
+#[derive(serde::Serialize)]
+enum CustomerEntryRef<'a> {
+    Epoch {
+        inputs: &'a [CustomerInput],
+        commands: &'a [Command],
+    },
+    Commit {
+        now: Option<Micros>,
+        closed: Option<Micros>,
+    },
+}
+
+/// The customer sink's checkpoint as loaded: the base, the epoch logs of the commits
+/// since, and the chain to continue.
+#[derive(Debug)]
+pub struct CustomerRestore {
+    /// The views at the base's commit.
+    pub base: CustomerViews,
+    /// The entries since, oldest first.
+    pub log: Vec<CustomerEntry>,
+    /// The chain of files.
+    pub chain: Chain,
+}
+
+impl CustomerRestore {
+    /// Decodes a loaded checkpoint.
+    pub fn decode(restored: checkpoint::Restored<CustomerViews>) -> anyhow::Result<Self> {
+        let mut log = Vec::new();
+        for delta in &restored.deltas {
+            log.extend(EpochLog::entries(delta)?);
+        }
+        Ok(CustomerRestore {
+            base: restored.base,
+            log,
+            chain: restored.chain,
+        })
+    }
 }
 
 /// The customer sink (see the module docs); `commands` must already be broadcast.
@@ -130,8 +189,35 @@ pub fn customer_sink<'s>(
         "OM: CustomerSink",
         move |cap, _info| {
             let mut cap = Some(cap);
-            let mut views = cfg.restore.take().unwrap_or_default();
             let meters: Vec<String> = cfg.config.meters.iter().map(|m| m.name.clone()).collect();
+            let mut views = CustomerViews::default();
+            let mut chain = Chain::new("customers", cfg.worker);
+            let mut log = EpochLog::default();
+            if let Some(saved) = cfg.restore.take() {
+                views = saved.base;
+                // The commits after the base, replayed as they ran (their files exist):
+                // what changes state at a commit is the series' change flag and the
+                // day tables, which forget final days; the whole tables only refresh
+                // caches, and are rebuilt at the first new commit anyway.
+                for entry in saved.log {
+                    match entry {
+                        CustomerEntry::Epoch { inputs, commands } => {
+                            for i in inputs {
+                                views.apply(i);
+                            }
+                            for c in commands {
+                                views.command(c, cfg.worker, cfg.peers);
+                            }
+                        }
+                        CustomerEntry::Commit { now, closed } => {
+                            views.series.take_changed();
+                            views.plans_changed = false;
+                            drop(day_tables(&mut views, now, closed, &cfg.config, &meters));
+                        }
+                    }
+                }
+                chain = saved.chain;
+            }
             // A resumed job answers live reads from its checkpoint at once, not only
             // after its first new commit (the files are rewritten at that commit).
             if let (Some(live), Some((epoch, now))) = (&cfg.live, cfg.resumed) {
@@ -157,6 +243,12 @@ pub fn customer_sink<'s>(
                     schedule.next(pending.keys().next().copied(), &info, &frontiers)
                 {
                     if let Some((inputs, commands)) = pending.remove(&t) {
+                        if cfg.checkpoints {
+                            log.push(&CustomerEntryRef::Epoch {
+                                inputs: &inputs,
+                                commands: &commands,
+                            });
+                        }
                         for i in inputs {
                             views.apply(i);
                         }
@@ -174,6 +266,9 @@ pub fn customer_sink<'s>(
                             info.watermarks.get(&t).copied().flatten(),
                         )
                     };
+                    if cfg.checkpoints {
+                        log.push(&CustomerEntryRef::Commit { now, closed });
+                    }
                     let at = cap
                         .as_ref()
                         .expect("held until the inputs are done")
@@ -214,16 +309,12 @@ pub fn customer_sink<'s>(
                         }));
                     }
                     if cfg.checkpoints {
-                        let change = checkpoint::save(
-                            &cfg.store,
-                            &cfg.runtime,
-                            "customers",
-                            cfg.worker,
-                            t,
-                            &views,
-                        )
-                        .unwrap_or_else(|e| panic!("{e:#}"));
-                        session.give(Meta::File(change));
+                        let changes = chain
+                            .save(&cfg.store, &cfg.runtime, t, &views, log.take())
+                            .unwrap_or_else(|e| panic!("{e:#}"));
+                        for c in changes {
+                            session.give(Meta::File(c));
+                        }
                     }
                 }
                 follow_inputs(&mut cap, &frontiers);

@@ -1,7 +1,7 @@
 //! The timely operators that turn window updates into `usage_windows` files and epochs
 //! into commit records.
 
-use crate::checkpoint::{self, UsageCheckpoint};
+use crate::checkpoint::{self, Chain, EpochLog, UsageCheckpoint};
 use om_model::{Aggregation, Micros, WindowSize};
 use om_operators::windowed_usage::partition_path;
 use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
@@ -130,7 +130,7 @@ pub struct UsageSinkConfig {
     /// Save a checkpoint of the state at every commit epoch.
     pub checkpoints: bool,
     /// The checkpoint to start from.
-    pub restore: Option<UsageCheckpoint>,
+    pub restore: Option<UsageRestore>,
 }
 
 /// A usage checkpoint by reference, saved in the layout of [`UsageCheckpoint`].
@@ -138,6 +138,62 @@ pub struct UsageSinkConfig {
 struct UsageCheckpointRef<'a> {
     usage: &'a om_operators::UsageData,
     names: &'a Names,
+}
+
+/// One entry of the usage sink's epoch log (its checkpoint deltas).
+#[derive(Debug, serde::Deserialize)]
+pub enum UsageEntry {
+    /// An epoch's input, as it was processed.
+    Epoch {
+        /// Names, registered first.
+        names: Vec<NameRecord>,
+        /// Reading updates, applied in this order.
+        updates: Vec<ReadingUpdate>,
+    },
+    /// A commit, at this watermark.
+    Commit {
+        /// The watermark the partitions were taken at.
+        watermark: Option<Micros>,
+    },
+}
+
+/// A [`UsageEntry`] by reference, in its layout.
+#[derive(serde::Serialize)]
+enum UsageEntryRef<'a> {
+    Epoch {
+        names: &'a [NameRecord],
+        updates: &'a [ReadingUpdate],
+    },
+    Commit {
+        watermark: Option<Micros>,
+    },
+}
+
+/// The usage sink's checkpoint as loaded: the base, the epoch logs of the commits since,
+/// and the chain to continue.
+#[derive(Debug)]
+pub struct UsageRestore {
+    /// The state at the base's commit.
+    pub base: UsageCheckpoint,
+    /// The entries since, oldest first.
+    pub log: Vec<UsageEntry>,
+    /// The chain of files.
+    pub chain: Chain,
+}
+
+impl UsageRestore {
+    /// Decodes a loaded checkpoint.
+    pub fn decode(restored: checkpoint::Restored<UsageCheckpoint>) -> anyhow::Result<Self> {
+        let mut log = Vec::new();
+        for delta in &restored.deltas {
+            log.extend(EpochLog::entries(delta)?);
+        }
+        Ok(UsageRestore {
+            base: restored.base,
+            log,
+            chain: restored.chain,
+        })
+    }
 }
 
 /// The usage sink: owns the window state of the customers routed to this worker. Epoch
@@ -163,9 +219,26 @@ pub fn usage_sink<'s>(
             cfg.allowed_lateness,
         );
         let mut known = Names::default();
+        let mut chain = Chain::new("usage", cfg.worker);
+        let mut log = EpochLog::default();
         if let Some(saved) = cfg.restore.take() {
-            state.restore(saved.usage);
-            known = saved.names;
+            state.restore(saved.base.usage);
+            known = saved.base.names;
+            // The commits after the base, replayed as they ran (their files exist).
+            for entry in saved.log {
+                match entry {
+                    UsageEntry::Epoch { names, updates } => {
+                        for n in names {
+                            known.register(n).unwrap_or_else(|e| panic!("{e}"));
+                        }
+                        for u in &updates {
+                            state.apply(u);
+                        }
+                    }
+                    UsageEntry::Commit { watermark } => drop(state.take_partitions(watermark)),
+                }
+            }
+            chain = saved.chain;
         }
         let mut pending: BTreeMap<u64, (Vec<ReadingUpdate>, Vec<NameRecord>)> = BTreeMap::new();
         let mut schedule = EpochSchedule::default();
@@ -183,6 +256,12 @@ pub fn usage_sink<'s>(
                 schedule.next(pending.keys().next().copied(), &info, &frontiers)
             {
                 if let Some((updates, names)) = pending.remove(&t) {
+                    if cfg.checkpoints {
+                        log.push(&UsageEntryRef::Epoch {
+                            names: &names,
+                            updates: &updates,
+                        });
+                    }
                     for n in names {
                         known.register(n).unwrap_or_else(|e| panic!("{e}"));
                     }
@@ -194,6 +273,9 @@ pub fn usage_sink<'s>(
                     continue;
                 }
                 let watermark = info.borrow().watermarks.get(&t).copied().flatten();
+                if cfg.checkpoints {
+                    log.push(&UsageEntryRef::Commit { watermark });
+                }
                 let at = cap
                     .as_ref()
                     .expect("held until the inputs are done")
@@ -223,10 +305,12 @@ pub fn usage_sink<'s>(
                         usage: state.data(),
                         names: &known,
                     };
-                    let change =
-                        checkpoint::save(&cfg.store, &cfg.runtime, "usage", cfg.worker, t, &saved)
-                            .unwrap_or_else(|e| panic!("{e:#}"));
-                    session.give(Meta::File(change));
+                    let changes = chain
+                        .save(&cfg.store, &cfg.runtime, t, &saved, log.take())
+                        .unwrap_or_else(|e| panic!("{e:#}"));
+                    for c in changes {
+                        session.give(Meta::File(c));
+                    }
                 }
             }
             follow_inputs(&mut cap, &frontiers);

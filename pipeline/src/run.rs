@@ -23,10 +23,10 @@
 //! files for it are written: every `commit_every` epochs for a file, every epoch that
 //! read anything for Kafka, and the last epoch.
 
-use crate::checkpoint::{self, ReaderCheckpoint, UsageCheckpoint};
+use crate::checkpoint::{self, Chain, ReaderCheckpoint, ReaderDelta};
 use crate::cluster::Cluster;
-use crate::customer_sink::{CustomerInput, CustomerSinkConfig, CustomerViews, customer_sink};
-use crate::dataflow::{EpochInfo, Meta, UsageSinkConfig, committer, usage_sink};
+use crate::customer_sink::{CustomerInput, CustomerRestore, CustomerSinkConfig, customer_sink};
+use crate::dataflow::{EpochInfo, Meta, UsageRestore, UsageSinkConfig, committer, usage_sink};
 use crate::ingress::{self, Ingress, Verdict as IngressVerdict};
 use crate::live::LiveViews;
 use crate::metrics::JobMetrics;
@@ -579,6 +579,25 @@ struct ReaderCheckpointRef<'a> {
     retractions: &'a Retractions,
 }
 
+/// Records a grant's (tenant, grant id) as seen, and in `new` (the grants since the last
+/// checkpoint, in a job that saves them); false when it was seen before.
+fn first_grant(
+    seen: &mut BTreeSet<(String, String)>,
+    new: Option<&mut Vec<(String, String)>>,
+    tenant_id: &str,
+    grant_id: &str,
+) -> bool {
+    let key = (tenant_id.to_string(), grant_id.to_string());
+    if seen.contains(&key) {
+        return false;
+    }
+    if let Some(new) = new {
+        new.push(key.clone());
+    }
+    seen.insert(key);
+    true
+}
+
 /// What a worker read in one epoch.
 struct EpochRead<'a> {
     /// (partition, offset, record) in arrival order.
@@ -710,26 +729,31 @@ fn run_worker(
     let checkpoints = !matches!(input, Input::File(_));
     let first_epoch = resume.as_ref().map_or(0, |c| c.epoch + 1);
     let (
-        dedup_state,
+        mut dedup_state,
         mut watermarks,
         mut grants_seen,
         mut retractions,
+        mut reader_chain,
         usage_restore,
         customers_restore,
     ) = match resume {
         Some(commit) => {
-            let reader: ReaderCheckpoint =
-                checkpoint::load(store, runtime, commit, "reader", index)?;
-            let usage: UsageCheckpoint = checkpoint::load(store, runtime, commit, "usage", index)?;
-            let customers: CustomerViews =
-                checkpoint::load(store, runtime, commit, "customers", index)?;
+            let reader =
+                checkpoint::load::<ReaderCheckpoint>(store, runtime, commit, "reader", index)?;
+            let mut state = reader.base;
+            for delta in &reader.deltas {
+                state.apply(checkpoint::decode::<ReaderDelta>(delta)?);
+            }
+            let usage = checkpoint::load(store, runtime, commit, "usage", index)?;
+            let customers = checkpoint::load(store, runtime, commit, "customers", index)?;
             (
-                reader.dedup,
-                reader.watermarks,
-                reader.grants,
-                reader.retractions,
-                Some(usage),
-                Some(customers),
+                state.dedup,
+                state.watermarks,
+                state.grants,
+                state.retractions,
+                reader.chain,
+                Some(UsageRestore::decode(usage)?),
+                Some(CustomerRestore::decode(customers)?),
             )
         }
         None => (
@@ -740,10 +764,16 @@ fn run_worker(
             }),
             BTreeSet::new(),
             Retractions::default(),
+            Chain::new("reader", index),
             None,
             None,
         ),
     };
+    if checkpoints {
+        dedup_state.start_journal();
+    }
+    // Grants accepted since the last checkpoint (its delta names them).
+    let mut grants_new: Vec<(String, String)> = Vec::new();
     let dedup_state = Rc::new(RefCell::new(dedup_state));
 
     let mut probe_input: TimelyInput<DedupProbe> = InputHandle::new();
@@ -1183,7 +1213,12 @@ fn run_worker(
                 });
                 match decoded {
                     Ok(Command::Grant(g))
-                        if !grants_seen.insert((g.tenant_id.clone(), g.grant_id.clone())) =>
+                        if !first_grant(
+                            &mut grants_seen,
+                            checkpoints.then_some(&mut grants_new),
+                            &g.tenant_id,
+                            &g.grant_id,
+                        ) =>
                     {
                         command_rejects.push(reject(
                             Some(g.tenant_id.clone()),
@@ -1316,20 +1351,23 @@ fn run_worker(
         if checkpoints && commit {
             // The dedup shard holds exactly this epoch's keys and earlier ones now: the
             // next epoch's probes are not sent yet.
-            let saved = checkpoint::save(
-                store,
-                runtime,
-                "reader",
-                index,
-                epoch,
-                &ReaderCheckpointRef {
-                    dedup: &dedup_state.borrow(),
-                    watermarks: &watermarks,
-                    grants: &grants_seen,
-                    retractions: &retractions,
-                },
-            )?;
-            meta_input.send(Meta::File(saved));
+            let mut dedup = dedup_state.borrow_mut();
+            let delta = ReaderDelta {
+                dedup: dedup.take_journal(),
+                watermarks: watermarks.clone(),
+                grants: std::mem::take(&mut grants_new),
+                retractions: retractions.clone(),
+            };
+            let delta = bincode::serialize(&delta).context("encoding a checkpoint")?;
+            let base = ReaderCheckpointRef {
+                dedup: &dedup,
+                watermarks: &watermarks,
+                grants: &grants_seen,
+                retractions: &retractions,
+            };
+            for change in reader_chain.save(store, runtime, epoch, &base, delta)? {
+                meta_input.send(Meta::File(change));
+            }
         }
 
         // Keep at most two epochs in flight in the usage dataflow.

@@ -493,3 +493,128 @@ fn kafka_mode_produces_posted_records_and_answers_their_verdicts_after_the_commi
     let status = server.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// The `_checkpoints` slots the newest commit record in `data` names.
+fn checkpoint_slots(data: &str) -> Vec<String> {
+    let mut records: Vec<_> = std::fs::read_dir(format!("{data}/_commits"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    records.sort();
+    let newest: Value =
+        serde_json::from_slice(&std::fs::read(records.last().unwrap()).unwrap()).unwrap();
+    newest["tables"]["_checkpoints"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_restart_replays_the_checkpoint_deltas_written_since_the_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let config = config(tmp.path());
+    let args = ["--commit-interval", "50ms", "--workers", "1"];
+    let server = start(data, &config, &args);
+    let addr = server.addr.clone();
+    let grant = json!([{"kind": "grant", "tenant_id": "acme", "grant_id": "g1",
+        "customer_id": "c1", "amount": "1000", "effective_at": "2026-11-01T00:00:00Z"}]);
+    assert_eq!(post(&addr, "/v1/commands", "acme-key", &grant).0, 200);
+    // A large state, then a commit that makes it the base; every post is answered after
+    // the commit that holds it.
+    let many: Vec<Value> = (0..2_000)
+        .map(|i| {
+            generation(
+                &format!("b{i}"),
+                &format!("c{}", i % 50),
+                "2026-11-20T10:00:00Z",
+                i,
+            )
+        })
+        .collect();
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &Value::Array(many));
+    assert_eq!(status, 200, "{answer}");
+    let one = json!([generation("s0", "c1", "2026-11-20T10:30:00Z", 100)]);
+    assert_eq!(
+        statuses(&post(&addr, "/v1/events", "acme-key", &one).1),
+        ["accepted"]
+    );
+    // Small commits after it: deltas (a key, a window change, a burn, a name each).
+    for i in 1..=3 {
+        let one = json!([
+            generation(&format!("s{i}"), "c1", "2026-11-20T10:30:00Z", 100),
+            call(
+                &format!("k{i}"),
+                "acme",
+                &format!("new{i}"),
+                "2026-11-20T10:40:00Z"
+            ),
+        ]);
+        let (status, answer) = post(&addr, "/v1/events", "acme-key", &one);
+        assert_eq!(
+            (status, statuses(&answer)),
+            (200, vec!["accepted".to_string(); 2])
+        );
+    }
+    // c1: events b1, b51, ..., b1951 (40 events, 39,040 tokens) and s0..s3 (400 tokens);
+    // 0.01 credits a token.
+    let (_, before) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(before["balance"], "605.600000000", "{before}");
+    let tokens = "SELECT CAST(value AS VARCHAR) AS value, events FROM usage_windows \
+                  WHERE customer_id = 'c1' AND meter = 'tokens' AND window_size = 'hour'";
+    assert_eq!(
+        sql(&addr, "acme-key", tokens),
+        [json!({"value": "39440.000000000", "events": 44})]
+    );
+    // Killed: the restart has only the checkpoint of the newest commit.
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let slots = checkpoint_slots(data);
+    for part in ["reader", "usage", "customers"] {
+        assert!(
+            slots.contains(&format!("{part}-w0")),
+            "no {part} base in {slots:?}"
+        );
+        assert!(
+            slots.iter().any(|s| s.starts_with(&format!("{part}-w0-d"))),
+            "no {part} delta in {slots:?}: the test no longer exercises deltas"
+        );
+    }
+
+    let server = start(data, &config, &args);
+    let addr = server.addr.clone();
+    // The live balance comes from the restored state, so it holds every delta's burn.
+    let (_, after) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(after["balance"], before["balance"], "{after} vs {before}");
+    // Keys of the deltas are remembered; windows and burns continue from the deltas.
+    let again = json!([
+        generation("s3", "c1", "2026-11-20T10:30:00Z", 100),
+        call("k2", "acme", "new2", "2026-11-20T10:40:00Z"),
+        generation("s4", "c1", "2026-11-20T10:31:00Z", 1000),
+    ]);
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &again);
+    assert_eq!(
+        (status, statuses(&answer)),
+        (
+            200,
+            vec![
+                "duplicate".to_string(),
+                "duplicate".to_string(),
+                "accepted".to_string()
+            ]
+        )
+    );
+    assert_eq!(
+        sql(&addr, "acme-key", tokens),
+        [json!({"value": "40440.000000000", "events": 45})]
+    );
+    let (_, balance) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(balance["balance"], "595.600000000", "{balance}");
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status}");
+}
