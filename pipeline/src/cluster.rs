@@ -40,7 +40,13 @@ pub struct Cluster {
     pub process: usize,
     /// `host:port` of each process, by index: where it listens for the others.
     pub addresses: Vec<String>,
+    /// How long to wait for every other process to connect before giving up.
+    pub connect_timeout: std::time::Duration,
 }
+
+/// The default of `--connect-timeout`: long enough for the pods of a StatefulSet to be
+/// scheduled and pull their image one after the other.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Cluster {
     /// A cluster from the `--processes`, `--process` and `--hosts` settings (flags or
@@ -84,7 +90,44 @@ impl Cluster {
             processes,
             process,
             addresses,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }))
+    }
+
+    /// Ends the process with an error naming the other processes' addresses unless
+    /// `connected` is set within the connect timeout. Timely waits for the other
+    /// processes forever (printing "retrying" every second); a job whose peer never
+    /// comes up, from a wrong hosts file or a crashed pod, must fail instead.
+    pub fn watch_connecting(&self, connected: std::sync::Arc<AtomicBool>) {
+        let cluster = self.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + cluster.connect_timeout;
+            while std::time::Instant::now() < deadline {
+                if connected.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if connected.load(Ordering::SeqCst) {
+                return;
+            }
+            let others: Vec<String> = cluster
+                .addresses
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != cluster.process)
+                .map(|(i, a)| format!("process {i} at {a}"))
+                .collect();
+            eprintln!(
+                "error: process {} of {} could not connect to every other process of the cluster within {:?} ({}): start all {} processes with the same --hosts file, check that each listens on its address and that these are reachable, or raise --connect-timeout",
+                cluster.process,
+                cluster.processes,
+                cluster.connect_timeout,
+                others.join(", "),
+                cluster.processes
+            );
+            std::process::exit(1);
+        });
     }
 
     /// The timely configuration of this process with `workers` workers.

@@ -82,6 +82,10 @@ enum Command {
         /// listens on for the other processes.
         #[arg(long, env = "OM_HOSTS")]
         hosts: Option<PathBuf>,
+        /// Cluster mode: how long to wait for every other process to connect before
+        /// failing, e.g. 30s, 5m.
+        #[arg(long, env = "OM_CONNECT_TIMEOUT", default_value = "5m", value_parser = parse_interval)]
+        connect_timeout: Duration,
         /// Input bytes per epoch (the unit of dedup, lateness and window updates).
         #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
         epoch_bytes: u64,
@@ -355,13 +359,18 @@ fn main() -> anyhow::Result<()> {
             processes,
             process,
             hosts,
+            connect_timeout,
             epoch_bytes,
             commit_every,
             commit_interval,
             until_caught_up,
             quiet,
         } => {
-            let cluster = Cluster::from_settings(processes, process, hosts.as_deref())?;
+            let cluster =
+                Cluster::from_settings(processes, process, hosts.as_deref())?.map(|c| Cluster {
+                    connect_timeout,
+                    ..c
+                });
             let commands: Option<Source> = commands
                 .map(|c| c.parse().with_context(|| format!("--commands `{c}`")))
                 .transpose()?;

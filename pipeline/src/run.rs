@@ -347,7 +347,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     // worker ends in a panic, and a lost connection makes timely's network threads
     // panic when the workers are joined, which loses the join results.
     let outcomes: Arc<Mutex<Vec<WorkerOutcome>>> = Arc::default();
-    // (In cluster mode, timely connects to the other processes here, waiting for them.)
+    // (In cluster mode, timely connects to the other processes here, waiting for them,
+    // and the watch ends the process if that takes longer than the connect timeout.)
+    let connected = Arc::new(AtomicBool::new(false));
+    if let Some(cluster) = &opts.cluster {
+        cluster.watch_connecting(Arc::clone(&connected));
+    }
     let guards = timely::execute(timely_config, {
         let opts = Arc::clone(&opts);
         let failed = Arc::clone(&failed);
@@ -406,6 +411,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         }
     })
     .map_err(|e| anyhow::anyhow!("starting workers: {e}"))?;
+    connected.store(true, Ordering::SeqCst);
     // Joining drops timely's network threads too, which panic if a connection to
     // another process broke.
     let connections_broke =

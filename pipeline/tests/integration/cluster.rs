@@ -394,3 +394,43 @@ fn a_failing_worker_stops_every_process() {
         );
     }
 }
+
+#[test]
+fn a_process_whose_peers_never_come_up_fails_after_the_connect_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = golden_dir("small");
+    let data = tmp.path().join("data");
+    let hosts = hosts_file(tmp.path(), 2);
+    let args = strings(&[
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+        "--events",
+        &format!("file:{}", dir.join("events.jsonl").display()),
+        "--data",
+        data.to_str().unwrap(),
+        "--connect-timeout",
+        "2s",
+    ]);
+    let peer = std::fs::read_to_string(&hosts).unwrap();
+    // Process 1 connects to process 0, process 0 waits for process 1: both give up.
+    for i in [1, 0] {
+        let started = Instant::now();
+        let out = wait_output(
+            start_process(&args, i, 2, &hosts),
+            60,
+            &format!("process {i}"),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "process {i}:\n{stderr}");
+        let other = peer.lines().nth(1 - i).unwrap();
+        assert!(
+            stderr.contains(&format!(
+                "process {i} of 2 could not connect to every other process of the cluster within 2s (process {} at {other})",
+                1 - i
+            )),
+            "process {i}:\n{stderr}"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        assert!(!data.join("_commits").exists(), "process {i} committed");
+    }
+}
