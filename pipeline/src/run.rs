@@ -585,6 +585,9 @@ struct ReaderCheckpointRef<'a> {
     retractions: &'a Retractions,
 }
 
+/// How long a Kafka reader reads before it steps the dataflow again.
+const READ_SLICE: Duration = Duration::from_millis(5);
+
 /// Records a grant's (tenant, grant id) as seen, and in `new` (the grants since the last
 /// checkpoint, in a job that saves them); false when it was seen before.
 fn first_grant(
@@ -974,13 +977,31 @@ fn run_worker(
             }
             Reader::Kafka { url, reader, buf } => match reader {
                 Some(r) => {
-                    r.read(
-                        buf,
-                        Instant::now() + opts.commit_interval,
-                        epoch_bytes as usize,
-                        opts.until_caught_up,
-                        &opts.stop,
-                    )?;
+                    // Read in slices of a few milliseconds and step the dataflow in
+                    // between, so that the earlier epochs' files, checkpoints and
+                    // commits proceed while this epoch is read (as the HTTP reader
+                    // does), instead of waiting for the whole epoch's read.
+                    let deadline = epoch_started + opts.commit_interval;
+                    buf.clear();
+                    loop {
+                        let slice = (Instant::now() + READ_SLICE).min(deadline);
+                        let over = r.read_more(
+                            buf,
+                            slice,
+                            epoch_bytes as usize,
+                            opts.until_caught_up,
+                            &opts.stop,
+                        )?;
+                        if over || Instant::now() >= deadline {
+                            break;
+                        }
+                        if failed.load(Ordering::SeqCst) {
+                            return Err(Aborted.into());
+                        }
+                        worker.step();
+                        watch.check(&last_commit);
+                    }
+                    buf.sort();
                     bytes_read.fetch_add(buf.payload_bytes() as u64, Ordering::Relaxed);
                     let positions = r
                         .positions()

@@ -189,7 +189,8 @@ impl MessageBuf {
             .push((partition, offset, start..self.bytes.len()));
     }
 
-    fn sort(&mut self) {
+    /// Sorts the messages by partition, then offset.
+    pub fn sort(&mut self) {
         self.records.sort_unstable_by_key(|(p, o, _)| (*p, *o));
     }
 }
@@ -265,10 +266,35 @@ impl PartitionReader {
         stop: &AtomicBool,
     ) -> Result<()> {
         buf.clear();
-        while buf.payload_bytes() < max_bytes && !(stop_at_end && self.caught_up()) {
+        self.read_more(buf, deadline, max_bytes, stop_at_end, stop)?;
+        buf.sort();
+        Ok(())
+    }
+
+    /// Like [`PartitionReader::read`], but appends to `buf` in arrival order (a reader
+    /// that reads an epoch in slices sorts it once at the end, with
+    /// [`MessageBuf::sort`]). Returns whether reading is over for the epoch by `max_bytes`,
+    /// `stop`, the end of every partition with `stop_at_end`, or no partition to read;
+    /// `false` when only `deadline` passed.
+    pub fn read_more(
+        &mut self,
+        buf: &mut MessageBuf,
+        deadline: Instant,
+        max_bytes: usize,
+        stop_at_end: bool,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        loop {
+            if buf.payload_bytes() >= max_bytes
+                || (stop_at_end && self.caught_up())
+                || self.next.is_empty()
+                || stop.load(Ordering::Relaxed)
+            {
+                return Ok(true);
+            }
             let now = Instant::now();
-            if now >= deadline || self.next.is_empty() || stop.load(Ordering::Relaxed) {
-                break;
+            if now >= deadline {
+                return Ok(false);
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
             let Some(polled) = self.consumer.poll(wait) else {
@@ -287,8 +313,6 @@ impl PartitionReader {
                 Err(e) => return Err(self.url.client_error("reading", e)),
             }
         }
-        buf.sort();
-        Ok(())
     }
 
     /// True when every partition is at its end.
