@@ -538,10 +538,17 @@ fn step_while(
         if failed.load(Ordering::SeqCst) {
             return Err(Aborted.into());
         }
-        worker.step();
+        // With nothing to do the thread sleeps until a message arrives (timely wakes it)
+        // or for at most a millisecond, instead of spinning: a spinning worker takes
+        // the core from the other workers' file writes, the HTTP server and the Kafka
+        // client threads.
+        worker.step_or_park(Some(PARK));
     }
     Ok(())
 }
+
+/// The longest a waiting worker sleeps before it checks again.
+const PARK: Duration = Duration::from_millis(1);
 
 /// One worker's valid events of one epoch, in arrival order, waiting for their fates.
 struct Chunk<'f> {
