@@ -94,6 +94,9 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--engines", default="openmonetize,duckdb,pathway,bytewax")
+    ap.add_argument("--engine-workers", default="",
+                    help="per-engine worker counts overriding --workers, e.g. bytewax=1 (Bytewax's"
+                         " second worker slows it down: its workers share one GIL)")
     ap.add_argument("--late", default="openmonetize,duckdb,pathway",
                     help="engines whose late-event cost to measure ('' for none)")
     ap.add_argument("--late-base", type=int, default=0,
@@ -104,10 +107,16 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     config = os.path.join(HERE, "openmonetize.toml")
 
+    only = {}
+    for item in filter(None, args.engine_workers.split(",")):
+        engine, _, counts = item.partition("=")
+        only[engine] = {int(c) for c in counts.split("+")}
     table = []
     for w in workers:
         results = {}
         for engine in engines:
+            if engine in only and w not in only[engine]:
+                continue
             log = os.path.join(args.workdir, f"{engine}-w{w}.log")
             print(f"  {engine}, {w} worker(s)...", file=sys.stderr, flush=True)
             if engine == "openmonetize":
@@ -126,9 +135,18 @@ def main():
                 results[engine] = canonical_csv(out)
                 note = ""
             table.append((engine, w, secs, args.events / secs, rss, len(results[engine]), note))
+            # Each row as soon as it is measured (stderr, and a JSON line in the work
+            # directory), so a run stopped early keeps what it measured.
+            row = {"engine": engine, "workers": w, "seconds": round(secs, 2),
+                   "events_per_sec": round(args.events / secs), "peak_rss_mib": round(rss),
+                   "groups": len(results[engine]), "note": note}
+            print(f"    {json.dumps(row)}", file=sys.stderr, flush=True)
+            with open(os.path.join(args.workdir, "results.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
         problems = compare(results)
         verdict = "all engines agree" if not problems else "; ".join(problems)
         table.append(("check", w, None, None, None, None, verdict))
+        print(f"    check, {w} worker(s): {verdict}", file=sys.stderr, flush=True)
         if problems:
             print_table(table, args)
             sys.exit(f"correctness check failed with {w} worker(s): {verdict}")

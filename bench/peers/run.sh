@@ -7,7 +7,8 @@
 #   bench/peers/run.sh --events 200000 --engines openmonetize,duckdb --workers 2 --late ''
 #
 # Options (all optional): --events N (10000000), --customers N (10000), --workers LIST
-# (1,2), --engines LIST (openmonetize,duckdb,pathway,bytewax), --late LIST (engines whose
+# (1,2), --engines LIST (openmonetize,duckdb,pathway,bytewax), --engine-workers
+# ENGINE=W[+W],... (per-engine worker counts, e.g. bytewax=1), --late LIST (engines whose
 # late-event cost to measure: openmonetize,duckdb,pathway; '' for none), --late-base N
 # (events loaded before the late event; default all).
 #
@@ -25,15 +26,17 @@ WORKERS=1,2
 ENGINES=openmonetize,duckdb,pathway,bytewax
 LATE=openmonetize,duckdb,pathway
 LATE_BASE=0
+ENGINE_WORKERS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) EVENTS="$2"; shift 2 ;;
     --customers) CUSTOMERS="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
     --engines) ENGINES="$2"; shift 2 ;;
+    --engine-workers) ENGINE_WORKERS="$2"; shift 2 ;;
     --late) LATE="$2"; shift 2 ;;
     --late-base) LATE_BASE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,4 +75,4 @@ fi
 
 echo "openmonetize: $BIN ($("$BIN" --version)); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 exec "$VENV/bin/python" bench/peers/run.py --input "$INPUT" --events "$EVENTS" --bin "$BIN" \
-  --workdir "$WORK/run" --workers "$WORKERS" --engines "$ENGINES" --late "$LATE" --late-base "$LATE_BASE"
+  --workdir "$WORK/run" --workers "$WORKERS" --engines "$ENGINES" --engine-workers "$ENGINE_WORKERS" --late "$LATE" --late-base "$LATE_BASE"
