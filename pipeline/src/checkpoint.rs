@@ -226,6 +226,33 @@ pub fn load<B: serde::de::DeserializeOwned>(
     })
 }
 
+/// A sink's checkpoint as loaded: the base, the entries of its epoch logs since, oldest
+/// first, and the chain to continue.
+#[derive(Debug)]
+pub struct Replay<B, E> {
+    /// The state at the base's commit.
+    pub base: B,
+    /// The epoch log entries of the commits since.
+    pub log: Vec<E>,
+    /// The chain of files.
+    pub chain: Chain,
+}
+
+impl<B, E: serde::de::DeserializeOwned> Replay<B, E> {
+    /// Decodes the deltas of a loaded checkpoint as epoch logs.
+    pub fn decode(restored: Restored<B>) -> anyhow::Result<Self> {
+        let mut log = Vec::new();
+        for delta in &restored.deltas {
+            log.extend(EpochLog::entries(delta)?);
+        }
+        Ok(Replay {
+            base: restored.base,
+            log,
+            chain: restored.chain,
+        })
+    }
+}
+
 /// Decodes a delta saved whole (one value).
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     bincode::deserialize(bytes).context("decoding a checkpoint delta")

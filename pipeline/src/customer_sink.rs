@@ -146,32 +146,8 @@ enum CustomerEntryRef<'a> {
     },
 }
 
-/// The customer sink's checkpoint as loaded: the base, the epoch logs of the commits
-/// since, and the chain to continue.
-#[derive(Debug)]
-pub struct CustomerRestore {
-    /// The views at the base's commit.
-    pub base: CustomerViews,
-    /// The entries since, oldest first.
-    pub log: Vec<CustomerEntry>,
-    /// The chain of files.
-    pub chain: Chain,
-}
-
-impl CustomerRestore {
-    /// Decodes a loaded checkpoint.
-    pub fn decode(restored: checkpoint::Restored<CustomerViews>) -> anyhow::Result<Self> {
-        let mut log = Vec::new();
-        for delta in &restored.deltas {
-            log.extend(EpochLog::entries(delta)?);
-        }
-        Ok(CustomerRestore {
-            base: restored.base,
-            log,
-            chain: restored.chain,
-        })
-    }
-}
+/// The customer sink's checkpoint as loaded.
+pub type CustomerRestore = checkpoint::Replay<CustomerViews, CustomerEntry>;
 
 /// The customer sink (see the module docs); `commands` must already be broadcast.
 pub fn customer_sink<'s>(

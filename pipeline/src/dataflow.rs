@@ -169,32 +169,8 @@ enum UsageEntryRef<'a> {
     },
 }
 
-/// The usage sink's checkpoint as loaded: the base, the epoch logs of the commits since,
-/// and the chain to continue.
-#[derive(Debug)]
-pub struct UsageRestore {
-    /// The state at the base's commit.
-    pub base: UsageCheckpoint,
-    /// The entries since, oldest first.
-    pub log: Vec<UsageEntry>,
-    /// The chain of files.
-    pub chain: Chain,
-}
-
-impl UsageRestore {
-    /// Decodes a loaded checkpoint.
-    pub fn decode(restored: checkpoint::Restored<UsageCheckpoint>) -> anyhow::Result<Self> {
-        let mut log = Vec::new();
-        for delta in &restored.deltas {
-            log.extend(EpochLog::entries(delta)?);
-        }
-        Ok(UsageRestore {
-            base: restored.base,
-            log,
-            chain: restored.chain,
-        })
-    }
-}
+/// The usage sink's checkpoint as loaded.
+pub type UsageRestore = checkpoint::Replay<UsageCheckpoint, UsageEntry>;
 
 /// The usage sink: owns the window state of the customers routed to this worker. Epoch
 /// by epoch, in time order, it records the names that arrived and folds the reading
