@@ -1,7 +1,10 @@
 //! Writing one Arrow batch as one Parquet object, readable by any Parquet reader:
 //! Snappy-compressed, strings dictionary-encoded except the columns that are unique per
 //! row (event ids, raw payloads, properties), where a dictionary costs time and saves
-//! nothing; statistics per column chunk.
+//! nothing; statistics per column chunk, except for the payload texts (properties, raw):
+//! their min and max cost a comparison of every value (long JSON texts with common
+//! prefixes) and prune nothing. Ids keep theirs, since ids that grow with time (ULIDs,
+//! sequences) let a lookup by id (retractions) skip files.
 
 use crate::{DataStore, Result};
 use arrow::record_batch::RecordBatch;
@@ -19,6 +22,12 @@ pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
     for column in ["id", "event_id", "properties", "raw", "source_offset"] {
         if batch.schema().column_with_name(column).is_some() {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+    }
+    for column in ["properties", "raw"] {
+        if batch.schema().column_with_name(column).is_some() {
+            props = props
+                .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
         }
     }
     let props = props.build();

@@ -358,14 +358,24 @@ async fn ingest(
     connections: usize,
     rate: Option<u64>,
 ) -> anyhow::Result<Ingested> {
+    // Open every connection before the clock starts, a few hundred at a time: thousands
+    // of simultaneous connects overflow the listener's accept queue (1,024), and the
+    // kernel then resets some of them.
+    let mut conns = Vec::with_capacity(connections);
+    while conns.len() < connections {
+        let wave = (connections - conns.len()).min(256);
+        let opened = futures::future::join_all((0..wave).map(|_| Conn::open(addr))).await;
+        for c in opened {
+            conns.push(c.context("opening an ingestion connection")?);
+        }
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let events = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let tasks = (0..connections).map(|_| {
+    let tasks = conns.into_iter().map(|mut conn| {
         let next = Arc::clone(&next);
         let events = Arc::clone(&events);
         async move {
-            let mut conn = Conn::open(addr).await?;
             let mut latencies = Vec::new();
             let mut verdicts = [0u64; 4];
             loop {
