@@ -78,6 +78,14 @@ pub struct CreditState {
     /// Each customer's rows from its last replay (rebuilt after a restore).
     #[serde(skip)]
     replayed: BTreeMap<u64, Replayed>,
+    /// The UTC days that have `credit_ledger` rows (so a file), as of the last
+    /// [`CreditState::tables`].
+    ledger_days: BTreeSet<Micros>,
+    /// Whether `replayed` holds the rows of every day in `ledger_days`: false in a new
+    /// or restored state, where the first [`CreditState::tables`] then lists every day
+    /// (rows changed or not) so that the day files are rewritten from the full state.
+    #[serde(skip)]
+    ledger_synced: bool,
 }
 
 /// A customer's rows from its last replay, and the span of `now` they hold for.
@@ -159,13 +167,19 @@ impl CreditState {
     /// otherwise its rows are reused, with `exhaustion_at` recomputed.
     pub fn tables(&mut self, now: Option<Micros>) -> CreditTables<'_> {
         let now = now.unwrap_or(Micros::MIN);
+        let mut days = BTreeSet::new();
+        if !self.ledger_synced {
+            days.extend(self.ledger_days.iter().copied());
+        }
         for (fp, c) in &self.customers {
             let Some(names) = &c.names else {
                 continue;
             };
             if c.grants.is_empty() && c.burns.is_empty() {
                 // Known by name only (events that burn nothing): no credit rows.
-                self.replayed.remove(fp);
+                if let Some(old) = self.replayed.remove(fp) {
+                    changed_days(Some(&old), None, &mut days);
+                }
                 continue;
             }
             let fresh = self
@@ -174,11 +188,15 @@ impl CreditState {
                 .is_some_and(|r| !self.dirty.contains(fp) && r.at <= now && now < r.until);
             if !fresh {
                 let r = replay(c, names, &self.voids, now);
+                changed_days(self.replayed.get(fp), Some(&r), &mut days);
                 self.replayed.insert(*fp, r);
             }
         }
         self.dirty.clear();
+        self.ledger_synced = true;
         let mut out = CreditTables::default();
+        let mut ledger: BTreeMap<Micros, Vec<LedgerRow<'_>>> =
+            days.into_iter().map(|d| (d, Vec::new())).collect();
         for (fp, c) in &self.customers {
             let (Some(names), Some(r)) = (&c.names, self.replayed.get(fp)) else {
                 continue;
@@ -187,15 +205,30 @@ impl CreditState {
             let mut balance = r.balance.clone();
             balance.exhaustion_at = exhaustion_at(now, balance.balance, recent_burn(c, now));
             out.balances.push(balance);
-            out.ledger.extend(r.ledger.iter().map(|e| LedgerRow {
-                tenant_id: &names.0,
-                customer_id: &names.1,
-                grant_id: e.grant.map(|i| r.grants[i].grant.grant_id.as_str()),
-                kind: e.kind,
-                at: e.at,
-                amount: e.amount,
-            }));
+            if ledger.is_empty() {
+                continue;
+            }
+            for e in &r.ledger {
+                if let Some(rows) = ledger.get_mut(&day_of(e.at)) {
+                    rows.push(LedgerRow {
+                        tenant_id: &names.0,
+                        customer_id: &names.1,
+                        grant_id: e.grant.map(|i| r.grants[i].grant.grant_id.as_str()),
+                        kind: e.kind,
+                        at: e.at,
+                        amount: e.amount,
+                    });
+                }
+            }
         }
+        for (day, rows) in &ledger {
+            if rows.is_empty() {
+                self.ledger_days.remove(day);
+            } else {
+                self.ledger_days.insert(*day);
+            }
+        }
+        out.ledger_days = ledger.into_iter().collect();
         out
     }
 
@@ -203,6 +236,36 @@ impl CreditState {
     pub fn changed(&self) -> bool {
         !self.dirty.is_empty()
     }
+}
+
+/// The start of the UTC day of `t`: the partition of a ledger entry.
+fn day_of(t: Micros) -> Micros {
+    t - t.rem_euclid(DAY)
+}
+
+/// Adds to `days` every day whose ledger entries differ between a customer's `old` and
+/// `new` replay (either may be missing).
+fn changed_days(old: Option<&Replayed>, new: Option<&Replayed>, days: &mut BTreeSet<Micros>) {
+    type DayRows<'r> = BTreeMap<Micros, Vec<(Option<&'r str>, EntryKind, Micros, Decimal9)>>;
+    fn by_day(r: Option<&Replayed>) -> DayRows<'_> {
+        let mut out: DayRows<'_> = BTreeMap::new();
+        if let Some(r) = r {
+            for e in &r.ledger {
+                let grant = e.grant.map(|i| r.grants[i].grant.grant_id.as_str());
+                out.entry(day_of(e.at))
+                    .or_default()
+                    .push((grant, e.kind, e.at, e.amount));
+            }
+        }
+        out
+    }
+    let (a, b) = (by_day(old), by_day(new));
+    days.extend(
+        a.keys()
+            .chain(b.keys())
+            .filter(|d| a.get(d) != b.get(d))
+            .copied(),
+    );
 }
 
 /// Adds `v` at `key`, dropping the entry when it comes back to zero.
@@ -578,6 +641,48 @@ mod tests {
         assert_eq!(a.grants[0].voided, d("10"));
         assert_eq!(a.grants[0].consumed, d("0"));
         assert_eq!(a.overage, d("1"));
+    }
+
+    #[test]
+    fn the_ledger_lists_only_the_days_whose_rows_changed() {
+        fn burn(s: &mut CreditState, customer: u64, timestamp: Micros, b: &str) {
+            s.burn(&BurnUpdate {
+                customer,
+                timestamp,
+                burn: d(b),
+            });
+        }
+        fn days(t: &CreditTables<'_>) -> Vec<(Micros, usize)> {
+            t.ledger_days
+                .iter()
+                .map(|(day, rows)| (*day, rows.len()))
+                .collect()
+        }
+        let mut s = CreditState::new();
+        s.name(1, "t", "a");
+        s.name(2, "t", "b");
+        s.grant(1, grant("g1", "100", 0, 0, None));
+        s.grant(2, grant("g2", "100", 0, 0, None));
+        burn(&mut s, 1, H, "1");
+        burn(&mut s, 2, DAY + H, "2");
+        let now = Some(3 * DAY);
+        // At first every day with rows: day 0 has both grants and a's burn, day 1 b's.
+        assert_eq!(days(&s.tables(now)), vec![(0, 3), (DAY, 1)]);
+        assert!(s.tables(now).ledger_days.is_empty());
+        // A burn of b on day 0: that day again, with every customer's rows of it.
+        burn(&mut s, 2, 2 * H, "1");
+        let t = s.tables(now);
+        assert_eq!(days(&t), vec![(0, 4)]);
+        let customers: BTreeSet<&str> = t.ledger_days[0].1.iter().map(|r| r.customer_id).collect();
+        assert_eq!(customers, BTreeSet::from(["a", "b"]));
+        // Retracting b's only burn of day 1 empties that day: listed with no rows.
+        burn(&mut s, 2, DAY + H, "-2");
+        assert_eq!(days(&s.tables(now)), vec![(DAY, 0)]);
+        // A restored state lists every day that has a file, once.
+        let saved = bincode::serialize(&s).unwrap();
+        let mut restored: CreditState = bincode::deserialize(&saved).unwrap();
+        assert_eq!(days(&restored.tables(now)), vec![(0, 4)]);
+        assert!(restored.tables(now).ledger_days.is_empty());
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! epoch, in time order, it folds them into the state. At each commit epoch it rewrites
 //! this worker's file (slot `w<worker>`) of each whole-table view when anything changed
 //! or the watermark moved (they are "as of" the watermark), rewrites the day files of
-//! the day-partitioned views whose days changed (slot `day/<day>/w<worker>`), and, in a
-//! job with checkpoints, saves the state.
+//! the day-partitioned views (`credit_ledger`, `anomaly_scores`, `costs`) whose days
+//! changed (slot `day/<day>/w<worker>`), and, in a job with checkpoints, saves the state.
 
 use crate::checkpoint::{self, Chain, EpochLog};
 use crate::dataflow::{EpochInfo, EpochSchedule, Meta, follow_inputs};
@@ -188,6 +188,9 @@ pub fn customer_sink<'s>(
                         CustomerEntry::Commit { now, closed } => {
                             views.series.take_changed();
                             views.plans_changed = false;
+                            // The ledger's day files on record follow from the replays:
+                            // which days have rows, and the rows written.
+                            drop(views.credits.tables(now));
                             drop(day_tables(&mut views, now, closed, &cfg.config, &meters));
                         }
                     }
@@ -302,9 +305,11 @@ pub fn customer_sink<'s>(
 /// A table file to write: (table, slot prefix, rows, batch).
 type TableFile = (&'static str, String, usize, om_sinks::Result<RecordBatch>);
 
-/// The views that are one file per worker, as of `now`: the credit tables,
-/// `entitlements` and `forecasts`. With `publish` = (live views, worker, epoch), also
-/// publishes the balances and entitlements for live reads.
+/// The views that are one file per worker, as of `now`: `credit_grants`,
+/// `credit_balances`, `entitlements`, `subscriptions` and `forecasts`; and the
+/// `credit_ledger` day files whose rows changed (computed with the other credit tables).
+/// With `publish` = (live views, worker, epoch), also publishes the balances and
+/// entitlements for live reads.
 fn whole_tables(
     views: &mut CustomerViews,
     now: Option<Micros>,
@@ -364,12 +369,14 @@ fn whole_tables(
         tables.balances.len(),
         om_sinks::encode::credit_balances(&tables.balances, now),
     ));
-    files.push((
-        "credit_ledger",
-        String::new(),
-        tables.ledger.len(),
-        om_sinks::encode::credit_ledger(&tables.ledger),
-    ));
+    for (day, rows) in &tables.ledger_days {
+        files.push((
+            "credit_ledger",
+            day_slot(*day),
+            rows.len(),
+            om_sinks::encode::credit_ledger(rows),
+        ));
+    }
     files.push((
         "entitlements",
         String::new(),
@@ -441,6 +448,11 @@ fn snapshot(
     }
 }
 
+/// The slot prefix of a day partition, e.g. `day/2026-11-05/`.
+fn day_slot(day: Micros) -> String {
+    format!("day/{}/", &time::format_micros(day)[..10])
+}
+
 /// The day files of `anomaly_scores` and `costs` whose days changed.
 fn day_tables(
     views: &mut CustomerViews,
@@ -450,7 +462,7 @@ fn day_tables(
     meters: &[String],
 ) -> Vec<TableFile> {
     let lateness = config.pipeline.allowed_lateness;
-    let slot = |day: Micros| format!("day/{}/", &time::format_micros(day)[..10]);
+    let slot = day_slot;
     let mut files = Vec::new();
     if config.anomaly.enabled {
         let names = RowNames {
