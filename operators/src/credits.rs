@@ -25,7 +25,11 @@
 //!
 //! Cost: a replay is linear in the customer's burn instants plus its grants, and runs
 //! only for customers whose inputs changed, or whose grants started or ended, since
-//! their last one; other customers' rows are reused. The trailing-7-day rate behind
+//! their last one; other customers' rows are reused. `credit_ledger` is listed by UTC
+//! day, and only the days that can have changed: the replay is causal (an entry depends
+//! only on inputs at or before its instant, and on `now` for what comes due), so a
+//! replayed customer's days from its earliest changed input (or the previous `now`) on.
+//! The trailing-7-day rate behind
 //! `exhaustion_at` sums hourly totals plus the instants of the two partial hours. Not
 //! yet: folding history older than the lateness horizon into a prefix state, so a busy
 //! customer's replay (and the state) still grows with its whole history.
@@ -72,9 +76,11 @@ pub struct CreditState {
     voids: BTreeMap<(String, String), Micros>,
     /// (tenant, grant id) -> the customer of a grant this worker holds.
     owners: BTreeMap<(String, String), u64>,
-    /// Customers whose inputs changed since the last [`CreditState::tables`].
+    /// Customers whose inputs changed since the last [`CreditState::tables`], with the
+    /// earliest instant a change can affect (the replay is causal: entries before it
+    /// stay as they were).
     #[serde(skip)]
-    dirty: BTreeSet<u64>,
+    dirty: BTreeMap<u64, Micros>,
     /// Each customer's rows from its last replay (rebuilt after a restore).
     #[serde(skip)]
     replayed: BTreeMap<u64, Replayed>,
@@ -128,7 +134,7 @@ impl CreditState {
             u.timestamp - u.timestamp.rem_euclid(HOUR),
             u.burn,
         );
-        self.dirty.insert(u.customer);
+        touch(&mut self.dirty, u.customer, u.timestamp);
     }
 
     /// Adds a grant of a customer this worker owns (`customer` is its fingerprint). A
@@ -141,16 +147,19 @@ impl CreditState {
         }
         self.owners
             .insert((grant.tenant_id.clone(), grant.grant_id.clone()), customer);
+        let replaced = c.grants.get(&grant.grant_id).map(|g| g.effective_at);
+        let from = replaced.map_or(grant.effective_at, |e| e.min(grant.effective_at));
         c.grants.insert(grant.grant_id.clone(), grant);
-        self.dirty.insert(customer);
+        touch(&mut self.dirty, customer, from);
     }
 
     /// Records a void (every worker records every void: the grant may be anyone's, and
     /// may arrive later). The earliest void of a grant wins.
     pub fn void(&mut self, tenant_id: &str, grant_id: &str, at: Micros) {
         let key = (tenant_id.to_string(), grant_id.to_string());
-        if let Some(fp) = self.owners.get(&key) {
-            self.dirty.insert(*fp);
+        if let Some(&fp) = self.owners.get(&key) {
+            // A void takes effect at `at`, or at the grant's start if later.
+            touch(&mut self.dirty, fp, at);
         }
         let slot = self.voids.entry(key).or_insert(at);
         *slot = (*slot).min(at);
@@ -178,17 +187,31 @@ impl CreditState {
             if c.grants.is_empty() && c.burns.is_empty() {
                 // Known by name only (events that burn nothing): no credit rows.
                 if let Some(old) = self.replayed.remove(fp) {
-                    changed_days(Some(&old), None, &mut days);
+                    days.extend(old.ledger.iter().map(|e| day_of(e.at)));
                 }
                 continue;
             }
             let fresh = self
                 .replayed
                 .get(fp)
-                .is_some_and(|r| !self.dirty.contains(fp) && r.at <= now && now < r.until);
+                .is_some_and(|r| !self.dirty.contains_key(fp) && r.at <= now && now < r.until);
             if !fresh {
                 let r = replay(c, names, &self.voids, now);
-                changed_days(self.replayed.get(fp), Some(&r), &mut days);
+                // Entries can differ from the earliest changed input on, or from the
+                // last replay's `now` on if `now` moved (entries that come due).
+                let old = self.replayed.get(fp);
+                let from = match old {
+                    None => Micros::MIN,
+                    Some(o) => {
+                        let changed = self.dirty.get(fp).copied().unwrap_or(Micros::MAX);
+                        if now == o.at {
+                            changed
+                        } else {
+                            changed.min(o.at)
+                        }
+                    }
+                };
+                changed_days(old, &r, from, &mut days);
                 self.replayed.insert(*fp, r);
             }
         }
@@ -243,29 +266,27 @@ fn day_of(t: Micros) -> Micros {
     t - t.rem_euclid(DAY)
 }
 
-/// Adds to `days` every day whose ledger entries differ between a customer's `old` and
-/// `new` replay (either may be missing).
-fn changed_days(old: Option<&Replayed>, new: Option<&Replayed>, days: &mut BTreeSet<Micros>) {
-    type DayRows<'r> = BTreeMap<Micros, Vec<(Option<&'r str>, EntryKind, Micros, Decimal9)>>;
-    fn by_day(r: Option<&Replayed>) -> DayRows<'_> {
-        let mut out: DayRows<'_> = BTreeMap::new();
-        if let Some(r) = r {
-            for e in &r.ledger {
-                let grant = e.grant.map(|i| r.grants[i].grant.grant_id.as_str());
-                out.entry(day_of(e.at))
-                    .or_default()
-                    .push((grant, e.kind, e.at, e.amount));
-            }
+/// Adds to `days` the days of a replayed customer's entries, `old` and `new`, that can
+/// differ: the days from the one of `from` on (the replay is causal, so entries before
+/// the earliest change are the same).
+fn changed_days(old: Option<&Replayed>, new: &Replayed, from: Micros, days: &mut BTreeSet<Micros>) {
+    let first = from.saturating_sub(from.rem_euclid(DAY));
+    let entries = old
+        .map_or(&[][..], |o| &o.ledger[..])
+        .iter()
+        .chain(&new.ledger);
+    for e in entries.filter(|e| e.at >= first) {
+        let day = day_of(e.at);
+        if !days.contains(&day) {
+            days.insert(day);
         }
-        out
     }
-    let (a, b) = (by_day(old), by_day(new));
-    days.extend(
-        a.keys()
-            .chain(b.keys())
-            .filter(|d| a.get(d) != b.get(d))
-            .copied(),
-    );
+}
+
+/// Marks `customer` changed from instant `at` on.
+fn touch(dirty: &mut BTreeMap<u64, Micros>, customer: u64, at: Micros) {
+    let from = dirty.entry(customer).or_insert(at);
+    *from = (*from).min(at);
 }
 
 /// Adds `v` at `key`, dropping the entry when it comes back to zero.
@@ -669,20 +690,121 @@ mod tests {
         // At first every day with rows: day 0 has both grants and a's burn, day 1 b's.
         assert_eq!(days(&s.tables(now)), vec![(0, 3), (DAY, 1)]);
         assert!(s.tables(now).ledger_days.is_empty());
-        // A burn of b on day 0: that day again, with every customer's rows of it.
-        burn(&mut s, 2, 2 * H, "1");
+        // A burn of a on day 1: day 1 with every customer's rows of it; day 0, before
+        // the change, is not rewritten.
+        burn(&mut s, 1, DAY + 2 * H, "1");
         let t = s.tables(now);
-        assert_eq!(days(&t), vec![(0, 4)]);
+        assert_eq!(days(&t), vec![(DAY, 2)]);
         let customers: BTreeSet<&str> = t.ledger_days[0].1.iter().map(|r| r.customer_id).collect();
         assert_eq!(customers, BTreeSet::from(["a", "b"]));
-        // Retracting b's only burn of day 1 empties that day: listed with no rows.
+        // A burn of b on day 0: the days of b's entries from day 0 on (an earlier burn
+        // can change later allocations).
+        burn(&mut s, 2, 2 * H, "1");
+        assert_eq!(days(&s.tables(now)), vec![(0, 4), (DAY, 2)]);
+        // Retracting b's only burn of day 1 leaves a's: day 1 with one row.
         burn(&mut s, 2, DAY + H, "-2");
+        assert_eq!(days(&s.tables(now)), vec![(DAY, 1)]);
+        // And retracting a's empties it: listed with no rows.
+        burn(&mut s, 1, DAY + 2 * H, "-1");
         assert_eq!(days(&s.tables(now)), vec![(DAY, 0)]);
         // A restored state lists every day that has a file, once.
         let saved = bincode::serialize(&s).unwrap();
         let mut restored: CreditState = bincode::deserialize(&saved).unwrap();
         assert_eq!(days(&restored.tables(now)), vec![(0, 4)]);
         assert!(restored.tables(now).ledger_days.is_empty());
+    }
+
+    #[test]
+    fn the_day_files_always_equal_a_full_recomputation() {
+        #[derive(Clone)]
+        enum Op {
+            Grant(u64, Grant),
+            Void(String, Micros),
+            Burn(BurnUpdate),
+        }
+        fn apply(s: &mut CreditState, op: &Op) {
+            match op {
+                Op::Grant(c, g) => s.grant(*c, g.clone()),
+                Op::Void(id, at) => s.void("t", id, *at),
+                Op::Burn(b) => s.burn(b),
+            }
+        }
+        fn rows(rows: &[LedgerRow<'_>]) -> Vec<String> {
+            let mut out: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
+            out.sort();
+            out
+        }
+        let mut x: u64 = 11;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 11) % m
+        };
+        let mut live = CreditState::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut files: BTreeMap<Micros, Vec<String>> = BTreeMap::new();
+        for step in 0..240i64 {
+            let customer = next(3);
+            // `now` is the watermark: never before a burn (the replay cache relies on it).
+            let now = step * (4 * DAY / 240);
+            // Some steps only move `now`: grants then start and end by themselves.
+            let op = match next(12) {
+                10 | 11 => None,
+                0 => {
+                    let from = next(3 * DAY as u64) as Micros;
+                    let until = (next(2) == 0).then(|| from + next(2 * DAY as u64) as Micros);
+                    let amount = format!("{}", 1 + next(40));
+                    let mut g = grant(&format!("g{step}"), &amount, 0, from, until);
+                    g.priority = next(3) as i64;
+                    Some(Op::Grant(customer, g))
+                }
+                1 => Some(Op::Void(
+                    format!("g{}", next(step as u64 + 1)),
+                    next(4 * DAY as u64) as Micros,
+                )),
+                2 if !ops.is_empty() => match ops[next(ops.len() as u64) as usize].clone() {
+                    Op::Burn(b) => Some(Op::Burn(BurnUpdate { burn: -b.burn, ..b })),
+                    other => Some(other),
+                },
+                _ => Some(Op::Burn(BurnUpdate {
+                    customer,
+                    timestamp: next(now as u64 + 1) as Micros,
+                    burn: Decimal9::from_raw((1 + next(5_000)) as i128 * 1_000_000),
+                })),
+            };
+            if step == 0 {
+                for c in 0..3 {
+                    live.name(c, "t", &format!("c{c}"));
+                }
+            }
+            if let Some(op) = op {
+                apply(&mut live, &op);
+                ops.push(op);
+            }
+            let now = Some(now);
+            for (day, r) in live.tables(now).ledger_days {
+                if r.is_empty() {
+                    files.remove(&day);
+                } else {
+                    files.insert(day, rows(&r));
+                }
+            }
+            let mut full = CreditState::new();
+            for c in 0..3 {
+                full.name(c, "t", &format!("c{c}"));
+            }
+            for op in &ops {
+                apply(&mut full, op);
+            }
+            let expected: BTreeMap<Micros, Vec<String>> = full
+                .tables(now)
+                .ledger_days
+                .into_iter()
+                .map(|(day, r)| (day, rows(&r)))
+                .collect();
+            assert_eq!(files, expected, "after step {step}");
+        }
     }
 
     #[test]
