@@ -418,11 +418,35 @@ impl KafkaProducer {
         }
     }
 
-    /// Waits until every queued message is acknowledged.
+    /// Waits until every queued message is acknowledged: as long as the broker keeps
+    /// acknowledging (a long queue on a slow or busy broker can take minutes), and gives
+    /// up after a minute without progress.
     pub fn flush(&self) -> Result<()> {
-        self.producer
-            .flush(Duration::from_secs(60))
-            .map_err(|e| self.url.client_error("flushing", e))
+        const STEP: Duration = Duration::from_secs(5);
+        const PATIENCE: Duration = Duration::from_secs(60);
+        let mut left = self.producer.in_flight_count();
+        let mut stalled = Duration::ZERO;
+        loop {
+            match self.producer.flush(STEP) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    let now_left = self.producer.in_flight_count();
+                    stalled = if now_left < left {
+                        Duration::ZERO
+                    } else {
+                        stalled + STEP
+                    };
+                    left = now_left;
+                    if stalled >= PATIENCE {
+                        return Err(self.url.client_error(
+                            "flushing",
+                            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                        ));
+                    }
+                }
+                Err(e) => return Err(self.url.client_error("flushing", e)),
+            }
+        }
     }
 }
 
