@@ -100,9 +100,9 @@ pub struct CreditTables<'a> {
     pub grants: Vec<GrantRow>,
     /// `credit_balances` rows.
     pub balances: Vec<BalanceRow>,
-    /// `credit_ledger` rows of the UTC days (by start) whose rows changed since the
-    /// previous computation: each such day with all its rows (none: the day has no rows
-    /// left, so its file is to be removed). The ledger is partitioned by day so that a
-    /// commit rewrites the days it changed, not the whole history.
+    /// `credit_ledger` rows of the UTC days (by start) whose rows may have changed since
+    /// the previous computation: each such day with all its rows (none: the day has no
+    /// rows left, so its file is to be removed). The ledger is partitioned by day so that
+    /// a commit rewrites the days it may have changed, not the whole history.
     pub ledger_days: Vec<(Micros, Vec<LedgerRow<'a>>)>,
 }

@@ -462,7 +462,6 @@ fn day_tables(
     meters: &[String],
 ) -> Vec<TableFile> {
     let lateness = config.pipeline.allowed_lateness;
-    let slot = day_slot;
     let mut files = Vec::new();
     if config.anomaly.enabled {
         let names = RowNames {
@@ -476,7 +475,7 @@ fn day_tables(
         {
             files.push((
                 "anomaly_scores",
-                slot(day),
+                day_slot(day),
                 rows.len(),
                 om_sinks::encode::anomaly_scores(&rows),
             ));
@@ -489,7 +488,7 @@ fn day_tables(
         {
             files.push((
                 "costs",
-                slot(day),
+                day_slot(day),
                 rows.len(),
                 om_sinks::encode::costs(&rows),
             ));
