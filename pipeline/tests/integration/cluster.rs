@@ -5,7 +5,8 @@
 
 use super::common::{golden_dir, openmonetize, query_csv};
 use super::kafka::{
-    ALL_TABLES_SQL, newest_commit, newest_commit_epoch, newest_commit_is_whole, produce,
+    ALL_TABLES_SQL, assert_same_rows, newest_commit, newest_commit_epoch, newest_commit_is_whole,
+    produce,
 };
 use super::services::Broker;
 use std::net::TcpListener;
@@ -104,12 +105,7 @@ fn tables(data: &Path) -> Vec<Vec<Vec<String>>> {
 fn assert_same_tables(a: &Path, b: &Path, what: &str) {
     let (a, b) = (tables(a), tables(b));
     for (sql, (a, b)) in ALL_TABLES_SQL.iter().zip(a.iter().zip(&b)) {
-        assert!(
-            a == b,
-            "{what}: {sql} differs ({} vs {} rows)",
-            a.len(),
-            b.len()
-        );
+        assert_same_rows(a, b, &format!("{what}: {sql}"));
     }
 }
 
@@ -298,11 +294,10 @@ fn a_cluster_with_a_killed_process_stops_and_resumes_to_the_same_tables() {
     for sql in ALL_TABLES_SQL {
         let (a, b) = (query_csv(&whole, sql), query_csv(&crashed, sql));
         assert!(a.len() > 1, "{sql} is empty");
-        assert!(
-            a == b,
-            "seed {seed}, kills at epochs {epochs:?}: {sql} differs ({} vs {} rows)",
-            a.len(),
-            b.len()
+        assert_same_rows(
+            &a,
+            &b,
+            &format!("seed {seed}, kills at epochs {epochs:?}: {sql}"),
         );
     }
 }

@@ -229,16 +229,17 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
 
 /// Every table (the credit tables too: the job reads a commands topic of grants), every
 /// column but `ingested_at`, in a stable order (Kafka positions are the same in every run
-/// over the same topic).
+/// over the same topic; a rejected command and a rejected event can share a partition and
+/// offset, so the topic comes first).
 pub(super) const ALL_TABLES_SQL: [&str; 11] = [
     "SELECT tenant_id, customer_id, meter, dimensions, window_size, window_start, window_end, value, events, is_final \
      FROM usage_windows ORDER BY tenant_id, customer_id, meter, dimensions, window_size, window_start",
     "SELECT tenant_id, id, customer_id, event_type, timestamp, value, properties, source, source_partition, source_offset \
-     FROM events ORDER BY source_partition, source_offset",
+     FROM events ORDER BY source, source_partition, source_offset",
     "SELECT tenant_id, event_id, raw, reason, source, source_partition, source_offset \
-     FROM rejected_events ORDER BY source_partition, source_offset",
+     FROM rejected_events ORDER BY source, source_partition, source_offset",
     "SELECT tenant_id, event_id, customer_id, timestamp, watermark, raw, reason, source, source_partition, source_offset \
-     FROM late_events ORDER BY source_partition, source_offset",
+     FROM late_events ORDER BY source, source_partition, source_offset",
     "SELECT * FROM credit_grants ORDER BY tenant_id, grant_id",
     "SELECT * FROM credit_balances ORDER BY tenant_id, customer_id",
     "SELECT * FROM credit_ledger ORDER BY tenant_id, customer_id, grant_id, entry, at",
@@ -374,11 +375,30 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
     for sql in ALL_TABLES_SQL {
         let (a, b) = (query_csv(&whole, sql), query_csv(&crashed, sql));
         assert!(a.len() > 1, "{sql} is empty");
-        assert!(
-            a == b,
-            "seed {seed}, kills at epochs {epochs:?}: {sql} differs ({} vs {} rows)",
-            a.len(),
-            b.len()
+        assert_same_rows(
+            &a,
+            &b,
+            &format!("seed {seed}, kills at epochs {epochs:?}: {sql}"),
         );
     }
+}
+
+/// Asserts two query results are equal; on a difference, names the first differing row
+/// of each (row 0 is the header).
+pub(super) fn assert_same_rows(a: &[Vec<String>], b: &[Vec<String>], what: &str) {
+    if a == b {
+        return;
+    }
+    let row = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    panic!(
+        "{what} differs ({} vs {} rows); first difference at row {row}:\n  {:?}\n  {:?}",
+        a.len(),
+        b.len(),
+        a.get(row),
+        b.get(row)
+    );
 }
