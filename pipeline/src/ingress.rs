@@ -3,12 +3,16 @@
 //!
 //! A request appends its records (each one JSON value, unparsed) to the queue under one
 //! lock, each record taking the next sequence number, and registers a [`Waiter`] for its
-//! range of numbers. The job's worker 0 reads the queue as a source of one partition whose
-//! offsets are the sequence numbers: at each epoch it takes everything queued (in arrival
-//! order, so dedup and lateness see exactly the order requests were accepted in), decides
-//! each record's fate, and once the commit covering the epoch is written answers every
-//! waiter of the epoch with its records' [`Verdict`]s. "Accepted" therefore means
-//! committed: durable, counted once, visible in the tables and the live views.
+//! range of numbers. The job reads the queue as a source of one partition whose offsets
+//! are the sequence numbers: at each epoch worker 0 takes everything queued
+//! ([`Ingress::take_epoch`]) and hands it to the other workers of the process
+//! ([`Ingress::claim`]); each worker decodes one contiguous slice of it
+//! ([`EpochRecords::slice`]), so that the slices in worker order are the arrival order and
+//! dedup and lateness see exactly the order requests were accepted in. Each worker writes
+//! its slice's [`Verdict`]s into the epoch's shared verdicts before its part of the epoch
+//! can be committed, and once the commit covering the epoch is written worker 0 answers
+//! every waiter of the epoch. "Accepted" therefore means committed: durable, counted
+//! once, visible in the tables and the live views.
 //!
 //! The queue is bounded in bytes: a request that does not fit is refused at once
 //! ([`Refused::Full`], HTTP 503 with `Retry-After`) instead of waiting, so a client that
@@ -149,6 +153,44 @@ impl Batch {
     }
 }
 
+/// One verdict per record of an epoch, written by the workers that decided them.
+pub type Verdicts = Arc<Mutex<Vec<Verdict>>>;
+
+/// One epoch's records as the workers of the job share them (the requests' waiters stay
+/// with worker 0, which answers them).
+#[derive(Debug)]
+pub struct EpochRecords {
+    batch: Batch,
+    verdicts: Verdicts,
+}
+
+impl EpochRecords {
+    /// The records.
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The indexes (from the epoch's first record) of worker `worker`'s slice of
+    /// `workers`: contiguous, in worker order, together all of them.
+    pub fn slice(&self, worker: usize, workers: usize) -> Range<usize> {
+        let n = self.batch.len();
+        n * worker / workers..n * (worker + 1) / workers
+    }
+
+    /// Records the verdicts of the records from index `from` on.
+    pub fn set_verdicts(&self, from: usize, verdicts: Vec<Verdict>) {
+        let mut all = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, v) in all[from..].iter_mut().zip(verdicts) {
+            *slot = v;
+        }
+    }
+
+    /// The epoch's verdicts, for answering its requests once it is committed.
+    pub fn verdicts(&self) -> Verdicts {
+        Arc::clone(&self.verdicts)
+    }
+}
+
 /// The verdicts of one epoch's records, waiting for the epoch's commit.
 #[derive(Debug)]
 pub struct Pending {
@@ -156,8 +198,8 @@ pub struct Pending {
     pub epoch: u64,
     /// Sequence number of the first record of the epoch.
     pub first: u64,
-    /// One verdict per record of the epoch.
-    pub verdicts: Vec<Verdict>,
+    /// One verdict per record of the epoch (complete once the epoch is committed).
+    pub verdicts: Verdicts,
     /// The requests.
     pub waiters: Vec<Waiter>,
 }
@@ -165,12 +207,13 @@ pub struct Pending {
 impl Pending {
     /// Answers every request (the epoch is committed).
     pub fn answer(self) {
+        let verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
         for w in self.waiters {
             let range = (w.seqs.start - self.first) as usize..(w.seqs.end - self.first) as usize;
             // A request that gave up (timeout, client gone) has dropped its receiver.
             let _ = w.tx.send(Reply {
                 epoch: self.epoch,
-                verdicts: self.verdicts[range].to_vec(),
+                verdicts: verdicts[range].to_vec(),
             });
         }
     }
@@ -189,12 +232,21 @@ struct Queue {
     batch: Batch,
 }
 
+/// An epoch's records taken by worker 0, until every other worker has claimed them.
+#[derive(Debug)]
+struct Handoff {
+    epoch: u64,
+    records: Arc<EpochRecords>,
+    unclaimed: usize,
+}
+
 /// One ingress queue (events or commands).
 #[derive(Debug)]
 pub struct Ingress {
     name: &'static str,
     max_bytes: usize,
     queue: Mutex<Queue>,
+    handoffs: Mutex<Vec<Handoff>>,
 }
 
 impl Ingress {
@@ -208,6 +260,7 @@ impl Ingress {
                 state: State::NotOpen,
                 batch: Batch::default(),
             }),
+            handoffs: Mutex::default(),
         }
     }
 
@@ -292,6 +345,40 @@ impl Ingress {
         self.lock().batch.bytes.len()
     }
 
+    /// Worker 0 of `workers`: takes everything queued as epoch `epoch`'s records, for
+    /// every worker to decode a slice of (the others [`Ingress::claim`] them), with every
+    /// verdict `Accepted` until a worker decides otherwise; and the requests' waiters.
+    pub fn take_epoch(&self, epoch: u64, workers: usize) -> (Arc<EpochRecords>, Vec<Waiter>) {
+        let mut batch = Batch::default();
+        self.take(&mut batch);
+        let waiters = batch.take_waiters();
+        let verdicts = Arc::new(Mutex::new(vec![Verdict::Accepted; batch.len()]));
+        let records = Arc::new(EpochRecords { batch, verdicts });
+        if workers > 1 {
+            self.handoffs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Handoff {
+                    epoch,
+                    records: Arc::clone(&records),
+                    unclaimed: workers - 1,
+                });
+        }
+        (records, waiters)
+    }
+
+    /// Another worker: epoch `epoch`'s records, once worker 0 has taken them.
+    pub fn claim(&self, epoch: u64) -> Option<Arc<EpochRecords>> {
+        let mut handoffs = self.handoffs.lock().unwrap_or_else(|e| e.into_inner());
+        let i = handoffs.iter().position(|h| h.epoch == epoch)?;
+        let records = Arc::clone(&handoffs[i].records);
+        handoffs[i].unclaimed -= 1;
+        if handoffs[i].unclaimed == 0 {
+            handoffs.remove(i);
+        }
+        Some(records)
+    }
+
     /// Takes everything queued into `into` (whose previous contents must be done with),
     /// leaving `into`'s buffers behind for reuse.
     pub fn take(&self, into: &mut Batch) {
@@ -340,11 +427,11 @@ mod tests {
         Pending {
             epoch: 3,
             first: batch.first(),
-            verdicts: vec![
+            verdicts: Arc::new(Mutex::new(vec![
                 Verdict::Accepted,
                 Verdict::Duplicate("dup".into()),
                 Verdict::Rejected("bad".into()),
-            ],
+            ])),
             waiters: batch.take_waiters(),
         }
         .answer();
@@ -362,6 +449,59 @@ mod tests {
         let _c = ingress.submit(&[b"{}"], None).unwrap();
         ingress.take(&mut batch);
         assert_eq!(batch.first(), 13);
+    }
+
+    #[test]
+    fn workers_share_an_epoch_in_slices_and_answer_with_all_their_verdicts() {
+        let ingress = Ingress::new("events", 1 << 20);
+        ingress.open(0);
+        let records: Vec<Vec<u8>> = (0..5)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let mut rx = ingress.submit(&refs, None).unwrap();
+        assert!(
+            ingress.claim(7).is_none(),
+            "nothing before worker 0 takes the epoch"
+        );
+        let (mine, waiters) = ingress.take_epoch(7, 2);
+        let theirs = ingress.claim(7).expect("worker 1's share");
+        assert!(ingress.claim(7).is_none(), "claimed once per other worker");
+        let (a, b) = (mine.slice(0, 2), theirs.slice(1, 2));
+        assert_eq!(
+            (a.clone(), b.clone()),
+            (0..2, 2..5),
+            "contiguous, in worker order"
+        );
+        let seqs: Vec<u64> = theirs
+            .batch()
+            .records()
+            .skip(b.start)
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        theirs.set_verdicts(
+            b.start,
+            vec![Verdict::Duplicate("d".into()), Verdict::Accepted],
+        );
+        mine.set_verdicts(a.start, vec![Verdict::Accepted, Verdict::Late("l".into())]);
+        Pending {
+            epoch: 7,
+            first: mine.batch().first(),
+            verdicts: mine.verdicts(),
+            waiters,
+        }
+        .answer();
+        assert_eq!(
+            rx.try_recv().unwrap().verdicts,
+            vec![
+                Verdict::Accepted,
+                Verdict::Late("l".into()),
+                Verdict::Duplicate("d".into()),
+                Verdict::Accepted,
+                Verdict::Accepted,
+            ]
+        );
     }
 
     #[test]

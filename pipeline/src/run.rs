@@ -659,10 +659,13 @@ enum Reader<'a> {
         buf: MessageBuf,
     },
     Http {
-        /// The queue, on worker 0; the other workers read nothing.
-        ingress: Option<&'a Ingress>,
+        /// The queue: worker 0 takes each epoch's records off it, the other workers
+        /// claim them from it, and each decodes its slice.
+        ingress: &'a Ingress,
         /// The records of the epoch.
-        batch: ingress::Batch,
+        records: Option<Arc<ingress::EpochRecords>>,
+        /// Worker 0: the requests of the epoch's records.
+        waiters: Vec<ingress::Waiter>,
     },
 }
 
@@ -714,8 +717,9 @@ fn run_worker(
             }
         }
         Input::Http(ingress) => Reader::Http {
-            ingress: (index == 0).then_some(&**ingress),
-            batch: ingress::Batch::default(),
+            ingress,
+            records: None,
+            waiters: Vec::new(),
         },
     };
     let source_name = input.name();
@@ -888,6 +892,8 @@ fn run_worker(
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut total_read = 0u64;
+    // Records (events and commands) read by every worker.
+    let mut job_read = 0u64;
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
@@ -1037,34 +1043,55 @@ fn run_worker(
                     }
                 }
             },
-            Reader::Http { ingress, batch } => {
-                // Wait out the epoch, stepping the dataflow meanwhile so that earlier
-                // epochs commit and their requests are answered; worker 0 cuts the epoch
-                // short once `epoch_bytes` are queued.
+            Reader::Http {
+                ingress,
+                records: taken,
+                waiters,
+            } => {
+                // Worker 0 waits out the epoch, stepping the dataflow meanwhile so that
+                // earlier epochs commit and their requests are answered, and cuts the
+                // epoch short once `epoch_bytes` are queued; then it takes the records.
+                // The other workers step until worker 0 has taken them.
                 let deadline = epoch_started + opts.commit_interval;
-                loop {
+                let epoch_records = loop {
                     watch.check(&last_commit);
                     let now = Instant::now();
-                    if now >= deadline
-                        || opts.stop.load(Ordering::SeqCst)
-                        || ingress.is_some_and(|i| i.queued_bytes() as u64 >= epoch_bytes)
+                    if index == 0
+                        && (now >= deadline
+                            || opts.stop.load(Ordering::SeqCst)
+                            || ingress.queued_bytes() as u64 >= epoch_bytes)
                     {
-                        break;
+                        let (records, requests) = ingress.take_epoch(epoch, peers);
+                        *waiters = requests;
+                        break records;
+                    }
+                    if index != 0
+                        && let Some(records) = ingress.claim(epoch)
+                    {
+                        break records;
                     }
                     if failed.load(Ordering::SeqCst) {
                         return Err(Aborted.into());
                     }
-                    worker.step_or_park(Some((deadline - now).min(Duration::from_millis(1))));
-                }
-                let positions = match ingress {
-                    Some(i) => {
-                        i.take(batch);
-                        vec![(i.partition_name(), batch.end())]
-                    }
-                    None => Vec::new(),
+                    let wait = deadline.saturating_duration_since(now);
+                    worker.step_or_park(Some(
+                        wait.clamp(Duration::from_micros(100), Duration::from_millis(1)),
+                    ));
                 };
-                let records: Vec<(u32, u64, &[u8])> =
-                    batch.records().map(|(seq, r)| (0, seq, r)).collect();
+                let taken = &*taken.insert(epoch_records);
+                let batch = taken.batch();
+                let positions = if index == 0 {
+                    vec![(ingress.partition_name(), batch.end())]
+                } else {
+                    Vec::new()
+                };
+                let slice = taken.slice(index, peers);
+                let records: Vec<(u32, u64, &[u8])> = batch
+                    .records()
+                    .skip(slice.start)
+                    .take(slice.len())
+                    .map(|(seq, r)| (0, seq, r))
+                    .collect();
                 bytes_read.fetch_add(
                     records.iter().map(|r| r.2.len() as u64).sum(),
                     Ordering::Relaxed,
@@ -1101,7 +1128,7 @@ fn run_worker(
         let mut rejected = Vec::new();
         // HTTP: each record's verdict, by sequence number from the epoch's first.
         let mut http_verdicts = match input {
-            Input::Http(_) if index == 0 => vec![IngressVerdict::Accepted; capacity],
+            Input::Http(_) => vec![IngressVerdict::Accepted; capacity],
             _ => Vec::new(),
         };
         let http_first = records.first().map_or(0, |r| r.1);
@@ -1297,7 +1324,7 @@ fn run_worker(
                 watch.awaiting.push(ingress::Pending {
                     epoch,
                     first: read.records.first().map_or(0, |r| r.1),
-                    verdicts,
+                    verdicts: Arc::new(Mutex::new(verdicts)),
                     waiters: std::mem::take(&mut read.waiters),
                 });
             }
@@ -1318,6 +1345,7 @@ fn run_worker(
         status_input.advance_to(epoch + 1);
         step_while(worker, failed, || dedup_probe.less_equal(&epoch))?;
         let all = statuses.borrow_mut().remove(&epoch).unwrap_or_default();
+        job_read += all.iter().map(|s| s.read).sum::<u64>();
         if all.iter().any(|s| s.settings != settings) {
             bail!(
                 "the processes of the cluster run with different settings: start every process with the same config file contents, --events, --commands, --data, --workers, --epoch-bytes, --commit-every, --commit-interval and --until-caught-up"
@@ -1577,14 +1605,20 @@ fn run_worker(
             )?,
         ];
         drop(records);
-        if let Reader::Http { batch, .. } = &mut reader {
-            let waiters = batch.take_waiters();
+        if let Reader::Http {
+            records: Some(taken),
+            waiters,
+            ..
+        } = &mut reader
+        {
+            // Before this worker's files of the epoch are sent, so before its commit.
+            taken.set_verdicts(taken.slice(index, peers).start, http_verdicts);
             if !waiters.is_empty() {
                 watch.awaiting.push(ingress::Pending {
                     epoch,
-                    first: http_first,
-                    verdicts: http_verdicts,
-                    waiters,
+                    first: taken.batch().first(),
+                    verdicts: taken.verdicts(),
+                    waiters: std::mem::take(waiters),
                 });
             }
         }
@@ -1636,13 +1670,11 @@ fn run_worker(
                         "nothing to commit"
                     },
                 ),
-                Reader::Http {
-                    ingress: Some(i), ..
-                } if commit => eprintln!(
+                Reader::Http { ingress, .. } if index == 0 && commit => eprintln!(
                     "epoch {epoch}: {} records read ({:.0}/s since start), {} bytes queued; watermark {watermark}",
-                    total_read,
-                    total_read as f64 / secs,
-                    i.queued_bytes(),
+                    job_read,
+                    job_read as f64 / secs,
+                    ingress.queued_bytes(),
                 ),
                 _ => {}
             }

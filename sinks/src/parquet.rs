@@ -7,30 +7,40 @@
 //! sequences) let a lookup by id (retractions) skip files.
 
 use crate::{DataStore, Result};
+use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
-/// Encodes `batch` as Parquet bytes.
-pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+/// The writer settings for `schema`'s columns (described above), to adjust or build.
+pub fn properties(schema: &Schema) -> WriterPropertiesBuilder {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(1 << 20));
     for column in ["id", "event_id", "properties", "raw", "source_offset"] {
-        if batch.schema().column_with_name(column).is_some() {
+        if schema.column_with_name(column).is_some() {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
     }
     for column in ["properties", "raw"] {
-        if batch.schema().column_with_name(column).is_some() {
+        if schema.column_with_name(column).is_some() {
             props = props
                 .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
         }
     }
-    let props = props.build();
+    props
+}
+
+/// Encodes `batch` as Parquet bytes.
+pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>> {
+    encode_with(batch, properties(&batch.schema()).build())
+}
+
+/// Encodes `batch` as Parquet bytes with the writer settings `props`.
+pub fn encode_with(batch: &RecordBatch, props: WriterProperties) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     writer.write(batch)?;

@@ -149,15 +149,20 @@ fn main() -> anyhow::Result<()> {
             commands.len(),
             args.connections
         );
+        let cpu_before = process_cpu_seconds()?;
         let ingested = ingest(addr, &bodies, args.connections, None).await?;
+        let cpu = process_cpu_seconds()? - cpu_before;
         println!(
-            "ingest: {} events in {} requests of {} over {} connections: {:.2} s, {:.0} events/s; request latency p50 {:.1} ms, p99 {:.1} ms (verdicts: {} accepted, {} duplicate, {} rejected, {} late)",
+            "ingest: {} events in {} requests of {} over {} connections: {:.2} s, {:.0} events/s, {:.1} CPU-s ({:.2} cores, {:.1} us per event); request latency p50 {:.1} ms, p99 {:.1} ms (verdicts: {} accepted, {} duplicate, {} rejected, {} late)",
             ingested.events,
             ingested.latencies.len(),
             args.batch,
             args.connections,
             ingested.seconds,
             ingested.events as f64 / ingested.seconds,
+            cpu,
+            cpu / ingested.seconds,
+            cpu * 1e6 / ingested.events as f64,
             percentile(&ingested.latencies, 0.50) * 1e3,
             percentile(&ingested.latencies, 0.99) * 1e3,
             ingested.verdicts[0],
@@ -513,4 +518,24 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// CPU time (user + system) this process has used so far, in seconds: fields 14 and 15
+/// of `/proc/self/stat`, in clock ticks of 1/100 s (Linux's fixed `USER_HZ`).
+fn process_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = stat
+        .rsplit_once(')')
+        .context("/proc/self/stat has no `)`")?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/self/stat is too short")?
+            .parse::<u64>()? as f64)
+    };
+    // After the name, field 3 (state) is at index 0, so field n is at n - 3.
+    Ok((ticks(14 - 3)? + ticks(15 - 3)?) / 100.0)
 }

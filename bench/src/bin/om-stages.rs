@@ -1,7 +1,8 @@
 //! Times the per-event stages of the file pipeline in isolation, single-threaded, over the
 //! first `--events` lines of a JSONL file (default: the om-bench file), so a change to one
 //! stage can be measured on its own: decode, and decode + Parquet encoding of the events
-//! table.
+//! table. With `--usage-rows N`, also the encoding of a `usage_windows` partition of N rows
+//! (what a live job rewrites at each commit) under several Parquet writer settings.
 //!
 //! Run with: `cargo run --release -p om-bench --bin om-stages -- --events 1000000`
 
@@ -23,10 +24,16 @@ struct Args {
     /// Skip the owned decode (to profile the others alone).
     #[arg(long)]
     skip_owned: bool,
+    /// Rows of the `usage_windows` partition to encode (0: skip that stage).
+    #[arg(long, default_value_t = 0)]
+    usage_rows: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.usage_rows > 0 {
+        usage_partition(args.usage_rows)?;
+    }
     let file = JsonlFile::open(&args.file).with_context(|| format!("{}", args.file.display()))?;
     let mut buf = om_sources::file::LineBuf::default();
     // About 220 bytes per event; read a little more than needed.
@@ -65,5 +72,83 @@ fn main() -> anyhow::Result<()> {
         secs * 1e9 / n,
         n / secs / 1e6
     );
+    Ok(())
+}
+
+/// Times Parquet encoding of a month partition of `n` `usage_windows` rows shaped like the
+/// live job's: 2 tenants, 17 windows per customer (6 meters, some with dimensions), rows
+/// grouped by customer; each writer setting 5 times, best time reported.
+fn usage_partition(n: usize) -> anyhow::Result<()> {
+    use om_model::time::WindowSize;
+    use om_model::{Decimal9, time};
+    use parquet::basic::Compression;
+    use parquet::file::properties::{EnabledStatistics, WriterPropertiesBuilder};
+    let meters = [
+        "api_calls",
+        "input_tokens",
+        "output_tokens",
+        "latency_avg",
+        "storage_max",
+        "unique_users",
+    ];
+    let dims = [
+        "{}",
+        r#"{"endpoint":"/v1/chat"}"#,
+        r#"{"endpoint":"/v1/embed"}"#,
+        r#"{"model":"gpt-4o"}"#,
+        r#"{"model":"claude-3-5-sonnet"}"#,
+        r#"{"provider":"openai"}"#,
+    ];
+    let customers: Vec<String> = (0..n.div_ceil(17))
+        .map(|c| format!("cust_{c:06}"))
+        .collect();
+    let month = time::parse_rfc3339("2026-11-01T00:00:00Z").context("a fixed timestamp")?;
+    let rows: Vec<om_sinks::encode::UsageRow<'_>> = (0..n)
+        .map(|i| om_sinks::encode::UsageRow {
+            tenant_id: if (i / 17) % 2 == 0 { "acme" } else { "default" },
+            customer_id: &customers[i / 17],
+            meter: meters[i % meters.len()],
+            dimensions: dims[(i / 3) % dims.len()],
+            size: WindowSize::Month,
+            start: month,
+            value: Decimal9::from_raw((i as i128 * 7_919) % 1_000_000_000_000),
+            events: (i % 1000) as i64,
+            is_final: false,
+        })
+        .collect();
+    let t = Instant::now();
+    let batch = om_sinks::encode::usage_windows(rows.into_iter())?;
+    println!(
+        "usage_windows batch of {n} rows: {:.0} ns/row to build",
+        t.elapsed().as_secs_f64() * 1e9 / n as f64
+    );
+    let schema = batch.schema();
+    type Adjust = fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder;
+    let variants: [(&str, Adjust); 5] = [
+        ("as written (snappy, dictionaries, chunk statistics)", |p| p),
+        ("no compression", |p| {
+            p.set_compression(Compression::UNCOMPRESSED)
+        }),
+        ("no dictionaries", |p| p.set_dictionary_enabled(false)),
+        ("no statistics", |p| {
+            p.set_statistics_enabled(EnabledStatistics::None)
+        }),
+        ("lz4_raw", |p| p.set_compression(Compression::LZ4_RAW)),
+    ];
+    for (name, adjust) in variants {
+        let mut best = f64::MAX;
+        let mut size = 0;
+        for _ in 0..5 {
+            let props = adjust(om_sinks::parquet::properties(&schema)).build();
+            let t = Instant::now();
+            size = om_sinks::parquet::encode_with(&batch, props)?.len();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "  encode, {name}: {:.0} ns/row, {} bytes",
+            best * 1e9 / n as f64,
+            size
+        );
+    }
     Ok(())
 }
