@@ -8,10 +8,11 @@
 //!   `commit_interval` per epoch (at most `epoch_bytes` of payload), partition by
 //!   partition in offset order. The job runs until stopped (SIGINT/SIGTERM, or
 //!   `until_caught_up` once every partition is read to its end), commits, and exits.
-//! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition read by worker 0
-//!   in arrival order (one watermark, as for a file); an epoch is `commit_interval` long
-//!   (shorter once `epoch_bytes` are queued), and the workers keep stepping the dataflow
-//!   while they wait for it. Each request is answered with its records' verdicts once
+//! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition in arrival order
+//!   (one watermark, as for a file); an epoch is `commit_interval` long (shorter once
+//!   `epoch_bytes` are queued), and the workers keep stepping the dataflow while they
+//!   wait for it. Worker 0 takes the epoch's records off the queue and hands them to the
+//!   other workers; each decodes its contiguous slice, as with a file. Each request is answered with its records' verdicts once
 //!   the commit covering its epoch is written. Like a Kafka job it checkpoints at every
 //!   commit, resumes from its last commit, and runs until stopped.
 //!
