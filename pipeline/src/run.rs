@@ -12,9 +12,10 @@
 //!   (one watermark, as for a file); an epoch is `commit_interval` long (shorter once
 //!   `epoch_bytes` are queued), and the workers keep stepping the dataflow while they
 //!   wait for it. Worker 0 takes the epoch's records off the queue and hands them to the
-//!   other workers; each decodes its contiguous slice, as with a file. Each request is answered with its records' verdicts once
-//!   the commit covering its epoch is written. Like a Kafka job it checkpoints at every
-//!   commit, resumes from its last commit, and runs until stopped.
+//!   other workers; each decodes its contiguous slice, as with a file. Each request is
+//!   answered with its records' verdicts once the commit covering its epoch is written.
+//!   Like a Kafka job it checkpoints at every commit, resumes from its last commit, and
+//!   runs until stopped.
 //!
 //! Per epoch, each worker: decodes what it read; sends dedup probes and a status, and
 //! waits for the verdicts and statuses of the whole epoch; judges lateness
