@@ -267,6 +267,8 @@ pub fn usage_windows<'a>(rows: impl ExactSizeIterator<Item = UsageRow<'a>>) -> R
     let mut value = dec_builder(n);
     let mut events = Int64Builder::with_capacity(n);
     let mut is_final = BooleanBuilder::with_capacity(n);
+    // A partition's rows share one window: compute a month's end once, not per row.
+    let mut last_window: Option<(WindowSize, Micros, Micros)> = None;
     for r in rows {
         tenant.append_value(r.tenant_id);
         customer.append_value(r.customer_id);
@@ -274,7 +276,15 @@ pub fn usage_windows<'a>(rows: impl ExactSizeIterator<Item = UsageRow<'a>>) -> R
         dimensions.append_value(r.dimensions);
         size.append_value(r.size.as_str());
         start.append_value(r.start);
-        end.append_value(r.size.end(r.start));
+        let window_end = match last_window {
+            Some((s, t, e)) if s == r.size && t == r.start => e,
+            _ => {
+                let e = r.size.end(r.start);
+                last_window = Some((r.size, r.start, e));
+                e
+            }
+        };
+        end.append_value(window_end);
         value.append_value(r.value.raw());
         events.append_value(r.events);
         is_final.append_value(r.is_final);
