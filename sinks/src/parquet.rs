@@ -9,8 +9,8 @@
 //! the ids (`id`, `event_id`), since ids that grow with time (ULIDs, sequences) let a
 //! lookup by id (retractions) skip files. Other strings and decimals get none: each
 //! worker's file holds all its customers, tenants and meters, so their min and max prune
-//! nothing, and computing them costs a comparison of every value — about a third of the
-//! encoding time of a `usage_windows` partition, which a live job rewrites at every
+//! nothing, and computing them costs a comparison of every value: about a quarter of
+//! the encoding time of a `usage_windows` partition, which a live job rewrites at every
 //! commit (`om-stages --usage-rows`).
 
 use crate::{DataStore, Result};

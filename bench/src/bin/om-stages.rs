@@ -142,7 +142,10 @@ fn usage_partition(n: usize) -> anyhow::Result<()> {
     let schema = batch.schema();
     type Adjust = fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder;
     let variants: [(&str, Adjust); 6] = [
-        ("as written (snappy, dictionaries, chunk statistics)", |p| p),
+        (
+            "as written (snappy, dictionaries, statistics where they prune)",
+            |p| p,
+        ),
         ("no compression", |p| {
             p.set_compression(Compression::UNCOMPRESSED)
         }),
@@ -151,18 +154,16 @@ fn usage_partition(n: usize) -> anyhow::Result<()> {
             p.set_statistics_enabled(EnabledStatistics::None)
         }),
         ("lz4_raw", |p| p.set_compression(Compression::LZ4_RAW)),
-        ("no statistics on the string columns", |p| {
-            [
-                "tenant_id",
-                "customer_id",
-                "meter",
-                "dimensions",
-                "window_size",
-            ]
-            .into_iter()
-            .fold(p, |p, c| {
-                p.set_column_statistics_enabled(c.into(), EnabledStatistics::None)
-            })
+        ("statistics on every column (as before 2026-11-26)", |p| {
+            om_model::schema::USAGE_WINDOWS
+                .fields()
+                .iter()
+                .fold(p, |p, f| {
+                    p.set_column_statistics_enabled(
+                        f.name().as_str().into(),
+                        EnabledStatistics::Chunk,
+                    )
+                })
         }),
     ];
     for (name, adjust) in variants {
