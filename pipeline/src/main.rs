@@ -563,7 +563,7 @@ fn main() -> anyhow::Result<()> {
                 events,
                 customers,
                 seed,
-                days,
+                span: i64::from(days) * om_model::time::DAY,
                 ..Default::default()
             };
             if grants {

@@ -648,34 +648,49 @@ async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response
 
 /// The answer to posted records: counts and each record's verdict.
 fn verdicts_answer(Reply { epoch, verdicts }: Reply) -> Response {
-    let mut counts = [0usize; 5];
-    let results: Vec<serde_json::Value> = verdicts
-        .iter()
-        .enumerate()
-        .map(|(index, v)| {
-            counts[match v {
-                Verdict::Accepted => 0,
-                Verdict::Queued => 1,
-                Verdict::Duplicate(_) => 2,
-                Verdict::Late(_) => 3,
-                Verdict::Rejected(_) => 4,
-            }] += 1;
-            match v.reason() {
-                Some(reason) => json!({"index": index, "status": v.status(), "reason": reason}),
-                None => json!({"index": index, "status": v.status()}),
-            }
-        })
-        .collect();
-    axum::Json(json!({
-        "epoch": epoch,
-        "accepted": counts[0],
-        "queued": counts[1],
-        "duplicate": counts[2],
-        "late": counts[3],
-        "rejected": counts[4],
-        "results": results,
-    }))
-    .into_response()
+    // Serialized straight from these structs (no `serde_json::Value` per record); the
+    // fields are in the order the keys have always been written: alphabetical.
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        accepted: usize,
+        duplicate: usize,
+        epoch: u64,
+        late: usize,
+        queued: usize,
+        rejected: usize,
+        results: Vec<RecordResult<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct RecordResult<'a> {
+        index: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        status: &'static str,
+    }
+    let mut answer = Answer {
+        accepted: 0,
+        duplicate: 0,
+        epoch,
+        late: 0,
+        queued: 0,
+        rejected: 0,
+        results: Vec::with_capacity(verdicts.len()),
+    };
+    for (index, v) in verdicts.iter().enumerate() {
+        *match v {
+            Verdict::Accepted => &mut answer.accepted,
+            Verdict::Queued => &mut answer.queued,
+            Verdict::Duplicate(_) => &mut answer.duplicate,
+            Verdict::Late(_) => &mut answer.late,
+            Verdict::Rejected(_) => &mut answer.rejected,
+        } += 1;
+        answer.results.push(RecordResult {
+            index,
+            reason: v.reason(),
+            status: v.status(),
+        });
+    }
+    axum::Json(answer).into_response()
 }
 
 /// The tenant of a customer read: the key's, or an admin's `?tenant_id=`.

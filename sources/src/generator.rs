@@ -26,8 +26,10 @@ pub struct GenOptions {
     pub seed: u64,
     /// Event time of the first event.
     pub start: Micros,
-    /// Event time span covered, in days.
-    pub days: u32,
+    /// Event time span covered (at least 1 microsecond): a week by default; a span as
+    /// long as the run itself gives live traffic's shape, where event time keeps pace
+    /// with the clock.
+    pub span: Micros,
 }
 
 impl Default for GenOptions {
@@ -37,7 +39,7 @@ impl Default for GenOptions {
             customers: 100,
             seed: 42,
             start: om_model::time::parse_rfc3339("2026-11-01T00:00:00Z").expect("valid"),
-            days: 7,
+            span: 7 * DAY,
         }
     }
 }
@@ -167,7 +169,7 @@ impl Generator {
             self.summary.duplicates += 1;
             return true;
         }
-        let span = self.opts.days.max(1) as i64 * DAY;
+        let span = self.opts.span.max(1);
         let nominal =
             self.opts.start + (n as i128 * span as i128 / self.opts.events.max(1) as i128) as i64;
         let roll: u32 = self.rng.random_range(0..10_000);

@@ -45,6 +45,13 @@ struct Args {
     /// Customers.
     #[arg(long, default_value_t = 10_000)]
     customers: u32,
+    /// Seconds of event time the generated events span. The default, a week, is a
+    /// backfill's shape: each epoch of a fast run covers about a day of event time, so a
+    /// commit rewrites dozens of hour partitions and several days. A span about as long
+    /// as the run (e.g. 15) is live traffic's shape: event time keeps pace with the
+    /// clock, and a commit touches the current hour and day.
+    #[arg(long, default_value_t = 7 * 86_400)]
+    span_seconds: u64,
     /// Events per ingestion request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -72,6 +79,9 @@ struct Args {
     /// Work directory (the data location is recreated in it).
     #[arg(long, default_value = "/tmp/om-serve-bench")]
     dir: PathBuf,
+    /// Print the job's progress lines (epochs, commits, events/s) on stderr.
+    #[arg(long)]
+    progress: bool,
 }
 
 const KEY: &str = "bench-admin-key";
@@ -90,12 +100,15 @@ fn main() -> anyhow::Result<()> {
     let gen_opts = GenOptions {
         events: args.events,
         customers: args.customers,
+        span: args.span_seconds as i64 * 1_000_000,
         ..GenOptions::default()
     };
     eprintln!("generating {} events...", args.events);
     let bodies = batches(&gen_opts, args.batch);
     let commands: Vec<String> = sample_commands(&gen_opts)
-        .chunks(1000)
+        // Each request waits for its commit, so fewer, larger requests (under the 1 MiB
+        // body limit) set the plans up sooner.
+        .chunks(3000)
         .map(|c| format!("[{}]", c.join(",")))
         .collect();
 
@@ -112,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         workers: args.workers,
         commit_interval: Duration::from_millis(args.commit_interval_ms),
         queue_bytes: 64 << 20,
-        progress: false,
+        progress: args.progress,
         pg_listen: None,
         events_topic: None,
         commands_topic: None,
