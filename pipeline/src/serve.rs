@@ -998,6 +998,34 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_counts_the_verdicts_and_lists_each_record_in_order() {
+        let reply = Reply {
+            epoch: 7,
+            verdicts: vec![
+                Verdict::Accepted,
+                Verdict::Duplicate("duplicate of an accepted event".into()),
+                Verdict::Rejected("bad timestamp".into()),
+                Verdict::Accepted,
+            ],
+        };
+        let response = verdicts_answer(reply);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body =
+            futures::executor::block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+                .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            concat!(
+                r#"{"accepted":2,"duplicate":1,"epoch":7,"late":0,"queued":0,"rejected":1,"results":["#,
+                r#"{"index":0,"status":"accepted"},"#,
+                r#"{"index":1,"reason":"duplicate of an accepted event","status":"duplicate"},"#,
+                r#"{"index":2,"reason":"bad timestamp","status":"rejected"},"#,
+                r#"{"index":3,"status":"accepted"}]}"#
+            )
+        );
+    }
+
+    #[test]
     fn customer_paths_count_as_their_route_template() {
         assert_eq!(
             route_of("/v1/customers/c1/entitlements/ai"),
