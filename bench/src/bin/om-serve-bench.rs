@@ -2,8 +2,9 @@
 //! process on this machine.
 //!
 //! 1. Setup: generates `--events` synthetic events (the om-bench generator: 2 tenants,
-//!    duplicates and invalid records included) and posts the generator's grants and plan
-//!    subscriptions to `/v1/commands`.
+//!    duplicates and invalid records included; their timestamps span `--span-seconds`,
+//!    a week by default) and posts the generator's grants and plan subscriptions to
+//!    `/v1/commands`.
 //! 2. Ingestion: `--connections` keep-alive connections post the events in batches of
 //!    `--batch` (a JSON array per request) to `/v1/events` as fast as the answers come
 //!    (closed loop); every answer's verdicts are counted. Prints events/s from the first
@@ -48,8 +49,8 @@ struct Args {
     /// Seconds of event time the generated events span. The default, a week, is a
     /// backfill's shape: each epoch of a fast run covers about a day of event time, so a
     /// commit rewrites dozens of hour partitions and several days. A span about as long
-    /// as the run (e.g. 15) is live traffic's shape: event time keeps pace with the
-    /// clock, and a commit touches the current hour and day.
+    /// as the run (e.g. 20) is live traffic's shape: event time keeps pace with the
+    /// clock, and a commit touches the current hour, day and month.
     #[arg(long, default_value_t = 7 * 86_400)]
     span_seconds: u64,
     /// Events per ingestion request.
