@@ -284,6 +284,30 @@ impl PartitionReader {
         stop_at_end: bool,
         stop: &AtomicBool,
     ) -> Result<bool> {
+        self.read_until(buf, Some(deadline), max_bytes, stop_at_end, stop)
+    }
+
+    /// Like [`PartitionReader::read_more`], but takes only the messages the client has
+    /// already fetched and never waits: for a reader with other work to do.
+    pub fn read_ready(
+        &mut self,
+        buf: &mut MessageBuf,
+        max_bytes: usize,
+        stop_at_end: bool,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        self.read_until(buf, None, max_bytes, stop_at_end, stop)
+    }
+
+    /// Reads until `deadline`, or while messages are ready without waiting when `None`.
+    fn read_until(
+        &mut self,
+        buf: &mut MessageBuf,
+        deadline: Option<Instant>,
+        max_bytes: usize,
+        stop_at_end: bool,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
         loop {
             if buf.payload_bytes() >= max_bytes
                 || (stop_at_end && self.caught_up())
@@ -292,12 +316,27 @@ impl PartitionReader {
             {
                 return Ok(true);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            let wait = (deadline - now).min(Duration::from_millis(100));
+            let wait = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(false);
+                    }
+                    // rdkafka passes its poll timeout to librdkafka in whole
+                    // milliseconds, cut down, and polls again with what is left until
+                    // the timeout has passed: a wait of 4.7 ms blocks 4 ms and then
+                    // spins for 0.7 ms. Whole milliseconds, rounded up, block for the
+                    // whole wait (overshooting the deadline by less than a
+                    // millisecond) and never spin.
+                    let wait_ms = (deadline - now).as_micros().div_ceil(1000).clamp(1, 100);
+                    Duration::from_millis(wait_ms as u64)
+                }
+                None => Duration::ZERO,
+            };
             let Some(polled) = self.consumer.poll(wait) else {
+                if deadline.is_none() {
+                    return Ok(false);
+                }
                 continue;
             };
             match polled {
@@ -532,16 +571,33 @@ impl AckedProducer {
     }
 }
 
-/// The partition key of a JSON event: `tenant_id` (when present) and `customer_id`, so
-/// that one customer's events stay in order in one partition. `None` when the line has
-/// no string `customer_id` (it is still produced, and the job rejects or accepts it).
+/// The partition key of a JSON event: `tenant_id` (when a string) and `customer_id`, so
+/// that one customer's events stay in order in one partition. `None` when the line is
+/// not a JSON object with a string `customer_id` (it is still produced, and the job
+/// rejects or accepts it). Read with the decoder's scanner (no tree is built: producers
+/// key every event); where keys repeat, the last one counts, as with serde_json.
 pub fn event_key(line: &[u8]) -> Option<Vec<u8>> {
-    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
-    let customer = v.get("customer_id")?.as_str()?;
-    let tenant = v
-        .get("tenant_id")
-        .and_then(|t| t.as_str())
-        .unwrap_or("default");
+    let text = std::str::from_utf8(line).ok()?;
+    let mut members = Vec::with_capacity(16);
+    if !crate::json::object_members(text, &mut members) {
+        return None;
+    }
+    let field = |name: &str| {
+        members
+            .iter()
+            .rev()
+            .find(|(k, _)| {
+                let key = &text[k.clone()];
+                if key.contains('\\') {
+                    crate::decode::string_of(key).is_some_and(|k| k == name)
+                } else {
+                    key.len() == name.len() + 2 && &key[1..key.len() - 1] == name
+                }
+            })
+            .and_then(|(_, v)| crate::decode::string_of(&text[v.clone()]))
+    };
+    let customer = field("customer_id")?;
+    let tenant = field("tenant_id").unwrap_or(std::borrow::Cow::Borrowed("default"));
     Some(format!("{tenant}/{customer}").into_bytes())
 }
 
@@ -584,6 +640,38 @@ mod tests {
         );
         assert_eq!(event_key(b"not json"), None);
         assert_eq!(event_key(br#"{"customer_id":5}"#), None);
+        assert_eq!(event_key(br#"{"customer_id":"c1""#), None);
+        assert_eq!(event_key(br#"{"data":{"customer_id":"c1"}}"#), None);
+    }
+
+    #[test]
+    fn event_keys_read_json_as_serde_json_does() {
+        let key = |line: &str| event_key(line.as_bytes()).map(|k| String::from_utf8(k).unwrap());
+        // Escaped keys and values are decoded.
+        assert_eq!(
+            key(r#"{"customer\u005fid":"c\"1","tenant_id":"t\u00e9"}"#).as_deref(),
+            Some("t\u{e9}/c\"1")
+        );
+        // The last of repeated keys counts.
+        assert_eq!(
+            key(r#"{"customer_id":"a","customer_id":"b"}"#).as_deref(),
+            Some("default/b")
+        );
+        // A tenant that is not a string is left to the job: the key uses the default.
+        assert_eq!(
+            key(r#"{"tenant_id":7,"customer_id":"c"}"#).as_deref(),
+            Some("default/c")
+        );
+        for line in [
+            r#"{"customer\u005fid":"c\"1","tenant_id":"t\u00e9"}"#,
+            r#"{"customer_id":"a","customer_id":"b","x":[1,{"y":null}]}"#,
+            r#"{"tenant_id":7,"customer_id":"c"}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let tenant = v["tenant_id"].as_str().unwrap_or("default");
+            let expected = format!("{tenant}/{}", v["customer_id"].as_str().unwrap());
+            assert_eq!(key(line), Some(expected), "{line}");
+        }
     }
 
     #[test]
