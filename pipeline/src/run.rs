@@ -910,6 +910,7 @@ fn run_worker(
         awaiting: Vec::new(),
         cut: BTreeMap::new(),
         seen: resume.as_ref().map(|c| c.epoch),
+        latest: None,
         metrics: opts.metrics.as_deref().filter(|_| index == 0),
     };
     if let (Some(metrics), Some(commit)) = (watch.metrics, resume) {
@@ -1399,7 +1400,8 @@ fn run_worker(
                     all.iter().any(|s| s.read > 0 || s.retracting)
                 }
             };
-        if commit && watch.metrics.is_some() {
+        // Only worker 0 sees the commits (the committer runs there).
+        if commit && index == 0 {
             watch.cut.insert(epoch, read_done);
         }
         let mut duplicates: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -1685,7 +1687,7 @@ fn run_worker(
                 Reader::Kafka {
                     reader: Some(r), ..
                 } => eprintln!(
-                    "worker {index} epoch {epoch}: {:.0} records/s, lag {} records, {}; watermark {watermark}",
+                    "worker {index} epoch {epoch}: {:.0} records/s, lag {} records, {}{}; watermark {watermark}",
                     total_read as f64 / secs,
                     r.lag(),
                     if commit {
@@ -1693,12 +1695,14 @@ fn run_worker(
                     } else {
                         "nothing to commit"
                     },
+                    last_commit_note(watch.latest),
                 ),
                 Reader::Http { ingress, .. } if index == 0 && commit => eprintln!(
-                    "epoch {epoch}: {} records read ({:.0}/s since start), {} bytes queued; watermark {watermark}",
+                    "epoch {epoch}: {} records read ({:.0}/s since start), {} bytes queued{}; watermark {watermark}",
                     job_read,
                     job_read as f64 / secs,
                     ingress.queued_bytes(),
+                    last_commit_note(watch.latest),
                 ),
                 _ => {}
             }
@@ -1721,8 +1725,22 @@ fn run_worker(
     Ok(last_commit.borrow_mut().take())
 }
 
+/// The progress lines' note of the last commit: how long after its epoch's reading ended
+/// it was written, i.e. how stale a query's view is at worst beyond the commit interval.
+fn last_commit_note(latest: Option<(u64, Option<Duration>)>) -> String {
+    match latest {
+        Some((epoch, Some(latency))) => format!(
+            ", last commit epoch {epoch} written {:.2} s after its reading ended",
+            latency.as_secs_f64()
+        ),
+        Some((epoch, None)) => format!(", last commit epoch {epoch}"),
+        None => String::new(),
+    }
+}
+
 /// Worker 0's follow-up of the commits it writes: answers the HTTP requests of committed
-/// epochs and records each commit in the metrics.
+/// epochs, records each commit in the metrics, and keeps the last one's latency for the
+/// progress lines.
 struct CommitWatch<'a> {
     /// HTTP: the verdicts of epochs whose commit is not written yet, with their requests.
     awaiting: Vec<ingress::Pending>,
@@ -1730,6 +1748,9 @@ struct CommitWatch<'a> {
     cut: BTreeMap<u64, Instant>,
     /// The last commit seen.
     seen: Option<u64>,
+    /// The last commit seen and the time from the end of its epoch's reading until it
+    /// was seen written (`None` for the commit a job resumed from).
+    latest: Option<(u64, Option<Duration>)>,
     metrics: Option<&'a JobMetrics>,
 }
 
@@ -1744,10 +1765,11 @@ impl CommitWatch<'_> {
             return;
         }
         self.seen = Some(commit.epoch);
-        let cut = self.cut.remove(&commit.epoch);
+        let latency = self.cut.remove(&commit.epoch).map(|c| c.elapsed());
         self.cut.retain(|e, _| *e > commit.epoch);
+        self.latest = Some((commit.epoch, latency));
         if let Some(metrics) = self.metrics {
-            metrics.committed(commit, cut.map(|c| c.elapsed()));
+            metrics.committed(commit, latency);
         }
         let (ready, waiting) = std::mem::take(&mut self.awaiting)
             .into_iter()

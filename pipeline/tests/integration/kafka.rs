@@ -223,6 +223,13 @@ fn a_live_job_commits_as_it_reads_and_stops_cleanly_on_sigterm() {
         stderr.contains("records/s, lag"),
         "progress lines:\n{stderr}"
     );
+    // Worker 0's lines say how long after its reading ended the last commit was written.
+    assert!(
+        stderr.lines().any(|l| l.starts_with("worker 0 ")
+            && l.contains(", last commit epoch ")
+            && l.contains(" s after its reading ended; watermark ")),
+        "progress lines:\n{stderr}"
+    );
     assert_eq!(committed_records(&data), lines);
     check_golden("small", &data);
 }
