@@ -1001,11 +1001,14 @@ fn run_worker(
                     // between, so that the earlier epochs' files, checkpoints and
                     // commits proceed while this epoch is read (as the HTTP reader
                     // does), instead of waiting for the whole epoch's read. While the
-                    // dataflow has work (the last step did some, or activated an
-                    // operator), only the messages already fetched are taken, without
-                    // waiting: a slice spent waiting for messages would hold that work
-                    // up (at 50,000 events/s the workers slept half the time while
-                    // their commits fell behind).
+                    // dataflow may have work, only the messages already fetched are
+                    // taken, without waiting: a slice spent waiting for messages would
+                    // hold that work up (at 50,000 events/s the workers slept half the
+                    // time while their commits fell behind). It may have work when the
+                    // last step took a while, or when operators were activated: timely
+                    // keeps a step's activations until the next step, so this also
+                    // counts the step just taken, which costs at most one more turn
+                    // without waiting once the dataflow is idle.
                     let deadline = epoch_started + opts.commit_interval;
                     buf.clear();
                     let mut busy = false;
