@@ -22,6 +22,7 @@ pub mod kafka_ingest;
 pub mod live;
 pub mod metrics;
 pub mod pg;
+pub mod priority;
 pub mod retract;
 pub mod run;
 pub mod serve;

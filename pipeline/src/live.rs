@@ -16,7 +16,7 @@ use om_model::views::{EntitlementRow, Reason};
 use om_model::{Decimal9, Micros, fingerprint};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One customer's live rows.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +75,9 @@ pub struct WorkerLive {
 #[derive(Debug)]
 pub struct LiveViews {
     workers: Vec<RwLock<Option<Arc<WorkerLive>>>>,
+    /// Per worker: replaced snapshots a request may still hold, freed by a later
+    /// [`LiveViews::publish`] once nothing else holds them.
+    replaced: Vec<Mutex<Vec<Arc<WorkerLive>>>>,
     /// Per worker: 1 + the last epoch whose commit it has processed (0: none yet).
     epochs: Vec<AtomicU64>,
     /// Workers whose dataflows are built (their checkpoint, if any, restored).
@@ -110,6 +113,7 @@ impl LiveViews {
     pub fn new(workers: usize) -> Self {
         LiveViews {
             workers: (0..workers).map(|_| RwLock::new(None)).collect(),
+            replaced: (0..workers).map(|_| Mutex::default()).collect(),
             epochs: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             started: AtomicU64::new(0),
         }
@@ -132,11 +136,26 @@ impl LiveViews {
     }
 
     /// Replaces `worker`'s snapshot.
+    ///
+    /// The write lock is held for the swap only, and a replaced snapshot (a map of every
+    /// customer of the worker, milliseconds to free) is freed here, on the job's thread,
+    /// never by a request that happens to drop the last reference: one still in use is
+    /// kept until a later publish finds it unused. Freeing it under the lock would make
+    /// checks wait while a job thread frees it, longer still when the scheduler sets
+    /// that lower-priority thread aside meanwhile ([`crate::priority`]).
     pub fn publish(&self, worker: usize, snapshot: WorkerLive) {
         let snapshot = Arc::new(snapshot);
-        *self.workers[worker]
+        let old = self.workers[worker]
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(snapshot);
+        let mut replaced = self.replaced[worker]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        replaced.extend(old);
+        // Only `workers` hands out references, and it no longer holds these: a count of
+        // one cannot grow again.
+        replaced.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Records that `worker` has processed the commit epoch `epoch` (its snapshot, if
@@ -205,6 +224,32 @@ mod tests {
         let found = live.customer("acme", "c1").expect("published");
         assert_eq!(found.epoch(), 5);
         assert!(live.customer("other", "c1").is_none());
+    }
+
+    #[test]
+    fn a_replaced_snapshot_still_read_is_kept_and_freed_by_a_later_publish() {
+        let live = LiveViews::new(1);
+        let snapshot = |epoch| {
+            let mut s = WorkerLive {
+                epoch,
+                ..Default::default()
+            };
+            s.customers
+                .insert(("acme".into(), "c1".into()), CustomerLive::default());
+            s
+        };
+        live.publish(0, snapshot(1));
+        let reading = live.customer("acme", "c1").expect("published");
+        let first = Arc::downgrade(&reading.snapshot);
+        live.publish(0, snapshot(2));
+        drop(reading);
+        assert!(
+            first.upgrade().is_some(),
+            "the request's drop was not the last reference: publish kept one"
+        );
+        live.publish(0, snapshot(3));
+        assert!(first.upgrade().is_none(), "freed by the next publish");
+        assert_eq!(live.customer("acme", "c1").expect("published").epoch(), 3);
     }
 
     #[test]

@@ -169,6 +169,15 @@ enum Command {
         /// answered 503 with Retry-After.
         #[arg(long, default_value_t = 64 << 20)]
         queue_bytes: usize,
+        /// How the job's threads (timely workers, file writers) are scheduled next to
+        /// the request threads (HTTP, PostgreSQL). idle: SCHED_IDLE, so a balance or
+        /// entitlement check takes a core at once even while a commit keeps every core
+        /// busy, and the job gets every cycle the requests leave; the job yields only
+        /// to threads of its own scheduling group (this process, under autogroups or a
+        /// cgroup). normal: the server's own priority (choose it when other busy
+        /// processes share this one's scheduling group and must not starve the job).
+        #[arg(long, value_enum, default_value_t = openmonetize::priority::JobPriority::Idle)]
+        job_priority: openmonetize::priority::JobPriority,
         /// Suppress progress lines.
         #[arg(long)]
         quiet: bool,
@@ -486,6 +495,7 @@ fn main() -> anyhow::Result<()> {
             workers,
             commit_interval,
             queue_bytes,
+            job_priority,
             quiet,
             pg_listen,
             events_topic,
@@ -505,6 +515,7 @@ fn main() -> anyhow::Result<()> {
                 workers,
                 commit_interval,
                 queue_bytes,
+                job_priority,
                 progress: !quiet,
                 pg_listen,
                 events_topic,

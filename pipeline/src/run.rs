@@ -140,6 +140,10 @@ pub struct RunOptions {
     pub live: Option<Arc<LiveViews>>,
     /// Where worker 0 records each commit for `/metrics`.
     pub metrics: Option<Arc<JobMetrics>>,
+    /// Run the job's threads (timely workers, the runtime that writes files) under
+    /// `SCHED_IDLE`, below the request threads of the same process
+    /// ([`crate::priority`]).
+    pub idle_priority: bool,
 }
 
 impl RunOptions {
@@ -160,6 +164,7 @@ impl RunOptions {
             progress: true,
             live: None,
             metrics: None,
+            idle_priority: false,
         }
     }
 }
@@ -233,6 +238,14 @@ impl Input {
     }
 }
 
+/// Puts the calling job thread under `SCHED_IDLE`; a failure only costs request
+/// latency, so it is reported, not fatal.
+fn lower_priority() {
+    if let Err(e) = crate::priority::idle_this_thread() {
+        eprintln!("warning: could not put a job thread under SCHED_IDLE: {e}");
+    }
+}
+
 /// Runs the job: over a file until its end, over Kafka until stopped; returns the last
 /// commit.
 pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
@@ -270,9 +283,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         );
     }
     let store = DataStore::open(&opts.data)?;
+    let idle_priority = opts.idle_priority;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(move || {
+            if idle_priority {
+                lower_priority();
+            }
+        })
         .build()?;
     let resume = match runtime.block_on(CommitRecord::latest(&store))? {
         None => None,
@@ -361,6 +380,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let bytes = Arc::clone(&bytes);
         let outcomes = Arc::clone(&outcomes);
         move |worker| {
+            if opts.idle_priority {
+                lower_priority();
+            }
             let _flag = FailFlag(&failed);
             let index = worker.index();
             let report = |outcome| outcomes.lock().expect("outcomes lock").push(outcome);

@@ -203,6 +203,9 @@ pub struct ServerSettings {
     pub commit_interval: Duration,
     /// Bound of each ingress queue, in bytes.
     pub queue_bytes: usize,
+    /// How the job's threads are scheduled next to the request threads
+    /// ([`crate::priority`]).
+    pub job_priority: crate::priority::JobPriority,
     /// Progress lines on stderr.
     pub progress: bool,
     /// Also serve SQL over the PostgreSQL protocol here ([`crate::pg`]).
@@ -233,6 +236,7 @@ pub fn run_server(
         workers,
         commit_interval,
         queue_bytes,
+        job_priority,
         progress,
         pg_listen,
         events_topic,
@@ -285,6 +289,7 @@ pub fn run_server(
         opts.stop = Arc::clone(&stop);
         opts.progress = progress;
         opts.live = Some(Arc::clone(&live));
+        opts.idle_priority = job_priority == crate::priority::JobPriority::Idle;
         opts.metrics = Some(Arc::clone(&metrics));
         let job = Job {
             events,

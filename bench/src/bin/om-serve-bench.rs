@@ -15,13 +15,13 @@
 //!    start + i/rate; its latency is measured from that due time, so a stalled server is
 //!    not hidden by the client waiting: no coordinated omission). Prints p50/p99/p99.9/max
 //!    and the rate achieved, and the same from each request's actual send (which leaves
-//!    out the client's own lateness: tokio's timer wakes a task up to a millisecond after
-//!    its due time). Then the same again while ingestion runs at `--background-rate`
-//!    events/s.
+//!    out the client's own lateness, e.g. a lane thread that woke late). Then the same
+//!    again while ingestion runs at `--background-rate` events/s.
 //!
-//! The load generator runs on one thread of its own (a current-thread tokio runtime);
-//! the job's timely workers and the server's runtime share the other cycles of the
-//! machine's cores.
+//! The ingestion load runs on one thread of its own (a current-thread tokio runtime);
+//! each check connection is a thread that sleeps until its next request is due. The
+//! job's threads run under `--job-priority` (as in `serve`: `SCHED_IDLE` by default,
+//! below the server's and the client's threads); all of them share the machine's cores.
 //!
 //! Run with: `cargo run --release -p om-bench --bin om-serve-bench -- --events 2000000`
 
@@ -83,6 +83,10 @@ struct Args {
     /// Print the job's progress lines (epochs, commits, events/s) on stderr.
     #[arg(long)]
     progress: bool,
+    /// How the job's threads are scheduled next to the server's, as `serve
+    /// --job-priority`.
+    #[arg(long, value_enum, default_value_t = openmonetize::priority::JobPriority::Idle)]
+    job_priority: openmonetize::priority::JobPriority,
 }
 
 const KEY: &str = "bench-admin-key";
@@ -126,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         workers: args.workers,
         commit_interval: Duration::from_millis(args.commit_interval_ms),
         queue_bytes: 64 << 20,
+        job_priority: args.job_priority,
         progress: args.progress,
         pg_listen: None,
         events_topic: None,
@@ -187,7 +192,7 @@ fn main() -> anyhow::Result<()> {
         if ingested.verdicts.iter().sum::<u64>() != args.events {
             bail!("{} verdicts for {} events", ingested.verdicts.iter().sum::<u64>(), args.events);
         }
-        let idle = checks(addr, &args).await?;
+        let idle = checks(addr, CheckPlan::of(&args))?;
         report("checks (idle server)", &args, &idle);
         if args.background_rate > 0 {
             let per_second = (args.background_rate as usize).div_ceil(args.batch);
@@ -204,8 +209,10 @@ fn main() -> anyhow::Result<()> {
                 args.batch,
             );
             let background = ingest(addr, &more, 256, Some(per_second as u64));
-            let (background, busy) = tokio::join!(background, checks(addr, &args));
-            let (background, busy) = (background?, busy?);
+            let plan = CheckPlan::of(&args);
+            let busy = tokio::task::spawn_blocking(move || checks(addr, plan));
+            let (background, busy) = tokio::join!(background, busy);
+            let (background, busy) = (background?, busy??);
             println!(
                 "background ingest: {:.0} events/s, request latency p50 {:.1} ms, p99 {:.1} ms",
                 background.events as f64 / background.seconds,
@@ -292,43 +299,117 @@ impl Conn {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        use std::io::Write;
-        self.head.clear();
-        write!(
-            self.head,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        )?;
+        request_head(&mut self.head, method, path, self.addr, body.len());
         let s = self.stream.get_mut();
         s.write_all(&self.head).await?;
         s.write_all(body).await?;
         self.line.clear();
         self.stream.read_line(&mut self.line).await?;
-        let status: u16 = self
-            .line
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad status line {:?}", self.line))?;
+        let status = status_of(&self.line)?;
         let mut length = 0usize;
         loop {
             self.line.clear();
             if self.stream.read_line(&mut self.line).await? == 0 {
                 bail!("connection closed");
             }
-            let l = self.line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = l.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
+            match header_line(&self.line)? {
+                Header::End => break,
+                Header::Length(n) => length = n,
+                Header::Other => {}
             }
         }
         let mut answer = vec![0; length];
         self.stream.read_exact(&mut answer).await?;
         Ok((status, answer))
+    }
+}
+
+/// The same, blocking: one connection of a check lane.
+struct BlockingConn {
+    addr: SocketAddr,
+    stream: std::io::BufReader<std::net::TcpStream>,
+    head: Vec<u8>,
+    line: String,
+    answer: Vec<u8>,
+}
+
+impl BlockingConn {
+    fn open(addr: SocketAddr) -> anyhow::Result<BlockingConn> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(BlockingConn {
+            addr,
+            stream: std::io::BufReader::new(stream),
+            head: Vec::with_capacity(256),
+            line: String::new(),
+            answer: Vec::new(),
+        })
+    }
+
+    /// A GET; returns the status (the answer's body is read and dropped).
+    fn get(&mut self, path: &str) -> anyhow::Result<u16> {
+        use std::io::{BufRead, Read, Write};
+        request_head(&mut self.head, "GET", path, self.addr, 0);
+        self.stream.get_mut().write_all(&self.head)?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line)?;
+        let status = status_of(&self.line)?;
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line)? == 0 {
+                bail!("connection closed");
+            }
+            match header_line(&self.line)? {
+                Header::End => break,
+                Header::Length(n) => length = n,
+                Header::Other => {}
+            }
+        }
+        self.answer.resize(length, 0);
+        self.stream.read_exact(&mut self.answer)?;
+        Ok(status)
+    }
+}
+
+/// Writes a request's head into `buf`.
+fn request_head(buf: &mut Vec<u8>, method: &str, path: &str, addr: SocketAddr, length: usize) {
+    use std::io::Write;
+    buf.clear();
+    write!(
+        buf,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .expect("writing to a Vec");
+}
+
+/// The status of an answer's status line.
+fn status_of(line: &str) -> anyhow::Result<u16> {
+    line.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))
+}
+
+/// What a header line of an answer says.
+enum Header {
+    /// The empty line after the headers.
+    End,
+    /// Content-Length.
+    Length(usize),
+    /// Any other header.
+    Other,
+}
+
+fn header_line(line: &str) -> anyhow::Result<Header> {
+    let l = line.trim_end();
+    if l.is_empty() {
+        return Ok(Header::End);
+    }
+    match l.split_once(':') {
+        Some((name, value)) if name.eq_ignore_ascii_case("content-length") => {
+            Ok(Header::Length(value.trim().parse()?))
+        }
+        _ => Ok(Header::Other),
     }
 }
 
@@ -452,56 +533,101 @@ struct Checked {
     not_ok: u64,
 }
 
-/// Entitlement checks at a fixed rate, latency from each request's due time.
-async fn checks(addr: SocketAddr, args: &Args) -> anyhow::Result<Checked> {
-    let total = args.check_rate * args.check_seconds;
-    let start = Instant::now() + Duration::from_millis(50);
-    let k = args.check_connections as u64;
-    let customers = args.customers;
-    let rate = args.check_rate;
-    let tasks = (0..k).map(|lane| async move {
-        let mut conn = Conn::open(addr).await?;
-        let mut latencies = Vec::new();
-        let mut service = Vec::new();
-        let mut not_ok = 0u64;
-        let mut i = lane;
-        while i < total {
-            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-            tokio::time::sleep_until(due.into()).await;
-            // A fixed pseudo-random customer per request.
-            let c = (i.wrapping_mul(2_654_435_761) % customers as u64) as u32;
-            let tenant = if c.is_multiple_of(5) {
-                "acme"
-            } else {
-                "default"
-            };
-            let path =
-                format!("/v1/customers/cust_{c:05}/entitlements/api_calls?tenant_id={tenant}");
-            let sent = Instant::now();
-            let (status, _) = conn.send("GET", &path, b"").await?;
-            latencies.push(due.elapsed().as_secs_f64());
-            service.push(sent.elapsed().as_secs_f64());
-            if status != 200 {
-                not_ok += 1;
-            }
-            i += k;
+/// The check phase: `rate` checks per second for `seconds` over `connections` lanes.
+#[derive(Clone, Copy, Debug)]
+struct CheckPlan {
+    rate: u64,
+    seconds: u64,
+    connections: u64,
+    customers: u32,
+}
+
+impl CheckPlan {
+    fn of(args: &Args) -> CheckPlan {
+        CheckPlan {
+            rate: args.check_rate,
+            seconds: args.check_seconds,
+            connections: args.check_connections as u64,
+            customers: args.customers,
         }
-        anyhow::Ok((latencies, service, not_ok))
-    });
-    let results = futures::future::join_all(tasks).await;
-    let seconds = start.elapsed().as_secs_f64();
+    }
+}
+
+/// Entitlement checks at a fixed rate, latency from each request's due time.
+///
+/// Each lane is a thread of its own with one blocking keep-alive connection: lane k of
+/// K sends requests k, k + K, k + 2K, ..., each at its due time (start + i/rate),
+/// sleeping on the OS timer until then. Not tasks of the ingestion client's runtime:
+/// tokio's timer wakes a task up to a millisecond after its due time, and a task waits
+/// behind the runtime's other tasks (the background ingestion); both would count the
+/// client's own lag as the server's latency.
+fn checks(addr: SocketAddr, plan: CheckPlan) -> anyhow::Result<Checked> {
+    let total = plan.rate * plan.seconds;
+    // The clock starts once every lane is connected, so that slow connects do not make
+    // the first requests late.
+    let connected = Arc::new(std::sync::Barrier::new(plan.connections as usize));
+    let start = Arc::new(std::sync::OnceLock::new());
+    let lanes = (0..plan.connections)
+        .map(|lane| {
+            let (connected, start) = (Arc::clone(&connected), Arc::clone(&start));
+            std::thread::Builder::new()
+                .name(format!("check-{lane}"))
+                .spawn(move || -> anyhow::Result<_> {
+                    let conn = BlockingConn::open(addr);
+                    connected.wait();
+                    let mut conn = conn?;
+                    let start: Instant =
+                        *start.get_or_init(|| Instant::now() + Duration::from_millis(50));
+                    let mut latencies = Vec::new();
+                    let mut service = Vec::new();
+                    let mut not_ok = 0u64;
+                    let mut i = lane;
+                    while i < total {
+                        let due = start + Duration::from_secs_f64(i as f64 / plan.rate as f64);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        // A fixed pseudo-random customer per request.
+                        let c = (i.wrapping_mul(2_654_435_761) % plan.customers as u64) as u32;
+                        let tenant = if c.is_multiple_of(5) {
+                            "acme"
+                        } else {
+                            "default"
+                        };
+                        let path = format!(
+                            "/v1/customers/cust_{c:05}/entitlements/api_calls?tenant_id={tenant}"
+                        );
+                        let sent = Instant::now();
+                        let status = conn.get(&path)?;
+                        latencies.push(due.elapsed().as_secs_f64());
+                        service.push(sent.elapsed().as_secs_f64());
+                        if status != 200 {
+                            not_ok += 1;
+                        }
+                        i += plan.connections;
+                    }
+                    Ok((latencies, service, not_ok))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("starting the check lanes")?;
     let mut out = Checked {
         latencies: Vec::with_capacity(total as usize),
         service: Vec::with_capacity(total as usize),
-        seconds,
+        seconds: 0.0,
         not_ok: 0,
     };
-    for r in results {
-        let (latencies, service, not_ok) = r?;
+    for lane in lanes {
+        let (latencies, service, not_ok) = lane
+            .join()
+            .map_err(|_| anyhow::anyhow!("a check lane panicked"))??;
         out.latencies.extend(latencies);
         out.service.extend(service);
         out.not_ok += not_ok;
     }
+    out.seconds = start
+        .get()
+        .map_or(0.0, |s: &Instant| s.elapsed().as_secs_f64());
     out.latencies.sort_by(f64::total_cmp);
     out.service.sort_by(f64::total_cmp);
     Ok(out)

@@ -618,3 +618,73 @@ fn a_restart_replays_the_checkpoint_deltas_written_since_the_base() {
     let status = server.terminate();
     assert!(status.success(), "serve exited with {status}");
 }
+
+/// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`) of each of a process's
+/// threads, by thread name.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // The fields after the name in parentheses start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name.trim().to_string(), policy));
+    }
+    out
+}
+
+#[test]
+fn the_job_threads_of_serve_run_under_sched_idle_and_the_server_does_not() {
+    const SCHED_IDLE: u32 = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    let data = tmp.path().join("data");
+    let server = start(
+        data.to_str().unwrap(),
+        &config,
+        &["--workers", "2", "--job-priority", "idle"],
+    );
+    let pid = server.child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let threads = loop {
+        let threads = thread_policies(pid);
+        let workers = threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("timely:work"))
+            .count();
+        // A worker lowers its own priority first thing; wait until both have.
+        if workers == 2
+            && threads
+                .iter()
+                .filter(|(n, _)| n.starts_with("timely:work"))
+                .all(|&(_, p)| p == SCHED_IDLE)
+        {
+            break threads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job's workers never ran under SCHED_IDLE: {threads:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // The main thread (named after the binary) serves HTTP: normal policy (0).
+    assert!(
+        threads.iter().any(|(n, p)| n == "openmonetize" && *p == 0),
+        "{threads:?}"
+    );
+    assert!(
+        threads.iter().filter(|(_, p)| *p == 0).count() >= 2,
+        "the server's runtime threads keep the normal policy: {threads:?}"
+    );
+}

@@ -36,7 +36,16 @@ impl Drop for Server {
 }
 
 /// Starts `openmonetize serve --data DATA --config CONFIG EXTRA...` on a free port.
+///
+/// The job runs at the server's priority unless EXTRA says otherwise: the suite's tests
+/// run side by side in one scheduling group, and a `SCHED_IDLE` job (serve's default)
+/// would wait for every busy test around it.
 pub fn start(data: &str, config: &std::path::Path, extra: &[&str]) -> Server {
+    let priority: &[&str] = if extra.contains(&"--job-priority") {
+        &[]
+    } else {
+        &["--job-priority", "normal"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
         .args([
             "serve",
@@ -49,6 +58,7 @@ pub fn start(data: &str, config: &std::path::Path, extra: &[&str]) -> Server {
         ])
         .arg(config)
         .args(extra)
+        .args(priority)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
