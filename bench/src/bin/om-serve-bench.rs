@@ -400,6 +400,7 @@ enum Header {
     Other,
 }
 
+/// Reads one header line of an answer.
 fn header_line(line: &str) -> anyhow::Result<Header> {
     let l = line.trim_end();
     if l.is_empty() {
