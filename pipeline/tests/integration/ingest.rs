@@ -659,17 +659,13 @@ fn the_job_threads_of_serve_run_under_sched_idle_and_the_server_does_not() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let threads = loop {
         let threads = thread_policies(pid);
-        let workers = threads
+        let workers: Vec<u32> = threads
             .iter()
             .filter(|(n, _)| n.starts_with("timely:work"))
-            .count();
+            .map(|&(_, p)| p)
+            .collect();
         // A worker lowers its own priority first thing; wait until both have.
-        if workers == 2
-            && threads
-                .iter()
-                .filter(|(n, _)| n.starts_with("timely:work"))
-                .all(|&(_, p)| p == SCHED_IDLE)
-        {
+        if workers == [SCHED_IDLE, SCHED_IDLE] {
             break threads;
         }
         assert!(
