@@ -7,6 +7,7 @@ use om_operators::windowed_usage::partition_path;
 use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{RecordBatch, UsageRow};
+use om_sinks::retention::{self, Superseded};
 use om_sinks::{DataStore, FileChange};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -324,11 +325,17 @@ fn encode_usage(rows: &[WindowRow], names: &Names, meters: &[String]) -> RecordB
 /// `start` (the commit a job resumes from, or an empty record). `last` holds the newest
 /// record written. Its (empty) output passes an epoch once the commit covering it is
 /// written.
+///
+/// After each commit it deletes what earlier commits superseded and `superseded` has
+/// kept long enough ([`om_sinks::retention`]): table files replaced or removed, and
+/// commit records older than the newest. Superseded checkpoint files go at once: only a
+/// resuming job reads them, and it reads the newest commit's.
 pub fn committer<'s>(
     meta: StreamVec<'s, u64, Meta>,
     store: DataStore,
     runtime: tokio::runtime::Handle,
     start: CommitRecord,
+    mut superseded: Superseded,
     last: Rc<RefCell<Option<CommitRecord>>>,
     info: Rc<RefCell<EpochInfo>>,
 ) -> StreamVec<'s, u64, ()> {
@@ -337,8 +344,13 @@ pub fn committer<'s>(
         // of this operator, on any worker of any process, sees an epoch complete only
         // once its commit is written.
         let mut cap = Some(cap);
+        // A resumed job's first commit supersedes the record it resumed from (a record
+        // that was written has its commit time; a new job's `start` is empty).
+        let mut previous = (!start.committed_at.is_empty()).then(|| CommitRecord::path_of(start.epoch));
         let mut record = start;
         let mut checkpoints = checkpoint_paths(&record);
+        // Files taken out of the manifest since the last commit written.
+        let mut replaced = Vec::new();
         let mut pending: BTreeMap<u64, Vec<Meta>> = BTreeMap::new();
         move |(input, frontier), _output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<()>>>| {
             input.for_each(|cap, data| {
@@ -372,6 +384,7 @@ pub fn committer<'s>(
                     }
                 }
                 record.epoch = t;
+                replaced.extend(retention::replaced(&record, changes.iter().filter(|c| c.table != checkpoint::TABLE)));
                 record.apply(changes);
                 record.watermark_micros = watermark;
                 record.watermark = watermark.map(om_model::time::format_micros);
@@ -388,6 +401,16 @@ pub fn committer<'s>(
                     runtime.block_on(store.delete(stale)).unwrap_or_else(|e| panic!("deleting superseded checkpoint {stale}: {e}"));
                 }
                 checkpoints = current;
+                let now = std::time::Instant::now();
+                superseded.superseded(replaced.drain(..).chain(previous.replace(CommitRecord::path_of(t))), now);
+                let due = superseded.due(now);
+                if !due.is_empty() {
+                    // Garbage that stays is no reason to stop metering: say so, go on.
+                    let (n, first) = (due.len(), due[0].clone());
+                    if let Err(e) = runtime.block_on(store.delete_all(due)) {
+                        eprintln!("warning: could not delete {n} superseded files ({first}, ...): {e}; they stay in {} and can be deleted by hand", store.url());
+                    }
+                }
                 *last.borrow_mut() = Some(record.clone());
             }
             follow_inputs(&mut cap, &[frontier]);

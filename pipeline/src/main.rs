@@ -99,6 +99,11 @@ enum Command {
         /// backfill run) instead of waiting for new messages.
         #[arg(long)]
         until_caught_up: bool,
+        /// How long a file that a commit superseded (a rewritten partition's old file)
+        /// and an older commit record stay, for readers still reading an older commit,
+        /// before the job deletes them, e.g. 10m, 1h, 0s; `forever` keeps them all.
+        #[arg(long, default_value = "1h", value_parser = parse_keep)]
+        keep_superseded: Keep,
         /// Suppress progress lines.
         #[arg(long)]
         quiet: bool,
@@ -178,6 +183,11 @@ enum Command {
         /// processes share this one's scheduling group and must not starve the job).
         #[arg(long, value_enum, default_value_t = openmonetize::priority::JobPriority::Idle)]
         job_priority: openmonetize::priority::JobPriority,
+        /// How long a file that a commit superseded (a rewritten partition's old file)
+        /// and an older commit record stay, for readers still reading an older commit,
+        /// before the job deletes them, e.g. 10m, 1h, 0s; `forever` keeps them all.
+        #[arg(long, default_value = "1h", value_parser = parse_keep)]
+        keep_superseded: Keep,
         /// Suppress progress lines.
         #[arg(long)]
         quiet: bool,
@@ -303,6 +313,22 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--keep-superseded`: a duration, or forever (`None`).
+#[derive(Clone, Copy, Debug)]
+struct Keep(Option<Duration>);
+
+fn parse_keep(text: &str) -> Result<Keep, String> {
+    if text == "forever" {
+        return Ok(Keep(None));
+    }
+    match om_model::time::parse_duration(text) {
+        Some(m) if m >= 0 => Ok(Keep(Some(Duration::from_micros(m as u64)))),
+        _ => Err(format!(
+            "`{text}` is neither a duration (e.g. 0s, 10m, 1h) nor `forever`"
+        )),
+    }
+}
+
 /// Parses `--to` as a Kafka topic address.
 fn kafka_target(to: &str) -> anyhow::Result<KafkaUrl> {
     to.parse::<KafkaUrl>()
@@ -373,6 +399,7 @@ fn main() -> anyhow::Result<()> {
             commit_every,
             commit_interval,
             until_caught_up,
+            keep_superseded,
             quiet,
         } => {
             let cluster =
@@ -408,6 +435,7 @@ fn main() -> anyhow::Result<()> {
                 commit_every,
                 commit_interval,
                 until_caught_up,
+                keep_superseded: keep_superseded.0,
                 stop,
                 progress: !quiet,
                 commands,
@@ -496,6 +524,7 @@ fn main() -> anyhow::Result<()> {
             commit_interval,
             queue_bytes,
             job_priority,
+            keep_superseded,
             quiet,
             pg_listen,
             events_topic,
@@ -516,6 +545,7 @@ fn main() -> anyhow::Result<()> {
                 commit_interval,
                 queue_bytes,
                 job_priority,
+                keep_superseded: keep_superseded.0,
                 progress: !quiet,
                 pg_listen,
                 events_topic,

@@ -46,6 +46,7 @@ use om_operators::{
 };
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{EventColumns, EventsBuilder};
+use om_sinks::retention::Superseded;
 use om_sinks::{DataStore, FileChange};
 use om_sources::decode::{MAX_RECORD_BYTES, Rejection, Scratch, ValueRef};
 use om_sources::file::{JsonlFile, LineBuf};
@@ -78,6 +79,10 @@ pub const DEFAULT_COMMIT_EVERY: u64 = 8;
 
 /// Default epoch length of a Kafka source (each epoch that read anything commits).
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default time a superseded file stays for readers of older commits: far beyond any
+/// query of ours (30 s at most in `serve`), room for slow external readers.
+pub const DEFAULT_KEEP_SUPERSEDED: Duration = Duration::from_secs(3600);
 
 /// Where events come from.
 #[derive(Clone, Debug)]
@@ -144,6 +149,10 @@ pub struct RunOptions {
     /// `SCHED_IDLE`, below the request threads of the same process
     /// ([`crate::priority`]).
     pub idle_priority: bool,
+    /// How long a file a commit superseded (and an older commit record) stays for
+    /// readers of older commits before it is deleted; `None`: forever
+    /// ([`om_sinks::retention`]).
+    pub keep_superseded: Option<Duration>,
 }
 
 impl RunOptions {
@@ -165,6 +174,7 @@ impl RunOptions {
             live: None,
             metrics: None,
             idle_priority: false,
+            keep_superseded: Some(DEFAULT_KEEP_SUPERSEDED),
         }
     }
 }
@@ -343,6 +353,21 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             ingress.open(next.unwrap_or(0));
         }
     }
+    // What the location holds beyond the commit resumed from (files superseded before
+    // the job stopped, or written by an epoch that never committed) counts as superseded
+    // now; the committer, on worker 0, deletes it after the keep period.
+    let superseded = match &resume {
+        Some(record) if opts.cluster.as_ref().is_none_or(|c| c.process == 0) => {
+            let mut s = Superseded::new(opts.keep_superseded);
+            let unnamed = runtime
+                .block_on(om_sinks::retention::unnamed(&store, record))
+                .with_context(|| format!("listing {}", opts.data))?;
+            s.superseded(unnamed, Instant::now());
+            Some(s)
+        }
+        _ => None,
+    };
+    let superseded = Arc::new(Mutex::new(superseded));
     let resume = Arc::new(resume);
     let handle = runtime.handle().clone();
     let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -397,6 +422,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                     &handle,
                     &failed,
                     &bytes,
+                    &superseded,
                 )
             }));
             let result = match ran {
@@ -708,6 +734,7 @@ fn run_worker(
     runtime: &tokio::runtime::Handle,
     failed: &AtomicBool,
     bytes_read: &std::sync::atomic::AtomicU64,
+    superseded_at_start: &Mutex<Option<Superseded>>,
 ) -> anyhow::Result<Option<CommitRecord>> {
     let index = worker.index();
     let peers = worker.peers();
@@ -893,6 +920,11 @@ fn run_worker(
             start.config_digest = Some(checkpoint::config_digest(config));
         }
         start.billing_digest = Some(config.billing_digest());
+        // Only worker 0 commits (and deletes).
+        let superseded = (index == 0)
+            .then(|| superseded_at_start.lock().expect("superseded lock").take())
+            .flatten()
+            .unwrap_or_else(|| Superseded::new(opts.keep_superseded));
         committer(
             files
                 .concat(customer_files)
@@ -900,6 +932,7 @@ fn run_worker(
             store.clone(),
             runtime.clone(),
             start,
+            superseded,
             Rc::clone(&last_commit),
             Rc::clone(&info),
         )

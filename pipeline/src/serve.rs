@@ -206,6 +206,8 @@ pub struct ServerSettings {
     /// How the job's threads are scheduled next to the request threads
     /// ([`crate::priority`]).
     pub job_priority: crate::priority::JobPriority,
+    /// How long superseded files stay for readers of older commits (`None`: forever).
+    pub keep_superseded: Option<Duration>,
     /// Progress lines on stderr.
     pub progress: bool,
     /// Also serve SQL over the PostgreSQL protocol here ([`crate::pg`]).
@@ -237,6 +239,7 @@ pub fn run_server(
         commit_interval,
         queue_bytes,
         job_priority,
+        keep_superseded,
         progress,
         pg_listen,
         events_topic,
@@ -290,6 +293,7 @@ pub fn run_server(
         opts.progress = progress;
         opts.live = Some(Arc::clone(&live));
         opts.idle_priority = job_priority == crate::priority::JobPriority::Idle;
+        opts.keep_superseded = keep_superseded;
         opts.metrics = Some(Arc::clone(&metrics));
         let job = Job {
             events,

@@ -166,6 +166,22 @@ impl DataStore {
         }
     }
 
+    /// Deletes objects (in batches where the store supports it, e.g. S3's
+    /// DeleteObjects); ones that do not exist are not an error.
+    pub async fn delete_all(&self, paths: Vec<String>) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        let locations = futures::stream::iter(paths.into_iter().map(|p| Ok(Path::from(p)))).boxed();
+        self.store
+            .delete_stream(locations)
+            .map(|r| match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            })
+            .try_collect::<()>()
+            .await?;
+        Ok(())
+    }
+
     /// Lists object paths under a prefix.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         use futures::TryStreamExt;

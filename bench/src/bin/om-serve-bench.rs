@@ -131,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(args.commit_interval_ms),
         queue_bytes: 64 << 20,
         job_priority: args.job_priority,
+        keep_superseded: Some(openmonetize::run::DEFAULT_KEEP_SUPERSEDED),
         progress: args.progress,
         pg_listen: None,
         events_topic: None,

@@ -192,3 +192,38 @@ pub fn sha256_hex(text: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Every file under `dir`, as paths relative to it.
+pub fn files_under(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap();
+                out.insert(relative.to_str().unwrap().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The newest commit record's path and every file it names.
+pub fn named_by_newest(dir: &Path) -> std::collections::BTreeSet<String> {
+    let newest = files_under(&dir.join("_commits")).pop_last().unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("_commits").join(&newest)).unwrap())
+            .unwrap();
+    let mut out: std::collections::BTreeSet<String> = record["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|t| t.as_object().unwrap().values())
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    out.insert(format!("_commits/{newest}"));
+    out
+}

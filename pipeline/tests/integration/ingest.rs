@@ -3,7 +3,7 @@
 //! tenant boundary on every endpoint, metrics, and a restart that resumes from the last
 //! commit. Uses the real binary and plain HTTP/1.1.
 
-use super::common::sha256_hex;
+use super::common::{files_under, named_by_newest, sha256_hex};
 use super::serve::{request, start};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -683,4 +683,60 @@ fn the_job_threads_of_serve_run_under_sched_idle_and_the_server_does_not() {
         threads.iter().filter(|(_, p)| *p == 0).count() >= 2,
         "the server's runtime threads keep the normal policy: {threads:?}"
     );
+}
+
+#[test]
+fn superseded_files_stay_for_the_keep_period_then_go_also_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let data = dir.to_str().unwrap();
+    let config = config(tmp.path());
+    let args = ["--commit-interval", "50ms", "--workers", "1"];
+    let post_calls = |addr: &str, ids: std::ops::Range<u32>| {
+        let calls: Vec<Value> = ids
+            .map(|i| call(&format!("e{i}"), "acme", "c1", "2026-11-20T10:00:00Z"))
+            .collect();
+        let n = calls.len();
+        let (status, answer) = post(addr, "/v1/events", "acme-key", &Value::Array(calls));
+        assert_eq!(
+            (status, statuses(&answer)),
+            (200, vec!["accepted".to_string(); n])
+        );
+    };
+    let calls_counted = |addr: &str| {
+        sql(
+            addr,
+            "acme-key",
+            "SELECT events FROM usage_windows WHERE window_size = 'hour'",
+        )
+    };
+
+    // The default keep period (an hour): three commits rewrite the same partitions, and
+    // what they superseded stays for readers of the older commits.
+    let server = start(data, &config, &args);
+    for k in 0..3 {
+        post_calls(&server.addr, k * 10..k * 10 + 10);
+    }
+    assert_eq!(calls_counted(&server.addr), [json!({"events": 30})]);
+    assert!(server.terminate().success());
+    let named = named_by_newest(&dir);
+    let stale: Vec<String> = files_under(&dir).difference(&named).cloned().collect();
+    assert!(
+        stale.iter().any(|p| p.starts_with("usage_windows/hour/"))
+            && stale.iter().filter(|p| p.starts_with("_commits/")).count() >= 2,
+        "superseded hour partitions and commit records should still be there: {stale:?}"
+    );
+    // What an epoch that never committed leaves behind.
+    let orphan = "usage_windows/hour/2026-11-20T10/w0-e999999.parquet";
+    std::fs::write(dir.join(orphan), b"not committed").unwrap();
+
+    // Restarted with no keep period: the first commit deletes everything its
+    // predecessors superseded, and the orphan. Only what the newest commit names is left.
+    let args = [&args[..], &["--keep-superseded", "0s"]].concat();
+    let server = start(data, &config, &args);
+    post_calls(&server.addr, 30..35);
+    assert_eq!(calls_counted(&server.addr), [json!({"events": 35})]);
+    assert!(server.terminate().success());
+    assert_eq!(files_under(&dir), named_by_newest(&dir));
+    assert!(!dir.join(orphan).exists());
 }

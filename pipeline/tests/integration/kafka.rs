@@ -4,7 +4,8 @@
 //! committing what it read.
 
 use super::common::{
-    Data, golden_dir, openmonetize, openmonetize_env, query_at, query_csv, run_case,
+    Data, files_under, golden_dir, named_by_newest, openmonetize, openmonetize_env, query_at,
+    query_csv, run_case,
 };
 use super::golden::{check_golden, check_golden_at};
 use super::services::{Broker, S3Server};
@@ -52,6 +53,10 @@ fn run_kafka(case: &str, url: &str, commands: &str, data: &Data) {
             "--commit-interval",
             "200ms",
             "--until-caught-up",
+            // Each commit deletes what the previous one superseded: the tables must be
+            // whole all the same (and on S3 this deletes through the store's batches).
+            "--keep-superseded",
+            "0s",
             "--quiet",
         ],
         &data.env,
@@ -89,7 +94,14 @@ fn same_as_file(broker: &Broker, case: &str, from_kafka: &Data) {
 fn same_as_file_locally(case: &str) {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
-    same_as_file(&broker, case, &tmp.path().join("kafka").as_path().into());
+    let data = tmp.path().join("kafka");
+    same_as_file(&broker, case, &data.as_path().into());
+    // With no keep period, only what the newest commit names is left.
+    assert_eq!(
+        files_under(&data),
+        named_by_newest(&data),
+        "{case}: files beyond the newest commit's"
+    );
 }
 
 #[test]
