@@ -87,6 +87,10 @@ struct Args {
     /// --job-priority`.
     #[arg(long, value_enum, default_value_t = openmonetize::priority::JobPriority::Idle)]
     job_priority: openmonetize::priority::JobPriority,
+    /// Seconds a superseded file stays before the job deletes it, as `serve
+    /// --keep-superseded` (0: at the next commit).
+    #[arg(long, default_value_t = openmonetize::run::DEFAULT_KEEP_SUPERSEDED.as_secs())]
+    keep_superseded_secs: u64,
 }
 
 const KEY: &str = "bench-admin-key";
@@ -131,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(args.commit_interval_ms),
         queue_bytes: 64 << 20,
         job_priority: args.job_priority,
-        keep_superseded: Some(openmonetize::run::DEFAULT_KEEP_SUPERSEDED),
+        keep_superseded: Some(Duration::from_secs(args.keep_superseded_secs)),
         progress: args.progress,
         pg_listen: None,
         events_topic: None,
