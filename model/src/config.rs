@@ -29,6 +29,14 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         message: String,
     },
+    /// An `OM__` environment override cannot be applied ([`crate::overrides`]).
+    #[error("environment variable {var}: {message}")]
+    Override {
+        /// The variable, e.g. `OM__PIPELINE__ALLOWED_LATENESS`.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -422,8 +430,26 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Config::from_toml_with_overrides(text, &[])
+    }
+
+    /// Parses TOML text, applies `OM__` environment overrides (variable, value) on top
+    /// in order ([`crate::overrides`]), and validates the result.
+    pub fn from_toml_with_overrides(
+        text: &str,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let syntax = |e: toml::de::Error| ConfigError::Syntax(e.to_string());
+        let raw: RawConfig = if overrides.is_empty() {
+            // Straight from the text, so that errors point at its lines.
+            toml::from_str(text).map_err(syntax)?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(syntax)?;
+            for (var, value) in overrides {
+                crate::overrides::apply(&mut table, var, value)?;
+            }
+            toml::Value::Table(table).try_into().map_err(syntax)?
+        };
         let mut names = BTreeSet::new();
         let mut meters = Vec::with_capacity(raw.meters.len());
         for (i, m) in raw.meters.into_iter().enumerate() {

@@ -9,6 +9,7 @@ pub mod decimal;
 pub mod event;
 pub mod export;
 pub mod fingerprint;
+pub mod overrides;
 pub mod prices;
 pub mod pricing;
 pub mod revenue;

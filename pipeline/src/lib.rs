@@ -30,16 +30,28 @@ pub mod view_updates;
 
 pub use run::{RunOptions, RunSummary, Source, run};
 
-/// Loads a config file, or the built-in default when `path` is `None`.
+/// Loads a config file, or the built-in default when `path` is `None`, with the `OM__`
+/// environment variables applied on top ([`om_model::overrides`]).
 pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<om_model::Config> {
     use anyhow::Context;
-    match path {
-        None => Ok(om_model::Config::builtin()),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config file {}", p.display()))?;
-            om_model::Config::from_toml(&text)
-                .with_context(|| format!("in config file {}", p.display()))
-        }
-    }
+    let overrides = om_model::overrides::from_vars(std::env::vars());
+    let (text, source) = match path {
+        None => (
+            om_model::config::DEFAULT_TOML.to_string(),
+            "the built-in config".to_string(),
+        ),
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?,
+            format!("config file {}", p.display()),
+        ),
+    };
+    let applied = if overrides.is_empty() {
+        String::new()
+    } else {
+        let vars: Vec<&str> = overrides.iter().map(|(v, _)| v.as_str()).collect();
+        format!(" with {}", vars.join(", "))
+    };
+    om_model::Config::from_toml_with_overrides(&text, &overrides)
+        .with_context(|| format!("in {source}{applied}"))
 }

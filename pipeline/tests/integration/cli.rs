@@ -3,14 +3,24 @@
 use std::process::Command;
 
 fn fails_with(args: &[&str], want: &[&str]) {
+    fails_with_env(args, &[], want);
+}
+
+/// `openmonetize ARGS` with the extra environment `env` fails, and its stderr holds each
+/// of `want`.
+fn fails_with_env(args: &[&str], env: &[(&str, &str)], want: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_openmonetize"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!out.status.success(), "{env:?} {args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr);
     for w in want {
-        assert!(err.contains(w), "{args:?}: stderr `{err}` lacks `{w}`");
+        assert!(
+            err.contains(w),
+            "{env:?} {args:?}: stderr `{err}` lacks `{w}`"
+        );
     }
 }
 
@@ -189,5 +199,59 @@ fn fails_alone(obstacle: &str) {
     assert!(
         err.contains(&format!("writing {obstacle}")),
         "stderr: {err}"
+    );
+}
+
+#[test]
+fn om_environment_variables_override_the_config() {
+    use super::common::{golden_dir, openmonetize_env, query_csv};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let case = golden_dir("small");
+    let config = case.join("config.toml");
+    let events = format!("file:{}", case.join("events.jsonl").display());
+    let run = |data: &std::path::Path| {
+        let data = data.to_str().unwrap().to_string();
+        let config = config.to_str().unwrap().to_string();
+        let args = [
+            "run", "--config", &config, "--events", &events, "--data", &data,
+        ];
+        args.map(str::to_string)
+    };
+    // The golden case's 48 h of lateness turns 2 events late; ten years turns none.
+    let env = [
+        ("OM__PIPELINE__ALLOWED_LATENESS", "3650d"),
+        ("OM__PIPELINE__DEDUP_HORIZON", "3650d"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let args = run(&data);
+    openmonetize_env(&args.each_ref().map(String::as_str), &env);
+    let count = |sql: &str| query_csv(&data, sql)[1][0].clone();
+    assert_eq!(count("SELECT COUNT(*) FROM late_events"), "0");
+    assert_eq!(count("SELECT COUNT(*) FROM events"), "702");
+
+    // A value the key does not allow, a key that does not exist, an element of a list:
+    // the error names the variable and the key.
+    let args = run(&tmp.path().join("unused"));
+    let args = args.each_ref().map(String::as_str);
+    let fails =
+        |var: &str, value: &str, want: &[&str]| fails_with_env(&args, &[(var, value)], want);
+    fails(
+        "OM__PIPELINE__ALLOWED_LATENESS",
+        "soon",
+        &[
+            "OM__PIPELINE__ALLOWED_LATENESS",
+            "pipeline.allowed_lateness",
+        ],
+    );
+    fails(
+        "OM__PIPELINE__ALLOWED_LATENES",
+        "1h",
+        &["OM__PIPELINE__ALLOWED_LATENES", "allowed_latenes"],
+    );
+    fails(
+        "OM__METERS__0__NAME",
+        "x",
+        &["OM__METERS__0__NAME", "is a list", "OM__METERS='["],
     );
 }
