@@ -6,9 +6,10 @@
 //! `OM__PIPELINE__ALLOWED_LATENESS=2h` sets `[pipeline] allowed_lateness`. The value is
 //! taken as TOML when it is a quoted string, an integer, a boolean, an array or an inline
 //! table, and as the string written otherwise: `2h`, `gpt-4o` and `0.0025` (decimals are
-//! strings in the config, never floats) need no quotes. A list of tables (`meters`, `plans`, `api_keys`, ...)
-//! is replaced whole, e.g. `OM__API_KEYS='[{admin = true, sha256 = "..."}]'`; its
-//! elements have no path of their own.
+//! strings in the config, never floats) need no quotes. A list of tables (`meters`,
+//! `plans`, `api_keys`, ...) is replaced whole, e.g.
+//! `OM__API_KEYS='[{admin = true, sha256 = "..."}]'`; its elements have no path of their
+//! own.
 
 use crate::config::ConfigError;
 

@@ -403,7 +403,13 @@ pub fn committer<'s>(
                 checkpoints = current;
                 let now = std::time::Instant::now();
                 superseded.superseded(replaced.drain(..).chain(previous.replace(CommitRecord::path_of(t))), now);
-                let due = superseded.due(now);
+                let mut due = superseded.due(now);
+                if !due.is_empty() {
+                    // Never what the newest commit names, whatever the queue says.
+                    let live: std::collections::HashSet<&str> = record.tables.values().flat_map(|t| t.values().map(|f| f.path.as_str())).collect();
+                    let own = CommitRecord::path_of(t);
+                    due.retain(|p| !live.contains(p.as_str()) && *p != own);
+                }
                 if !due.is_empty() {
                     // Garbage that stays is no reason to stop metering: say so, go on.
                     let (n, first) = (due.len(), due[0].clone());

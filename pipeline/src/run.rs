@@ -356,8 +356,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     // What the location holds beyond the commit resumed from (files superseded before
     // the job stopped, or written by an epoch that never committed) counts as superseded
     // now; the committer, on worker 0, deletes it after the keep period.
+    let sweeps =
+        opts.keep_superseded.is_some() && opts.cluster.as_ref().is_none_or(|c| c.process == 0);
     let superseded = match &resume {
-        Some(record) if opts.cluster.as_ref().is_none_or(|c| c.process == 0) => {
+        Some(record) if sweeps => {
             let mut s = Superseded::new(opts.keep_superseded);
             let unnamed = runtime
                 .block_on(om_sinks::retention::unnamed(&store, record))
