@@ -405,7 +405,9 @@ pub fn committer<'s>(
                 superseded.superseded(replaced.drain(..).chain(previous.replace(CommitRecord::path_of(t))), now);
                 let mut due = superseded.due(now);
                 if !due.is_empty() {
-                    // Never what the newest commit names, whatever the queue says.
+                    // Never what the newest commit names. This happens: a restart queues
+                    // the files of an epoch that never committed, and re-running that epoch
+                    // writes the same paths again, now live.
                     let live: std::collections::HashSet<&str> = record.tables.values().flat_map(|t| t.values().map(|f| f.path.as_str())).collect();
                     let own = CommitRecord::path_of(t);
                     due.retain(|p| !live.contains(p.as_str()) && *p != own);

@@ -11,7 +11,10 @@
 //!
 //! A job that resumes cannot know when the files its location holds but its commit does
 //! not name were superseded, nor whether an epoch that never committed wrote them: it
-//! counts them as superseded when it starts ([`unnamed`]).
+//! counts them as superseded when it starts ([`unnamed`]). The resumed job re-runs that
+//! epoch and writes the same paths again, so the committer never deletes a path the
+//! newest commit names; such a file, once superseded again, may go sooner than `keep`
+//! after that (it is due from the restart on).
 //!
 //! Without this, a live job's location grows by every rewritten partition at every
 //! commit, and the commit records pile up (each query lists them to find the newest).
