@@ -726,9 +726,18 @@ fn superseded_files_stay_for_the_keep_period_then_go_also_across_a_restart() {
             && stale.iter().filter(|p| p.starts_with("_commits/")).count() >= 2,
         "superseded hour partitions and commit records should still be there: {stale:?}"
     );
-    // What an epoch that never committed leaves behind.
+    // What an epoch that never committed leaves behind: a file of a far epoch, and files
+    // at the paths the next epochs write (as when a job dies before its commit and re-runs
+    // the epoch after the restart): those the restarted job writes again are live, and
+    // must not be deleted with the rest.
     let orphan = "usage_windows/hour/2026-11-20T10/w0-e999999.parquet";
     std::fs::write(dir.join(orphan), b"not committed").unwrap();
+    let resumed = files_under(&dir.join("_commits")).pop_last().unwrap();
+    let resumed: u64 = resumed.trim_end_matches(".json").parse().unwrap();
+    for e in resumed + 1..=resumed + 200 {
+        let path = format!("usage_windows/hour/2026-11-20T10/w0-e{e:06}.parquet");
+        std::fs::write(dir.join(path), b"not committed").unwrap();
+    }
 
     // Restarted with no keep period: the first commit deletes everything its
     // predecessors superseded, and the orphan. Only what the newest commit names is left.
