@@ -31,7 +31,7 @@ use om_operators::{
 };
 use om_sinks::commit::FileEntry;
 use om_sinks::encode::RecordBatch;
-use om_sinks::{DataStore, FileChange};
+use om_sinks::{DataStore, FileChange, Uploads};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -268,32 +268,39 @@ pub fn customer_sink<'s>(
                         live.processed(cfg.worker, t);
                     }
                     files.extend(day_tables(&mut views, now, closed, &cfg.config, &meters));
+                    // Written in the background while the next file is encoded; named
+                    // to the committer only once all of them are written.
+                    let mut uploads = Uploads::new(&cfg.runtime);
+                    let mut changes = Vec::new();
                     for (table, slot, rows, batch) in files {
                         let slot = format!("{slot}w{}", cfg.worker);
                         let file = (rows > 0).then(|| {
                             let path = format!("{table}/{slot}-e{t:06}.parquet");
-                            let batch = batch.unwrap_or_else(|e| panic!("encoding {path}: {e}"));
-                            cfg.runtime
-                                .block_on(om_sinks::parquet::write(&cfg.store, &path, &batch))
-                                .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+                            let bytes = batch
+                                .and_then(|batch| om_sinks::parquet::encode(&batch))
+                                .unwrap_or_else(|e| panic!("encoding {path}: {e}"));
+                            uploads.put(&cfg.store, path.clone(), bytes);
                             FileEntry {
                                 path,
                                 rows: rows as u64,
                             }
                         });
-                        session.give(Meta::File(FileChange {
+                        changes.push(FileChange {
                             table: table.into(),
                             slot,
                             file,
-                        }));
+                        });
                     }
                     if cfg.checkpoints {
-                        let changes = chain
-                            .save(&cfg.store, &cfg.runtime, t, &views, log.take())
-                            .unwrap_or_else(|e| panic!("{e:#}"));
-                        for c in changes {
-                            session.give(Meta::File(c));
-                        }
+                        changes.extend(
+                            chain
+                                .save(&cfg.store, &cfg.runtime, t, &views, log.take())
+                                .unwrap_or_else(|e| panic!("{e:#}")),
+                        );
+                    }
+                    uploads.finish().unwrap_or_else(|e| panic!("{e}"));
+                    for c in changes {
+                        session.give(Meta::File(c));
                     }
                 }
                 follow_inputs(&mut cap, &frontiers);

@@ -8,7 +8,7 @@ use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{RecordBatch, UsageRow};
 use om_sinks::retention::{self, Superseded};
-use om_sinks::{DataStore, FileChange};
+use om_sinks::{DataStore, FileChange, Uploads};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -257,37 +257,44 @@ pub fn usage_sink<'s>(
                     .as_ref()
                     .expect("held until the inputs are done")
                     .delayed(&t);
-                let mut session = output.session(&at);
+                // The files are written in the background while the next is encoded,
+                // and named to the committer only once all of them are written.
+                let mut uploads = Uploads::new(&cfg.runtime);
+                let mut changes = Vec::new();
                 for (p, rows) in state.take_partitions(watermark) {
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
                     let file = (!rows.is_empty()).then(|| {
                         let path = format!("usage_windows/{slot}-e{t:06}.parquet");
                         let batch = encode_usage(&rows, &known, &cfg.meters);
-                        cfg.runtime
-                            .block_on(om_sinks::parquet::write(&cfg.store, &path, &batch))
-                            .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+                        let bytes = om_sinks::parquet::encode(&batch)
+                            .unwrap_or_else(|e| panic!("encoding {path}: {e}"));
+                        uploads.put(&cfg.store, path.clone(), bytes);
                         FileEntry {
                             path,
                             rows: rows.len() as u64,
                         }
                     });
-                    session.give(Meta::File(FileChange {
+                    changes.push(FileChange {
                         table: "usage_windows".into(),
                         slot,
                         file,
-                    }));
+                    });
                 }
                 if cfg.checkpoints {
                     let saved = UsageCheckpointRef {
                         usage: state.data(),
                         names: &known,
                     };
-                    let changes = chain
-                        .save(&cfg.store, &cfg.runtime, t, &saved, log.take())
-                        .unwrap_or_else(|e| panic!("{e:#}"));
-                    for c in changes {
-                        session.give(Meta::File(c));
-                    }
+                    changes.extend(
+                        chain
+                            .save(&cfg.store, &cfg.runtime, t, &saved, log.take())
+                            .unwrap_or_else(|e| panic!("{e:#}")),
+                    );
+                }
+                uploads.finish().unwrap_or_else(|e| panic!("{e}"));
+                let mut session = output.session(&at);
+                for c in changes {
+                    session.give(Meta::File(c));
                 }
             }
             follow_inputs(&mut cap, &frontiers);

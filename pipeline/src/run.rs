@@ -1654,10 +1654,12 @@ fn run_worker(
         let commands_rejected = command_rejects.len() as u64;
         rejected.extend(command_rejects);
 
-        // This worker's append-only tables for the epoch.
-        let write = |table: &str,
-                     batch: om_sinks::Result<om_sinks::encode::RecordBatch>,
-                     rows: usize|
+        // This worker's append-only tables for the epoch, written in the background
+        // while the next is encoded.
+        let mut uploads = om_sinks::Uploads::new(runtime);
+        let mut write = |table: &str,
+                         batch: om_sinks::Result<om_sinks::encode::RecordBatch>,
+                         rows: usize|
          -> anyhow::Result<Option<FileChange>> {
             if rows == 0 {
                 return Ok(None);
@@ -1665,9 +1667,9 @@ fn run_worker(
             let batch = batch.context("records match their schema")?;
             let slot = format!("e{epoch:06}-w{index}");
             let path = format!("{table}/{slot}.parquet");
-            runtime
-                .block_on(om_sinks::parquet::write(store, &path, &batch))
-                .with_context(|| format!("writing {path}"))?;
+            let bytes =
+                om_sinks::parquet::encode(&batch).with_context(|| format!("encoding {path}"))?;
+            uploads.put(store, path.clone(), bytes);
             Ok(Some(FileChange {
                 table: table.into(),
                 slot,
@@ -1690,6 +1692,7 @@ fn run_worker(
                 late.len(),
             )?,
         ];
+        uploads.finish()?;
         drop(records);
         if let Reader::Http {
             records: Some(taken),

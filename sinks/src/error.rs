@@ -20,6 +20,14 @@ pub enum Error {
     /// Parquet encoding failed.
     #[error("parquet: {0}")]
     Parquet(#[from] ::parquet::errors::ParquetError),
+    /// A background write of an object failed.
+    #[error("writing {path}: {message}")]
+    Upload {
+        /// The object's path.
+        path: String,
+        /// What failed.
+        message: String,
+    },
     /// A commit record could not be read or written.
     #[error("commit record {path}: {message}")]
     Commit {

@@ -2,9 +2,10 @@
 //!
 //! Transport and format are separate: [`store`] resolves a `--data` URL to an
 //! `object_store` (local path, `file://`, `memory://`), [`encode`] turns records into
-//! Arrow batches, [`parquet`] writes a batch as one Parquet object,
+//! Arrow batches, [`parquet`] encodes a batch as one Parquet object,
 //! [`commit`] is the atomic commit record that makes an epoch's files visible together,
-//! and [`retention`] deletes the files commits have superseded once no reader needs them.
+//! [`retention`] deletes the files commits have superseded once no reader needs them,
+//! and [`uploads`] writes a commit's files in the background while the next is encoded.
 
 pub mod commit;
 pub mod encode;
@@ -12,7 +13,9 @@ pub mod error;
 pub mod parquet;
 pub mod retention;
 pub mod store;
+pub mod uploads;
 
 pub use commit::{CommitRecord, FileChange, Manifest};
 pub use error::{Error, Result};
 pub use store::DataStore;
+pub use uploads::Uploads;

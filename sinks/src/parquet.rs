@@ -1,4 +1,4 @@
-//! Writing one Arrow batch as one Parquet object, readable by any Parquet reader:
+//! Encoding one Arrow batch as one Parquet object, readable by any Parquet reader:
 //! Snappy-compressed, strings dictionary-encoded except the columns that are unique per
 //! row (event ids, raw payloads, properties), where a dictionary costs time and saves
 //! nothing.
@@ -13,7 +13,7 @@
 //! the encoding time of a `usage_windows` partition, which a live job rewrites at every
 //! commit (`om-stages --usage-rows`).
 
-use crate::{DataStore, Result};
+use crate::Result;
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -62,14 +62,6 @@ pub fn encode_with(batch: &RecordBatch, props: WriterProperties) -> Result<Vec<u
     writer.write(batch)?;
     writer.close()?;
     Ok(buf)
-}
-
-/// Writes `batch` to `path` in `store`; returns the number of bytes written.
-pub async fn write(store: &DataStore, path: &str, batch: &RecordBatch) -> Result<usize> {
-    let bytes = encode(batch)?;
-    let n = bytes.len();
-    store.put(path, bytes).await?;
-    Ok(n)
 }
 
 #[cfg(test)]
