@@ -96,8 +96,9 @@ pub struct LedgerRow<'a> {
 /// The credit tables of some customers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CreditTables<'a> {
-    /// `credit_grants` rows.
-    pub grants: Vec<GrantRow>,
+    /// `credit_grants` rows, borrowed from the state (a commit writes every row, so
+    /// copying them would cost an allocation per string per row per commit).
+    pub grants: Vec<&'a GrantRow>,
     /// `credit_balances` rows.
     pub balances: Vec<BalanceRow>,
     /// `credit_ledger` rows of the UTC days (by start) whose rows may have changed since

@@ -224,7 +224,7 @@ impl CreditState {
             let (Some(names), Some(r)) = (&c.names, self.replayed.get(fp)) else {
                 continue;
             };
-            out.grants.extend(r.grants.iter().cloned());
+            out.grants.extend(r.grants.iter());
             let mut balance = r.balance.clone();
             balance.exhaustion_at = exhaustion_at(now, balance.balance, recent_burn(c, now));
             out.balances.push(balance);

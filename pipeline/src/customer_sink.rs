@@ -431,23 +431,28 @@ fn snapshot(
     balances: &[BalanceRow],
     entitlements: &[EntitlementRow<'_>],
 ) -> WorkerLive {
-    let mut customers: FxHashMap<(String, String), CustomerLive> = names
+    // Gathered under borrowed names (a lookup costs no allocation), owned once at the end.
+    let mut customers: FxHashMap<(&str, &str), CustomerLive> = names
         .values()
-        .map(|key| (key.clone(), CustomerLive::default()))
+        .map(|(t, c)| ((t.as_str(), c.as_str()), CustomerLive::default()))
         .collect();
     for b in balances {
         customers
-            .entry((b.tenant_id.clone(), b.customer_id.clone()))
+            .entry((b.tenant_id.as_str(), b.customer_id.as_str()))
             .or_default()
             .balance = Some(b.clone());
     }
     for e in entitlements {
         customers
-            .entry((e.tenant_id.to_string(), e.customer_id.to_string()))
+            .entry((e.tenant_id, e.customer_id))
             .or_default()
             .entitlements
             .push(e.into());
     }
+    let customers = customers
+        .into_iter()
+        .map(|((t, c), live)| ((t.to_owned(), c.to_owned()), live))
+        .collect();
     WorkerLive {
         epoch,
         as_of: now,

@@ -308,7 +308,7 @@ pub fn usage_windows<'a>(rows: impl ExactSizeIterator<Item = UsageRow<'a>>) -> R
 }
 
 /// The `credit_grants` table.
-pub fn credit_grants(rows: &[GrantRow]) -> Result<RecordBatch> {
+pub fn credit_grants(rows: &[&GrantRow]) -> Result<RecordBatch> {
     let n = rows.len();
     let mut tenant = StringBuilder::new();
     let mut grant_id = StringBuilder::new();
