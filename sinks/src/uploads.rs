@@ -44,22 +44,13 @@ impl Uploads {
         let mut first_error = None;
         for (path, task) in self.pending {
             let outcome = match self.runtime.block_on(task) {
-                Ok(r) => r,
-                Err(e) => Err(Error::Upload {
-                    path: path.clone(),
-                    message: format!("the write task failed: {e}"),
-                }),
+                Ok(written) => written.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the write task failed: {e}")),
             };
-            if let Err(e) = outcome
+            if let Err(message) = outcome
                 && first_error.is_none()
             {
-                first_error = Some(match e {
-                    Error::Upload { .. } => e,
-                    other => Error::Upload {
-                        path,
-                        message: other.to_string(),
-                    },
-                });
+                first_error = Some(Error::Upload { path, message });
             }
         }
         first_error.map_or(Ok(()), Err)
