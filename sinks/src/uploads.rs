@@ -61,8 +61,8 @@ impl Uploads {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_file_is_written_once_finish_returns() {
+    /// A runtime and a store in a fresh local directory.
+    fn local() -> (tokio::runtime::Runtime, tempfile::TempDir, DataStore) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -70,6 +70,12 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = DataStore::open(dir.path().to_str().unwrap()).unwrap();
+        (runtime, dir, store)
+    }
+
+    #[test]
+    fn every_file_is_written_once_finish_returns() {
+        let (runtime, dir, store) = local();
         let mut uploads = Uploads::new(runtime.handle());
         for i in 0..50u8 {
             uploads.put(&store, format!("t/f{i}.bin"), vec![i; 1000 + i as usize]);
@@ -83,13 +89,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_reported_with_its_path() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = DataStore::open(dir.path().to_str().unwrap()).unwrap();
+        let (runtime, dir, store) = local();
         // A file where a directory has to be: the write below it cannot succeed.
         std::fs::write(dir.path().join("blocked"), b"x").unwrap();
         let mut uploads = Uploads::new(runtime.handle());
