@@ -86,32 +86,11 @@ fn main() -> anyhow::Result<()> {
         if data.exists() {
             std::fs::remove_dir_all(&data)?;
         }
-        let mut config = om_model::Config::builtin();
-        if workload != "full" {
-            config.plans.clear();
-            config.costs.enabled = false;
-            config.anomaly.enabled = false;
-            config.forecasts = false;
-        }
-        if let Ok(off) = std::env::var("OM_BENCH_VIEWS_OFF") {
-            for v in off.split(',') {
-                match v {
-                    "costs" => config.costs.enabled = false,
-                    "anomaly" => config.anomaly.enabled = false,
-                    "forecasts" => config.forecasts = false,
-                    "plans" => config.plans.clear(),
-                    _ => {}
-                }
-            }
-        }
+        let config = om_bench::workload_config(workload)?;
         let commands = match workload {
-            "usage" => {
-                config.burn_rates.clear();
-                None
-            }
             "credits" => Some(Source::File(commands)),
             "full" => Some(Source::File(all_commands)),
-            other => bail!("unknown workload {other} (usage, credits or full)"),
+            _ => None,
         };
         let start = Instant::now();
         let summary = run(RunOptions {

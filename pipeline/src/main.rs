@@ -48,7 +48,8 @@ enum Command {
     ///
     /// With `--events file:PATH` the job reads the file to its end, commits, and exits.
     /// With `--events kafka://HOST:PORT/TOPIC` it reads every partition of the topic from
-    /// the beginning, commits an epoch every `--commit-interval`, and runs until stopped
+    /// the beginning, commits an epoch every `--commit-interval` (every `--commit-every`
+    /// epochs while it catches up a backlog), and runs until stopped
     /// (Ctrl-C or SIGTERM: it commits what it read, then exits) or, with
     /// `--until-caught-up`, until every partition is read to its end.
     Run {
@@ -90,9 +91,12 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_EPOCH_BYTES)]
         epoch_bytes: u64,
         /// File source: commit the tables every this many epochs, and after the last one.
+        /// Kafka source catching up a backlog (more messages waiting than an epoch
+        /// read): commit every this many epochs instead of every epoch, until it keeps up.
         #[arg(long, default_value_t = DEFAULT_COMMIT_EVERY)]
         commit_every: u64,
-        /// Kafka source: how often to commit (an epoch's length), e.g. 1s, 500ms, 1m.
+        /// Kafka source: how often to commit (an epoch's length), e.g. 1s, 500ms, 1m,
+        /// while the job keeps up with the topic (see --commit-every for a backlog).
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         commit_interval: Duration,
         /// Kafka source: stop once every partition is read to its end (a catch-up or

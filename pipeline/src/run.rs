@@ -74,7 +74,7 @@ type TimelyInput<D> = InputHandle<u64, CapacityContainerBuilder<Vec<D>>>;
 /// Default bytes of input per epoch.
 pub const DEFAULT_EPOCH_BYTES: u64 = 32 << 20;
 
-/// Default number of epochs per commit (file source).
+/// Default number of epochs per commit (file source; Kafka source catching up).
 pub const DEFAULT_COMMIT_EVERY: u64 = 8;
 
 /// Default epoch length of a Kafka source (each epoch that read anything commits).
@@ -131,9 +131,11 @@ pub struct RunOptions {
     pub epoch_bytes: u64,
     /// File source: commit every this many epochs (and after the last one). Between
     /// commits the usage sink only accumulates, so a partition is rewritten once per
-    /// commit.
+    /// commit. Kafka source: the same while the job catches up a backlog (more messages
+    /// wait beyond what an epoch read); once it keeps up, every epoch commits.
     pub commit_every: u64,
-    /// Kafka source: the length of an epoch; each epoch that read anything commits.
+    /// Kafka source: the length of an epoch; each epoch that read anything commits
+    /// while the job keeps up with the topic (see `commit_every`).
     pub commit_interval: Duration,
     /// Kafka source: stop once every partition is read to its end.
     pub until_caught_up: bool,
@@ -676,6 +678,9 @@ struct EpochRead<'a> {
     records: Vec<(u32, u64, &'a [u8])>,
     /// The end of the file, or every partition of the worker read to its end.
     caught_up: bool,
+    /// Kafka: more messages wait beyond what was read than the epoch read, so the job
+    /// is catching up a backlog rather than keeping up with the topic.
+    behind: bool,
     /// The worker's partitions read to their end (Kafka).
     idle: Vec<u32>,
     /// (source name, position read up to), for the commit record.
@@ -694,6 +699,8 @@ struct Status {
     retracting: bool,
     /// Every partition of the worker is read to its end (Kafka).
     caught_up: bool,
+    /// The worker is catching up a backlog ([`EpochRead::behind`]).
+    behind: bool,
     /// The worker's partitions read to their end (Kafka).
     idle: Vec<u32>,
     /// A stop was requested.
@@ -957,6 +964,8 @@ fn run_worker(
     let mut total_read = 0u64;
     // Records (events and commands) read by every worker.
     let mut job_read = 0u64;
+    // Kafka: records read and epochs since the last commit.
+    let (mut uncommitted_reads, mut uncommitted_epochs) = (0u64, 0u64);
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
@@ -1031,6 +1040,7 @@ fn run_worker(
         let EpochRead {
             records,
             caught_up,
+            behind,
             idle,
             positions,
             tenants: record_tenants,
@@ -1047,6 +1057,7 @@ fn run_worker(
                         .map(|(offset, line)| (0, offset, line))
                         .collect(),
                     caught_up: epoch + 1 >= *epochs,
+                    behind: false,
                     idle: Vec::new(),
                     positions: vec![(source_name.clone(), end)],
                     tenants: Vec::new(),
@@ -1106,6 +1117,7 @@ fn run_worker(
                         .map(|(p, next)| (url.partition_name(p), next))
                         .collect();
                     EpochRead {
+                        behind: r.lag() > buf.len() as u64,
                         records: buf.messages().collect(),
                         caught_up: r.caught_up(),
                         idle: r.idle_partitions(),
@@ -1122,6 +1134,7 @@ fn run_worker(
                     EpochRead {
                         records: Vec::new(),
                         caught_up: true,
+                        behind: false,
                         idle: Vec::new(),
                         positions: Vec::new(),
                         tenants: Vec::new(),
@@ -1185,6 +1198,7 @@ fn run_worker(
                     tenants: records.iter().map(|r| batch.tenant(r.1)).collect(),
                     records,
                     caught_up: true,
+                    behind: false,
                     idle: Vec::new(),
                     positions,
                 }
@@ -1420,6 +1434,7 @@ fn run_worker(
             read: records.len() as u64 + commands_read,
             retracting: !retractions.pending.is_empty(),
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
+            behind,
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
             settings,
@@ -1452,14 +1467,28 @@ fn run_worker(
                 Input::Http(_) => false,
             };
         // The end of a file commits (retractions look their events up in that commit);
-        // a Kafka job with retractions waiting commits so that they come due.
+        // a Kafka job with retractions waiting commits so that they come due. A Kafka
+        // job catching up a backlog commits every `commit_every` epochs instead of every
+        // epoch: each commit rewrites every partition its epochs touched, so committing
+        // less often drains the backlog sooner (and the tables are stale by the backlog
+        // anyway); once it keeps up it commits every epoch that read anything again.
+        let behind = all.iter().any(|s| s.behind);
+        let retracting = all.iter().any(|s| s.retracting);
         let commit = last
             || match input {
                 Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0 || caught_up,
-                Input::Kafka { .. } | Input::Http(_) => {
-                    all.iter().any(|s| s.read > 0 || s.retracting)
+                Input::Kafka { .. } => {
+                    uncommitted_reads += all.iter().map(|s| s.read).sum::<u64>();
+                    uncommitted_epochs += 1;
+                    retracting
+                        || uncommitted_reads > 0
+                            && (!behind || uncommitted_epochs >= opts.commit_every.max(1))
                 }
+                Input::Http(_) => retracting || all.iter().any(|s| s.read > 0),
             };
+        if commit {
+            (uncommitted_reads, uncommitted_epochs) = (0, 0);
+        }
         // Only worker 0 sees the commits (the committer runs there).
         if commit && index == 0 {
             watch.cut.insert(epoch, read_done);

@@ -43,12 +43,20 @@ struct Args {
     /// Timely workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// What the job keeps: `full` (the whole built-in config: usage, credits, plans,
+    /// costs, anomaly scores, forecasts), `credits` or `usage` (metering only, as in
+    /// `om-bench --workloads usage`). No commands are produced, so no credits are granted.
+    #[arg(long, default_value = "full")]
+    workload: String,
     /// The throughput run's commit interval, in milliseconds. The freshness run always
     /// commits every second (the target's setting); a job catching up a backlog commits
     /// an epoch per interval, and each commit rewrites the partitions the epoch touched,
     /// so a longer interval pays that cost less often.
     #[arg(long, default_value_t = 1000)]
     throughput_commit_interval_ms: u64,
+    /// The throughput run's largest epoch, in payload bytes (the job's `--epoch-bytes`).
+    #[arg(long, default_value_t = openmonetize::run::DEFAULT_EPOCH_BYTES)]
+    throughput_epoch_bytes: u64,
     /// Events per second the freshness producer sends.
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
@@ -252,10 +260,14 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let config = om_bench::workload_config(&args.workload)?;
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     let tansu = start_tansu(&args.dir, &args.storage)?;
-    println!("broker: tansu, storage {}", args.storage);
+    println!(
+        "broker: tansu, storage {}; workload {}",
+        args.storage, args.workload
+    );
     let gen_opts = |events, seed, span| GenOptions {
         events,
         customers: args.customers,
@@ -282,9 +294,10 @@ fn main() -> anyhow::Result<()> {
         workers: args.workers,
         until_caught_up: true,
         commit_interval: Duration::from_millis(args.throughput_commit_interval_ms),
+        epoch_bytes: args.throughput_epoch_bytes,
         progress: false,
         ..RunOptions::new(
-            om_model::Config::builtin(),
+            config.clone(),
             Source::Kafka(url.clone()),
             data.to_string_lossy(),
         )
@@ -311,16 +324,13 @@ fn main() -> anyhow::Result<()> {
     let job = {
         let (url, data, stop, workers) =
             (url.clone(), data.clone(), Arc::clone(&stop), args.workers);
+        let config = config.clone();
         std::thread::spawn(move || {
             run(RunOptions {
                 workers,
                 stop,
                 progress: false,
-                ..RunOptions::new(
-                    om_model::Config::builtin(),
-                    Source::Kafka(url),
-                    data.to_string_lossy(),
-                )
+                ..RunOptions::new(config, Source::Kafka(url), data.to_string_lossy())
             })
         })
     };

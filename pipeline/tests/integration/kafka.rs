@@ -1,7 +1,8 @@
 //! The Kafka source against a real broker: golden cases (events and commands) produced
 //! into 4-partition topics give the same tables as the file source, also when the tables
-//! go to an S3-compatible server, and a live job stops cleanly on SIGTERM after
-//! committing what it read.
+//! go to an S3-compatible server, a live job stops cleanly on SIGTERM after committing
+//! what it read, and a job behind its topics commits every `--commit-every` epochs, to
+//! the same tables.
 
 use super::common::{
     Data, files_under, golden_dir, named_by_newest, openmonetize, openmonetize_env, query_at,
@@ -399,6 +400,72 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
             &b,
             &format!("seed {seed}, kills at epochs {epochs:?}: {sql}"),
         );
+    }
+}
+
+/// Runs a job over `url` until caught up, committing every `commit_every` epochs while
+/// behind; returns the number of commit records and the newest commit's epoch.
+fn catch_up(url: &str, commands: &str, data: &Path, commit_every: &str) -> (usize, u64) {
+    openmonetize(&[
+        "run",
+        "--events",
+        url,
+        "--commands",
+        commands,
+        "--data",
+        data.to_str().unwrap(),
+        "--workers",
+        "2",
+        // Small epochs, cut by size: the backlog is many epochs long.
+        "--epoch-bytes",
+        "65536",
+        "--commit-interval",
+        "10s",
+        "--commit-every",
+        commit_every,
+        "--until-caught-up",
+        "--quiet",
+    ]);
+    let commits = std::fs::read_dir(data.join("_commits")).unwrap().count();
+    (commits, newest_commit_epoch(data).unwrap())
+}
+
+#[test]
+fn a_job_behind_its_topics_commits_every_commit_every_epochs_to_the_same_tables() {
+    let broker = Broker::start();
+    let url = broker.topic("backlog", 4);
+    let commands = broker.topic("backlog-commands", 1);
+    openmonetize(&[
+        "gen",
+        "--events",
+        "30000",
+        "--customers",
+        "300",
+        "--seed",
+        "5",
+        "--to",
+        &url,
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (each, every_4) = (tmp.path().join("each"), tmp.path().join("every-4"));
+    let (commits_each, epochs_each) = catch_up(&url, &commands, &each, "1");
+    let (commits_4, epochs_4) = catch_up(&url, &commands, &every_4, "4");
+    // Every epoch read something, so with 1 every epoch commits.
+    assert!(epochs_each >= 20, "a backlog of {epochs_each} epochs only");
+    assert_eq!(commits_each as u64, epochs_each + 1);
+    // With 4, every 4th epoch commits while behind, plus the epochs after it caught up
+    // (the last ones of its partitions: at most one each, and the final one).
+    assert!(
+        commits_4 as u64 <= (epochs_4 + 1) / 4 + 3,
+        "{commits_4} commits in {} epochs",
+        epochs_4 + 1
+    );
+    for sql in ALL_TABLES_SQL {
+        let (a, b) = (query_csv(&each, sql), query_csv(&every_4, sql));
+        if sql.contains("FROM events") || sql.contains("FROM usage_windows") {
+            assert!(a.len() > 1, "{sql} is empty");
+        }
+        assert_same_rows(&a, &b, sql);
     }
 }
 
