@@ -269,23 +269,39 @@ pub(super) const ALL_TABLES_SQL: [&str; 11] = [
     "SELECT * FROM forecasts ORDER BY tenant_id, customer_id, meter",
 ];
 
+/// `openmonetize run` of 2 workers over `url` and `commands` into `data` until caught
+/// up, with `settings` (epochs and commits).
+fn job_args<'a>(
+    url: &'a str,
+    commands: &'a str,
+    data: &'a Path,
+    settings: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--events",
+        url,
+        "--commands",
+        commands,
+        "--data",
+        data.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--until-caught-up",
+        "--quiet",
+    ];
+    args.extend(settings);
+    args
+}
+
 fn run_job(url: &str, commands: &str, data: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_openmonetize"))
-        .args([
-            "run",
-            "--events",
+        .args(job_args(
             url,
-            "--commands",
             commands,
-            "--data",
-            data.to_str().unwrap(),
-            "--workers",
-            "2",
-            "--commit-interval",
-            "300ms",
-            "--until-caught-up",
-            "--quiet",
-        ])
+            data,
+            &["--commit-interval", "300ms"],
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -406,26 +422,20 @@ fn a_job_killed_at_random_points_resumes_to_the_same_tables() {
 /// Runs a job over `url` until caught up, committing every `commit_every` epochs while
 /// behind; returns the number of commit records and the newest commit's epoch.
 fn catch_up(url: &str, commands: &str, data: &Path, commit_every: &str) -> (usize, u64) {
-    openmonetize(&[
-        "run",
-        "--events",
+    openmonetize(&job_args(
         url,
-        "--commands",
         commands,
-        "--data",
-        data.to_str().unwrap(),
-        "--workers",
-        "2",
+        data,
         // Small epochs, cut by size: the backlog is many epochs long.
-        "--epoch-bytes",
-        "65536",
-        "--commit-interval",
-        "10s",
-        "--commit-every",
-        commit_every,
-        "--until-caught-up",
-        "--quiet",
-    ]);
+        &[
+            "--epoch-bytes",
+            "65536",
+            "--commit-interval",
+            "10s",
+            "--commit-every",
+            commit_every,
+        ],
+    ));
     let commits = std::fs::read_dir(data.join("_commits")).unwrap().count();
     (commits, newest_commit_epoch(data).unwrap())
 }
