@@ -77,7 +77,8 @@ pub const DEFAULT_EPOCH_BYTES: u64 = 32 << 20;
 /// Default number of epochs per commit (file source; Kafka source catching up).
 pub const DEFAULT_COMMIT_EVERY: u64 = 8;
 
-/// Default epoch length of a Kafka source (each epoch that read anything commits).
+/// Default epoch length of a Kafka source (each epoch that read anything commits while
+/// the job keeps up with its topics).
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default time a superseded file stays for readers of older commits: far beyond any
