@@ -965,8 +965,8 @@ fn run_worker(
     let mut total_read = 0u64;
     // Records (events and commands) read by every worker.
     let mut job_read = 0u64;
-    // Kafka: records read and epochs since the last commit.
-    let (mut uncommitted_reads, mut uncommitted_epochs) = (0u64, 0u64);
+    // Kafka: whether anything was read since the last commit, and the epochs since.
+    let (mut read_since_commit, mut uncommitted_epochs) = (false, 0u64);
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
@@ -1479,16 +1479,16 @@ fn run_worker(
             || match input {
                 Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0 || caught_up,
                 Input::Kafka { .. } => {
-                    uncommitted_reads += all.iter().map(|s| s.read).sum::<u64>();
+                    read_since_commit |= all.iter().any(|s| s.read > 0);
                     uncommitted_epochs += 1;
                     retracting
-                        || uncommitted_reads > 0
+                        || read_since_commit
                             && (!behind || uncommitted_epochs >= opts.commit_every.max(1))
                 }
                 Input::Http(_) => retracting || all.iter().any(|s| s.read > 0),
             };
         if commit {
-            (uncommitted_reads, uncommitted_epochs) = (0, 0);
+            (read_since_commit, uncommitted_epochs) = (false, 0);
         }
         // Only worker 0 sees the commits (the committer runs there).
         if commit && index == 0 {
