@@ -159,6 +159,7 @@ impl KafkaIngest {
         }
         Ok(Reply {
             epoch,
+            committed: true,
             verdicts: verdicts
                 .into_iter()
                 .map(|v| v.expect("every record has a verdict"))

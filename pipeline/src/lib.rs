@@ -18,6 +18,7 @@ pub mod dataflow;
 pub mod demo;
 pub mod exports;
 pub mod ingress;
+pub mod journal;
 pub mod kafka_ingest;
 pub mod live;
 pub mod metrics;

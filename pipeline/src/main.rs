@@ -170,10 +170,17 @@ enum Command {
         /// Timely worker threads of the job.
         #[arg(long, default_value_t = default_workers())]
         workers: usize,
-        /// How often the job cuts and commits an epoch (how long a posted record waits
-        /// for its verdict, at most, before processing), e.g. 200ms, 1s.
-        #[arg(long, default_value = "200ms", value_parser = parse_interval)]
+        /// How often the job commits the tables (of epochs that received anything), e.g.
+        /// 1s, 500ms: how stale the tables, SQL and the live balance and entitlement
+        /// reads are at most, beyond the commit's own time. Kafka mode: the epoch length,
+        /// and requests are answered once a commit covers them.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
         commit_interval: Duration,
+        /// How often the job cuts an epoch off the in-process queue, e.g. 100ms: how
+        /// long a posted record waits, at most, before the job reads it. Its request is
+        /// answered once the epoch is decided and journaled (?wait=commit: committed).
+        #[arg(long, default_value = "100ms", value_parser = parse_interval)]
+        epoch_interval: Duration,
         /// Most bytes posted and waiting for the job (per queue); a request beyond it is
         /// answered 503 with Retry-After.
         #[arg(long, default_value_t = 64 << 20)]
@@ -526,6 +533,7 @@ fn main() -> anyhow::Result<()> {
             read_only,
             workers,
             commit_interval,
+            epoch_interval,
             queue_bytes,
             job_priority,
             keep_superseded,
@@ -547,6 +555,7 @@ fn main() -> anyhow::Result<()> {
                 read_only,
                 workers,
                 commit_interval,
+                epoch_interval,
                 queue_bytes,
                 job_priority,
                 keep_superseded: keep_superseded.0,

@@ -29,7 +29,8 @@ use crate::checkpoint::{self, Chain, ReaderCheckpoint, ReaderDelta};
 use crate::cluster::Cluster;
 use crate::customer_sink::{CustomerInput, CustomerRestore, CustomerSinkConfig, customer_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageRestore, UsageSinkConfig, committer, usage_sink};
-use crate::ingress::{self, Ingress, Verdict as IngressVerdict};
+use crate::ingress::{self, EpochVerdicts, Ingress, Verdict as IngressVerdict};
+use crate::journal;
 use crate::live::LiveViews;
 use crate::metrics::JobMetrics;
 use crate::retract::{self, Pending, Retractions};
@@ -80,6 +81,11 @@ pub const DEFAULT_COMMIT_EVERY: u64 = 8;
 /// Default epoch length of a Kafka source (each epoch that read anything commits while
 /// the job keeps up with its topics).
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default epoch length of an HTTP source (`serve`): how long a posted record waits,
+/// at most, before the job reads it. Its request is answered once the epoch's verdicts
+/// are decided and journaled ([`crate::journal`]).
+pub const DEFAULT_HTTP_EPOCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Default time a superseded file stays for readers of older commits: far beyond any
 /// query of ours (30 s at most in `serve`), room for slow external readers.
@@ -136,8 +142,12 @@ pub struct RunOptions {
     /// wait beyond what an epoch read); once it keeps up, every epoch commits.
     pub commit_every: u64,
     /// Kafka source: the length of an epoch; each epoch that read anything commits
-    /// while the job keeps up with the topic (see `commit_every`).
+    /// while the job keeps up with the topic (see `commit_every`). HTTP source: the
+    /// time between commits (of epochs that read anything since the last one).
     pub commit_interval: Duration,
+    /// HTTP source: the length of an epoch (its requests are answered once it is
+    /// journaled, before it is committed).
+    pub epoch_interval: Duration,
     /// Kafka source: stop once every partition is read to its end.
     pub until_caught_up: bool,
     /// Set (e.g. by a signal handler) to stop after committing the current epoch.
@@ -171,6 +181,7 @@ impl RunOptions {
             epoch_bytes: DEFAULT_EPOCH_BYTES,
             commit_every: DEFAULT_COMMIT_EVERY,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
+            epoch_interval: DEFAULT_HTTP_EPOCH_INTERVAL,
             until_caught_up: false,
             stop: Arc::default(),
             progress: true,
@@ -344,16 +355,57 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             Some(prev)
         }
     };
-    // HTTP queues number their records on from where the last commit left off.
-    for queue in [Some(&*input), commands.as_ref().as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        if let Input::Http(ingress) = queue {
-            let next = resume
+    // HTTP queues replay the journal's epochs since the last commit, then number their
+    // records on from there.
+    if let Input::Http(events) = &*input {
+        let position = |ingress: &Ingress| {
+            resume
                 .as_ref()
-                .and_then(|c| c.sources.get(&ingress.partition_name()).copied());
-            ingress.open(next.unwrap_or(0));
+                .and_then(|c| c.sources.get(&ingress.partition_name()).copied())
+                .unwrap_or(0)
+        };
+        let commands = match commands.as_ref() {
+            Some(Input::Http(c)) => Some(c),
+            _ => None,
+        };
+        let found = runtime.block_on(journal::find(
+            &store,
+            position(events),
+            commands.map_or(0, |c| position(c)),
+        ))?;
+        runtime
+            .block_on(store.delete_all(found.stale))
+            .context("deleting stale journal segments")?;
+        if opts.progress && !found.chain.is_empty() {
+            eprintln!(
+                "replaying {} journaled epochs ({} events, {} commands) posted after the last commit",
+                found.chain.len(),
+                found
+                    .chain
+                    .iter()
+                    .map(|s| s.events.ends.len())
+                    .sum::<usize>(),
+                found
+                    .chain
+                    .iter()
+                    .map(|s| s.commands.ends.len())
+                    .sum::<usize>(),
+            );
+        }
+        let (mut next_event, mut next_command) =
+            (position(events), commands.map_or(0, |c| position(c)));
+        let mut replay_events = Vec::new();
+        let mut replay_commands = Vec::new();
+        for segment in found.chain {
+            (next_event, next_command) = (segment.events.end(), segment.commands.end());
+            replay_events.push((segment.events.into(), segment.ingested_at));
+            replay_commands.push((segment.commands.into(), segment.ingested_at));
+        }
+        events.replay(replay_events);
+        events.open(next_event);
+        if let Some(commands) = commands {
+            commands.replay(replay_commands);
+            commands.open(next_command);
         }
     }
     // What the location holds beyond the commit resumed from (files superseded before
@@ -532,13 +584,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
 /// cut into epochs and commits.
 fn settings_digest(opts: &RunOptions, sources: &[String]) -> u64 {
     let text = format!(
-        "{:?}|{sources:?}|{}|{}|{}|{}|{:?}|{}",
+        "{:?}|{sources:?}|{}|{}|{}|{}|{:?}|{:?}|{}",
         opts.config,
         opts.data,
         opts.workers,
         opts.epoch_bytes,
         opts.commit_every,
         opts.commit_interval,
+        opts.epoch_interval,
         opts.until_caught_up
     );
     twox_hash::XxHash3_64::oneshot(text.as_bytes())
@@ -702,6 +755,8 @@ struct Status {
     caught_up: bool,
     /// The worker is catching up a backlog ([`EpochRead::behind`]).
     behind: bool,
+    /// HTTP (worker 0): `commit_interval` has passed since the last commit.
+    commit_due: bool,
     /// The worker's partitions read to their end (Kafka).
     idle: Vec<u32>,
     /// A stop was requested.
@@ -728,8 +783,6 @@ enum Reader<'a> {
         ingress: &'a Ingress,
         /// The records of the epoch.
         records: Option<Arc<ingress::EpochRecords>>,
-        /// Worker 0: the requests of the epoch's records.
-        waiters: Vec<ingress::Waiter>,
     },
 }
 
@@ -784,7 +837,6 @@ fn run_worker(
         Input::Http(ingress) => Reader::Http {
             ingress,
             records: None,
-            waiters: Vec::new(),
         },
     };
     let source_name = input.name();
@@ -965,8 +1017,10 @@ fn run_worker(
     let mut total_read = 0u64;
     // Records (events and commands) read by every worker.
     let mut job_read = 0u64;
-    // Kafka: whether anything was read since the last commit, and the epochs since.
+    // Kafka, HTTP: whether anything was read since the last commit, and the epochs since;
+    // when the last commit was decided.
     let (mut read_since_commit, mut uncommitted_epochs) = (false, 0u64);
+    let mut last_commit_decided = Instant::now();
     let mut scratch = Scratch::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
@@ -975,6 +1029,10 @@ fn run_worker(
     }
     let mut watch = CommitWatch {
         awaiting: Vec::new(),
+        journaled: None,
+        segments: Vec::new(),
+        store: store.clone(),
+        runtime: runtime.clone(),
         cut: BTreeMap::new(),
         seen: resume.as_ref().map(|c| c.epoch),
         latest: None,
@@ -989,7 +1047,7 @@ fn run_worker(
         // answer.
         watch.check(&last_commit);
         let epoch_started = Instant::now();
-        let ingested_at = chrono::Utc::now().timestamp_micros();
+        let mut ingested_at = chrono::Utc::now().timestamp_micros();
 
         // Retractions whose events are committed by now (worker 0, which reads the
         // commands): a file run looks them all up in one extra epoch after its last
@@ -1036,6 +1094,10 @@ fn run_worker(
             }
         }
 
+        // HTTP: the epoch's records (shared by the workers) and, on worker 0, their
+        // requests.
+        let mut http_epoch: Option<Arc<ingress::EpochRecords>> = None;
+        let mut http_waiters = Vec::new();
         // Read this worker's records of the epoch: (partition, offset, bytes), in
         // arrival order.
         let EpochRead {
@@ -1145,23 +1207,24 @@ fn run_worker(
             Reader::Http {
                 ingress,
                 records: taken,
-                waiters,
             } => {
                 // Worker 0 waits out the epoch, stepping the dataflow meanwhile so that
-                // earlier epochs commit and their requests are answered, and cuts the
-                // epoch short once `epoch_bytes` are queued; then it takes the records.
-                // The other workers step until worker 0 has taken them.
-                let deadline = epoch_started + opts.commit_interval;
+                // earlier epochs are decided and committed and their requests answered,
+                // and cuts the epoch short once `epoch_bytes` are queued (or at once
+                // while journaled epochs are replayed); then it takes the records. The
+                // other workers step until worker 0 has taken them.
+                let deadline = epoch_started + opts.epoch_interval;
                 let epoch_records = loop {
                     watch.check(&last_commit);
                     let now = Instant::now();
                     if index == 0
                         && (now >= deadline
                             || opts.stop.load(Ordering::SeqCst)
+                            || ingress.replaying()
                             || ingress.queued_bytes() as u64 >= epoch_bytes)
                     {
-                        let (records, requests) = ingress.take_epoch(epoch, peers);
-                        *waiters = requests;
+                        let (records, requests) = ingress.take_epoch(epoch, peers, ingested_at);
+                        http_waiters = requests;
                         break records;
                     }
                     if index != 0
@@ -1177,7 +1240,9 @@ fn run_worker(
                         wait.clamp(Duration::from_micros(100), Duration::from_millis(1)),
                     ));
                 };
+                http_epoch = Some(Arc::clone(&epoch_records));
                 let taken = &*taken.insert(epoch_records);
+                ingested_at = taken.ingested_at();
                 let batch = taken.batch();
                 let positions = if index == 0 {
                     vec![(ingress.partition_name(), batch.end())]
@@ -1424,10 +1489,18 @@ fn run_worker(
                 watch.awaiting.push(ingress::Pending {
                     epoch,
                     first: read.records.first().map_or(0, |r| r.1),
-                    verdicts: Arc::new(Mutex::new(verdicts)),
+                    verdicts: EpochVerdicts::decided(verdicts),
                     waiters: std::mem::take(&mut read.waiters),
                 });
             }
+        }
+        if let Some(taken) = &http_epoch
+            && index == 0
+        {
+            let commands = commands_reader
+                .as_ref()
+                .and_then(CommandReader::journal_part);
+            watch.journal(epoch, taken, commands)?;
         }
         command_rejects.append(&mut retracted.rejected);
         commands_accepted += retracted.applied;
@@ -1436,6 +1509,7 @@ fn run_worker(
             retracting: !retractions.pending.is_empty(),
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             behind,
+            commit_due: index == 0 && last_commit_decided.elapsed() >= opts.commit_interval,
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
             settings,
@@ -1485,10 +1559,16 @@ fn run_worker(
                         || read_since_commit
                             && (!behind || uncommitted_epochs >= opts.commit_every.max(1))
                 }
-                Input::Http(_) => retracting || all.iter().any(|s| s.read > 0),
+                // Requests are answered once their epoch is journaled; tables and
+                // live views follow every `commit_interval`.
+                Input::Http(_) => {
+                    read_since_commit |= all.iter().any(|s| s.read > 0);
+                    retracting || read_since_commit && all.iter().any(|s| s.commit_due)
+                }
             };
         if commit {
             (read_since_commit, uncommitted_epochs) = (false, 0);
+            last_commit_decided = Instant::now();
         }
         // Only worker 0 sees the commits (the committer runs there).
         if commit && index == 0 {
@@ -1679,6 +1759,21 @@ fn run_worker(
             }
         }
         view_updates.drain(|u| customer_input.send(u));
+        if let Some(taken) = &http_epoch {
+            // Decided: worker 0 answers the requests once the journal holds the epoch.
+            taken.set_verdicts(
+                taken.slice(index, peers).start,
+                std::mem::take(&mut http_verdicts),
+            );
+            if !http_waiters.is_empty() {
+                watch.awaiting.push(ingress::Pending {
+                    epoch,
+                    first: taken.batch().first(),
+                    verdicts: taken.verdicts(),
+                    waiters: std::mem::take(&mut http_waiters),
+                });
+            }
+        }
         let accepted = keep.iter().filter(|k| **k).count();
         let events_rejected = rejected.len() as u64;
         let commands_rejected = command_rejects.len() as u64;
@@ -1724,23 +1819,6 @@ fn run_worker(
         ];
         uploads.finish()?;
         drop(records);
-        if let Reader::Http {
-            records: Some(taken),
-            waiters,
-            ..
-        } = &mut reader
-        {
-            // Before this worker's files of the epoch are sent, so before its commit.
-            taken.set_verdicts(taken.slice(index, peers).start, http_verdicts);
-            if !waiters.is_empty() {
-                watch.awaiting.push(ingress::Pending {
-                    epoch,
-                    first: taken.batch().first(),
-                    verdicts: taken.verdicts(),
-                    waiters: std::mem::take(waiters),
-                });
-            }
-        }
         for c in changes.into_iter().flatten() {
             meta_input.send(Meta::File(c));
         }
@@ -1837,6 +1915,13 @@ fn last_commit_note(latest: Option<(u64, Option<Duration>)>) -> String {
 struct CommitWatch<'a> {
     /// HTTP: the verdicts of epochs whose commit is not written yet, with their requests.
     awaiting: Vec<ingress::Pending>,
+    /// HTTP: the last epoch the journal holds (and every one before it).
+    journaled: Option<u64>,
+    /// HTTP: the journal segment of each epoch not yet committed.
+    segments: Vec<(u64, String)>,
+    /// Where the journal is, to delete what a commit covers.
+    store: DataStore,
+    runtime: tokio::runtime::Handle,
     /// When the reading of each commit epoch not yet committed ended.
     cut: BTreeMap<u64, Instant>,
     /// The last commit seen.
@@ -1848,8 +1933,44 @@ struct CommitWatch<'a> {
 }
 
 impl CommitWatch<'_> {
-    /// Catches up with the last commit.
+    /// HTTP, worker 0: writes epoch `epoch`'s records (its events `taken`, its
+    /// `commands`) to the journal, unless they come from it; after this its requests can
+    /// be answered as soon as they are decided.
+    fn journal(
+        &mut self,
+        epoch: u64,
+        taken: &ingress::EpochRecords,
+        commands: Option<journal::Part>,
+    ) -> anyhow::Result<()> {
+        let segment = journal::Segment {
+            ingested_at: taken.ingested_at(),
+            events: taken.batch().journal_part(),
+            commands: commands.unwrap_or_default(),
+        };
+        if !segment.is_empty() {
+            let path = if taken.replayed() {
+                segment.path()
+            } else {
+                self.runtime
+                    .block_on(journal::write(&self.store, &segment))?
+            };
+            self.segments.push((epoch, path));
+        }
+        self.journaled = Some(epoch);
+        Ok(())
+    }
+
+    /// Answers the requests of journaled epochs that are decided, and catches up with
+    /// the last commit.
     fn check(&mut self, last_commit: &RefCell<Option<CommitRecord>>) {
+        if let Some(journaled) = self.journaled {
+            for pending in &mut self.awaiting {
+                if pending.epoch <= journaled && pending.is_decided() {
+                    pending.answer_journaled();
+                }
+            }
+            self.awaiting.retain(|p| !p.waiters.is_empty());
+        }
         let last = last_commit.borrow();
         let Some(commit) = last.as_ref() else {
             return;
@@ -1870,6 +1991,21 @@ impl CommitWatch<'_> {
         self.awaiting = waiting;
         for pending in ready {
             pending.answer();
+        }
+        // The journal's segments of committed epochs are not needed any more (a segment
+        // left by a failed delete is deleted when the job resumes).
+        let (covered, after): (Vec<_>, Vec<_>) = std::mem::take(&mut self.segments)
+            .into_iter()
+            .partition(|(e, _)| *e <= commit.epoch);
+        self.segments = after;
+        if !covered.is_empty() {
+            let store = self.store.clone();
+            let paths = covered.into_iter().map(|(_, p)| p).collect();
+            self.runtime.spawn(async move {
+                if let Err(e) = store.delete_all(paths).await {
+                    eprintln!("warning: deleting committed journal segments: {e}");
+                }
+            });
         }
     }
 }
@@ -2018,6 +2154,16 @@ enum CommandReader<'a> {
         ingress: &'a Ingress,
         batch: ingress::Batch,
     },
+}
+
+impl CommandReader<'_> {
+    /// HTTP: the commands the last read took, for the journal.
+    fn journal_part(&self) -> Option<journal::Part> {
+        match self {
+            CommandReader::Http { batch, .. } => Some(batch.journal_part()),
+            _ => None,
+        }
+    }
 }
 
 /// What one epoch read of the commands.

@@ -26,7 +26,7 @@
 //! With `--read-only` there is no job: only SQL, health and metrics are served over the
 //! tables already in the data location.
 
-use crate::ingress::{Ingress, Refused, Reply, Verdict};
+use crate::ingress::{Ingress, Refused, Reply, Verdict, Wait};
 use crate::live::LiveViews;
 use crate::metrics::JobMetrics;
 use axum::Router;
@@ -199,8 +199,12 @@ pub struct ServerSettings {
     pub read_only: bool,
     /// Timely workers of the job.
     pub workers: usize,
-    /// The job's epoch length.
+    /// Time between the job's commits (in-process queue; in Kafka mode, the epoch
+    /// length).
     pub commit_interval: Duration,
+    /// In-process queue: the job's epoch length (requests are answered once their
+    /// epoch is journaled).
+    pub epoch_interval: Duration,
     /// Bound of each ingress queue, in bytes.
     pub queue_bytes: usize,
     /// How the job's threads are scheduled next to the request threads
@@ -237,6 +241,7 @@ pub fn run_server(
         read_only,
         workers,
         commit_interval,
+        epoch_interval,
         queue_bytes,
         job_priority,
         keep_superseded,
@@ -289,6 +294,7 @@ pub fn run_server(
         };
         opts.workers = workers;
         opts.commit_interval = commit_interval;
+        opts.epoch_interval = epoch_interval;
         opts.stop = Arc::clone(&stop);
         opts.progress = progress;
         opts.live = Some(Arc::clone(&live));
@@ -545,25 +551,48 @@ fn records_of(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
     Ok(records)
 }
 
+/// An ingest request's `?wait=`: `journal` (the default) or `commit`.
+fn wait_of(query: Option<&str>) -> Result<Wait, ApiError> {
+    let named = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("wait="));
+    match named {
+        None | Some("journal") => Ok(Wait::Journal),
+        Some("commit") => Ok(Wait::Commit),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_wait",
+            format!(
+                "wait={other}: use wait=journal (answer once the records are durable, the default) or wait=commit (answer once the tables and live views show them)"
+            ),
+        )),
+    }
+}
+
 async fn post_events(
     State(s): State<Arc<ServeOptions>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let scope = authorize(&s.keys, &headers)?;
+    let wait = wait_of(uri.query())?;
     let job = job(&s)?;
     match &job.kafka {
         Some(k) => ingest_kafka(&s, &k.events, scope, &body_of(body)?).await,
-        None => ingest(&job.events, scope, &body_of(body)?).await,
+        None => ingest(&job.events, scope, &body_of(body)?, wait).await,
     }
 }
 
 async fn post_commands(
     State(s): State<Arc<ServeOptions>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let scope = authorize(&s.keys, &headers)?;
+    let wait = wait_of(uri.query())?;
     let job = job(&s)?;
     match &job.kafka {
         Some(k) => {
@@ -576,7 +605,7 @@ async fn post_commands(
             })?;
             ingest_kafka(&s, topic, scope, &body_of(body)?).await
         }
-        None => ingest(&job.commands, scope, &body_of(body)?).await,
+        None => ingest(&job.commands, scope, &body_of(body)?, wait).await,
     }
 }
 
@@ -618,14 +647,20 @@ async fn ingest_kafka(
     Ok(verdicts_answer(reply))
 }
 
-/// Queues the records of `body` and answers their verdicts once committed.
-async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response, ApiError> {
+/// Queues the records of `body` and answers their verdicts once journaled or, as `wait`
+/// says, committed.
+async fn ingest(
+    ingress: &Ingress,
+    scope: Scope,
+    body: &[u8],
+    wait: Wait,
+) -> Result<Response, ApiError> {
     let records = records_of(body)?;
     let tenant = match scope {
         Scope::Tenant(t) => Some(Arc::<str>::from(t)),
         Scope::All => None,
     };
-    let rx = ingress.submit(&records, tenant).map_err(|e| {
+    let rx = ingress.submit(&records, tenant, wait).map_err(|e| {
         let code = match e {
             Refused::Full { .. } => "overloaded",
             Refused::NotOpen => "starting",
@@ -633,14 +668,14 @@ async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response
         };
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     })?;
-    let Reply { epoch, verdicts } = tokio::time::timeout(QUERY_TIMEOUT, rx)
+    let reply = tokio::time::timeout(QUERY_TIMEOUT, rx)
         .await
         .map_err(|_| {
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 format!(
-                    "no commit within {} s; the records may still be committed: retrying is safe, duplicates are recognized by (tenant_id, id)",
+                    "no verdicts within {} s; the records may still be counted: retrying is safe, duplicates are recognized by (tenant_id, id)",
                     QUERY_TIMEOUT.as_secs()
                 ),
             )
@@ -649,19 +684,26 @@ async fn ingest(ingress: &Ingress, scope: Scope, body: &[u8]) -> Result<Response
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "job_stopped",
-                "the job stopped before committing these records; retry (duplicates are recognized by (tenant_id, id))",
+                "the job stopped before journaling these records; retry (duplicates are recognized by (tenant_id, id))",
             )
         })?;
-    Ok(verdicts_answer(Reply { epoch, verdicts }))
+    Ok(verdicts_answer(reply))
 }
 
 /// The answer to posted records: counts and each record's verdict.
-fn verdicts_answer(Reply { epoch, verdicts }: Reply) -> Response {
+fn verdicts_answer(
+    Reply {
+        epoch,
+        committed,
+        verdicts,
+    }: Reply,
+) -> Response {
     // Serialized straight from these structs (no `serde_json::Value` per record); the
     // fields are in the order the keys have always been written: alphabetical.
     #[derive(serde::Serialize)]
     struct Answer<'a> {
         accepted: usize,
+        committed: bool,
         duplicate: usize,
         epoch: u64,
         late: usize,
@@ -678,6 +720,7 @@ fn verdicts_answer(Reply { epoch, verdicts }: Reply) -> Response {
     }
     let mut answer = Answer {
         accepted: 0,
+        committed,
         duplicate: 0,
         epoch,
         late: 0,
@@ -1010,6 +1053,7 @@ mod tests {
     fn an_answer_counts_the_verdicts_and_lists_each_record_in_order() {
         let reply = Reply {
             epoch: 7,
+            committed: false,
             verdicts: vec![
                 Verdict::Accepted,
                 Verdict::Duplicate("duplicate of an accepted event".into()),
@@ -1025,7 +1069,7 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             concat!(
-                r#"{"accepted":2,"duplicate":1,"epoch":7,"late":0,"queued":0,"rejected":1,"results":["#,
+                r#"{"accepted":2,"committed":false,"duplicate":1,"epoch":7,"late":0,"queued":0,"rejected":1,"results":["#,
                 r#"{"index":0,"status":"accepted"},"#,
                 r#"{"index":1,"reason":"duplicate of an accepted event","status":"duplicate"},"#,
                 r#"{"index":2,"reason":"bad timestamp","status":"rejected"},"#,

@@ -8,8 +8,8 @@
 //! 2. Ingestion: `--connections` keep-alive connections post the events in batches of
 //!    `--batch` (a JSON array per request) to `/v1/events` as fast as the answers come
 //!    (closed loop); every answer's verdicts are counted. Prints events/s from the first
-//!    request to the last answer and the request latency (post to verdicts, i.e. to the
-//!    commit) p50/p99.
+//!    request to the last answer and the request latency (post to verdicts, i.e. until
+//!    the journal holds them, or with `--wait-commit` until their commit) p50/p99.
 //! 3. Checks: `GET /v1/customers/{id}/entitlements/api_calls` for random customers at a
 //!    fixed `--check-rate` for `--check-seconds` (open loop: request i is due at
 //!    start + i/rate; its latency is measured from that due time, so a stalled server is
@@ -74,9 +74,17 @@ struct Args {
     /// Timely workers of the job.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// The job's epoch length, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// Time between the job's commits, in milliseconds (`serve --commit-interval`).
+    #[arg(long, default_value_t = 1000)]
     commit_interval_ms: u64,
+    /// The job's epoch length, in milliseconds (`serve --epoch-interval`): requests are
+    /// answered once their epoch is journaled.
+    #[arg(long, default_value_t = 100)]
+    epoch_interval_ms: u64,
+    /// Post with `?wait=commit`: each request is answered once its commit is written
+    /// (the server's behaviour before the journal).
+    #[arg(long)]
+    wait_commit: bool,
     /// Work directory (the data location is recreated in it).
     #[arg(long, default_value = "/tmp/om-serve-bench")]
     dir: PathBuf,
@@ -133,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         read_only: false,
         workers: args.workers,
         commit_interval: Duration::from_millis(args.commit_interval_ms),
+        epoch_interval: Duration::from_millis(args.epoch_interval_ms),
         queue_bytes: 64 << 20,
         job_priority: args.job_priority,
         keep_superseded: Some(Duration::from_secs(args.keep_superseded_secs)),
@@ -159,6 +168,11 @@ fn main() -> anyhow::Result<()> {
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let path = if args.wait_commit {
+        "/v1/events?wait=commit"
+    } else {
+        "/v1/events"
+    };
     client.block_on(async {
         wait_ready(addr).await?;
         let mut conn = Conn::open(addr).await?;
@@ -174,7 +188,7 @@ fn main() -> anyhow::Result<()> {
             args.connections
         );
         let cpu_before = process_cpu_seconds()?;
-        let ingested = ingest(addr, &bodies, args.connections, None).await?;
+        let ingested = ingest(addr, path, &bodies, args.connections, None).await?;
         let cpu = process_cpu_seconds()? - cpu_before;
         println!(
             "ingest: {} events in {} requests of {} over {} connections: {:.2} s, {:.0} events/s, {:.1} CPU-s ({:.2} cores, {:.1} us per event); request latency p50 {:.1} ms, p99 {:.1} ms (verdicts: {} accepted, {} duplicate, {} rejected, {} late)",
@@ -213,7 +227,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 args.batch,
             );
-            let background = ingest(addr, &more, 256, Some(per_second as u64));
+            let background = ingest(addr, path, &more, 256, Some(per_second as u64));
             let plan = CheckPlan::of(&args);
             let busy = tokio::task::spawn_blocking(move || checks(addr, plan));
             let (background, busy) = tokio::join!(background, busy);
@@ -460,6 +474,7 @@ fn count_of(answer: &[u8], name: &str) -> u64 {
 /// Posts every body over `connections` connections; with `rate` (requests/s), paced.
 async fn ingest(
     addr: SocketAddr,
+    path: &str,
     bodies: &[(String, usize)],
     connections: usize,
     rate: Option<u64>,
@@ -494,9 +509,9 @@ async fn ingest(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
-                let (status, answer) = conn.post("/v1/events", body.as_bytes()).await?;
+                let (status, answer) = conn.post(path, body.as_bytes()).await?;
                 if status != 200 {
-                    bail!("/v1/events: {status} {}", String::from_utf8_lossy(&answer));
+                    bail!("{path}: {status} {}", String::from_utf8_lossy(&answer));
                 }
                 latencies.push(sent.elapsed().as_secs_f64());
                 for (v, name) in

@@ -714,7 +714,7 @@ fn a_late_event_changes_the_open_months_invoice_only() {
         answer
     };
     post("/v1/commands", &commands());
-    post("/v1/events", &events());
+    post("/v1/events?wait=commit", &events());
     let totals = || {
         let sql = json!({"sql": "SELECT customer_id, period, CAST(total AS VARCHAR) AS total FROM invoices \
             WHERE customer_id = 'c2' ORDER BY period"});
@@ -744,7 +744,7 @@ fn a_late_event_changes_the_open_months_invoice_only() {
     // allowed lateness): volume pricing moves nothing (2 calls x 2 = 4) -> 9. One in the
     // final October is too late: it lands in late_events and October stays 10.
     let answer = post(
-        "/v1/events",
+        "/v1/events?wait=commit",
         &[
             event("c2-late", "c2", "api_call", "2026-11-20T11:30:00Z", None),
             event(

@@ -140,7 +140,7 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
         {"id": "bad", "tenant_id": "acme", "event_type": "api_call", "timestamp": "2026-11-20T10:00:00Z"},
         call("b1", "beta", "x", "2026-11-20T10:00:00Z"),
     ]);
-    let (status, answer) = post(&addr, "/v1/events", "acme-key", &batch);
+    let (status, answer) = post(&addr, "/v1/events?wait=commit", "acme-key", &batch);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         statuses(&answer),
@@ -344,7 +344,12 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
     // An invalid record claiming another tenant is the poster's rejection, not beta's.
     let forged = json!({"id": "f1", "tenant_id": "beta", "customer_id": "x",
                         "event_type": "api_call", "timestamp": "not a time"});
-    let (status, answer) = post(&addr, "/v1/events", "acme-key", &json!([forged]));
+    let (status, answer) = post(
+        &addr,
+        "/v1/events?wait=commit",
+        "acme-key",
+        &json!([forged]),
+    );
     assert_eq!(
         (status, statuses(&answer)),
         (200, vec!["rejected".to_string()])
@@ -374,7 +379,7 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
     );
     let (status, answer) = post(
         &addr,
-        "/v1/events",
+        "/v1/events?wait=commit",
         "acme-key",
         &json!([
             call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
@@ -388,6 +393,137 @@ fn posted_events_are_judged_counted_once_and_visible_live_and_in_sql() {
     assert_eq!(
         sql(&addr, "acme-key", "SELECT count(*) AS n FROM events")[0]["n"],
         4
+    );
+}
+
+#[test]
+fn answers_come_once_journaled_and_a_crash_before_the_commit_loses_none_of_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let data = dir.to_str().unwrap();
+    let config = config(tmp.path());
+    // No commit for an hour: every answer comes from the journal alone.
+    let server = start(
+        data,
+        &config,
+        &[
+            "--commit-interval",
+            "1h",
+            "--epoch-interval",
+            "20ms",
+            "--workers",
+            "2",
+        ],
+    );
+    let addr = server.addr.clone();
+    let grant = json!([{"kind": "grant", "tenant_id": "acme", "grant_id": "g1",
+        "customer_id": "c1", "amount": "100", "effective_at": "2026-11-01T00:00:00Z"}]);
+    let (status, answer) = post(&addr, "/v1/commands", "acme-key", &grant);
+    assert_eq!((status, statuses(&answer)), (200, vec!["accepted".into()]));
+    assert_eq!(answer["committed"], false, "{answer}");
+    let first = json!([
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        call("e2", "acme", "c1", "2026-11-20T10:05:00Z"),
+        generation("e3", "c1", "2026-11-20T10:10:00Z", 1500),
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        {"id": "bad", "tenant_id": "acme", "event_type": "api_call", "timestamp": "2026-11-20T10:00:00Z"},
+    ]);
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &first);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        statuses(&answer),
+        ["accepted", "accepted", "accepted", "duplicate", "rejected"]
+    );
+    assert_eq!(answer["committed"], false, "{answer}");
+    let second = json!([
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        generation("e4", "c1", "2026-11-20T11:00:00Z", 500),
+    ]);
+    let (status, answer) = post(&addr, "/v1/events", "acme-key", &second);
+    assert_eq!(
+        (status, statuses(&answer)),
+        (200, vec!["duplicate".into(), "accepted".into()])
+    );
+    let files = files_under(&dir);
+    assert!(
+        !files.iter().any(|f| f.starts_with("_commits/")),
+        "nothing should be committed yet: {files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("_journal/")),
+        "the answered records should be journaled: {files:?}"
+    );
+
+    // Killed before any commit: the restart replays the journal, with the verdicts
+    // given before.
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let server = start(
+        data,
+        &config,
+        &["--commit-interval", "50ms", "--workers", "2"],
+    );
+    let addr = server.addr.clone();
+    let (status, answer) = post(&addr, "/v1/events?wait=commit", "acme-key", &second);
+    assert_eq!(
+        (status, statuses(&answer)),
+        (200, vec!["duplicate".into(), "duplicate".into()])
+    );
+    assert_eq!(answer["committed"], true, "{answer}");
+    // Each accepted event counted once; the grant applied; the rejected one recorded.
+    assert_eq!(
+        sql(&addr, "acme-key", "SELECT id FROM events ORDER BY id"),
+        ["e1", "e2", "e3", "e4"].map(|id| json!({"id": id}))
+    );
+    assert_eq!(
+        sql(
+            &addr,
+            "acme-key",
+            "SELECT meter, CAST(value AS VARCHAR) AS value FROM usage_windows WHERE window_size = 'month' ORDER BY meter",
+        ),
+        [
+            json!({"meter": "api_calls", "value": "2.000000000"}),
+            json!({"meter": "tokens", "value": "2000.000000000"})
+        ]
+    );
+    assert_eq!(
+        sql(
+            &addr,
+            "acme-key",
+            "SELECT count(*) AS n FROM rejected_events WHERE event_id = 'bad'"
+        )[0]["n"],
+        1
+    );
+    let (_, balance) = get(&addr, "/v1/customers/c1/balance", "acme-key");
+    assert_eq!(balance["balance"], "80.000000000", "{balance}");
+    // The commit covers the journal's segments: they are deleted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while files_under(&dir).iter().any(|f| f.starts_with("_journal/")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed journal segments were never deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+#[test]
+fn an_unknown_wait_is_refused_with_the_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = config(tmp.path());
+    let server = start(data.to_str().unwrap(), &config, &["--workers", "1"]);
+    let body = json!([call("e1", "acme", "c1", "2026-11-20T10:00:00Z")]);
+    let (status, answer) = post(&server.addr, "/v1/events?wait=forever", "acme-key", &body);
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("wait=forever") && message.contains("wait=commit"),
+        "{message}"
     );
 }
 
@@ -535,11 +671,16 @@ fn a_restart_replays_the_checkpoint_deltas_written_since_the_base() {
             )
         })
         .collect();
-    let (status, answer) = post(&addr, "/v1/events", "acme-key", &Value::Array(many));
+    let (status, answer) = post(
+        &addr,
+        "/v1/events?wait=commit",
+        "acme-key",
+        &Value::Array(many),
+    );
     assert_eq!(status, 200, "{answer}");
     let one = json!([generation("s0", "c1", "2026-11-20T10:30:00Z", 100)]);
     assert_eq!(
-        statuses(&post(&addr, "/v1/events", "acme-key", &one).1),
+        statuses(&post(&addr, "/v1/events?wait=commit", "acme-key", &one).1),
         ["accepted"]
     );
     // Small commits after it: deltas (a key, a window change, a burn, a name each).
@@ -553,7 +694,7 @@ fn a_restart_replays_the_checkpoint_deltas_written_since_the_base() {
                 "2026-11-20T10:40:00Z"
             ),
         ]);
-        let (status, answer) = post(&addr, "/v1/events", "acme-key", &one);
+        let (status, answer) = post(&addr, "/v1/events?wait=commit", "acme-key", &one);
         assert_eq!(
             (status, statuses(&answer)),
             (200, vec!["accepted".to_string(); 2])
@@ -597,7 +738,7 @@ fn a_restart_replays_the_checkpoint_deltas_written_since_the_base() {
         call("k2", "acme", "new2", "2026-11-20T10:40:00Z"),
         generation("s4", "c1", "2026-11-20T10:31:00Z", 1000),
     ]);
-    let (status, answer) = post(&addr, "/v1/events", "acme-key", &again);
+    let (status, answer) = post(&addr, "/v1/events?wait=commit", "acme-key", &again);
     assert_eq!(
         (status, statuses(&answer)),
         (
@@ -697,7 +838,12 @@ fn superseded_files_stay_for_the_keep_period_then_go_also_across_a_restart() {
             .map(|i| call(&format!("e{i}"), "acme", "c1", "2026-11-20T10:00:00Z"))
             .collect();
         let n = calls.len();
-        let (status, answer) = post(addr, "/v1/events", "acme-key", &Value::Array(calls));
+        let (status, answer) = post(
+            addr,
+            "/v1/events?wait=commit",
+            "acme-key",
+            &Value::Array(calls),
+        );
         assert_eq!(
             (status, statuses(&answer)),
             (200, vec!["accepted".to_string(); n])
