@@ -211,6 +211,14 @@ fn main() -> anyhow::Result<()> {
         if ingested.verdicts.iter().sum::<u64>() != args.events {
             bail!("{} verdicts for {} events", ingested.verdicts.iter().sum::<u64>(), args.events);
         }
+        // Answers come once the records are journaled; the tables follow at the next
+        // commit. Wait for it, so that the idle phase below is idle.
+        let committed = wait_committed(addr, ingested.last_epoch).await?;
+        println!(
+            "ingest committed: the commit covering the last answer came {:.2} s after it; {:.0} events/s from the first request to that commit",
+            committed.as_secs_f64(),
+            ingested.events as f64 / (ingested.seconds + committed.as_secs_f64()),
+        );
         let idle = checks(addr, CheckPlan::of(&args))?;
         report("checks (idle server)", &args, &idle);
         if args.background_rate > 0 {
@@ -451,9 +459,27 @@ async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
 struct Ingested {
     events: u64,
     seconds: f64,
+    /// The latest epoch an answer named.
+    last_epoch: u64,
     latencies: Vec<f64>,
     /// accepted, duplicate, rejected, late.
     verdicts: [u64; 4],
+}
+
+/// Polls `/healthz` until the last commit is epoch `epoch` or later; the time it took.
+async fn wait_committed(addr: SocketAddr, epoch: u64) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut conn = Conn::open(addr).await?;
+    loop {
+        let (status, body) = conn.send("GET", "/healthz", b"").await?;
+        if status == 200 && count_of(&body, "epoch") >= epoch {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("no commit covered epoch {epoch} within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The number after `"name":` in a JSON answer.
@@ -499,6 +525,7 @@ async fn ingest(
         async move {
             let mut latencies = Vec::new();
             let mut verdicts = [0u64; 4];
+            let mut last_epoch = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((body, n)) = bodies.get(i) else {
@@ -521,9 +548,10 @@ async fn ingest(
                 {
                     *v += count_of(&answer, name);
                 }
+                last_epoch = last_epoch.max(count_of(&answer, "epoch"));
                 events.fetch_add(*n as u64, Ordering::Relaxed);
             }
-            anyhow::Ok((latencies, verdicts))
+            anyhow::Ok((latencies, verdicts, last_epoch))
         }
     });
     let results = futures::future::join_all(tasks).await;
@@ -531,11 +559,13 @@ async fn ingest(
     let mut out = Ingested {
         events: events.load(Ordering::Relaxed),
         seconds,
+        last_epoch: 0,
         latencies: Vec::new(),
         verdicts: [0; 4],
     };
     for r in results {
-        let (latencies, verdicts) = r?;
+        let (latencies, verdicts, last_epoch) = r?;
+        out.last_epoch = out.last_epoch.max(last_epoch);
         out.latencies.extend(latencies);
         for (a, b) in out.verdicts.iter_mut().zip(verdicts) {
             *a += b;

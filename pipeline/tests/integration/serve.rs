@@ -91,7 +91,20 @@ pub fn request(
     key: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_request(addr, method, path, key, body)
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// (status, JSON body) of one request, or why there is no answer (e.g. the server
+/// died).
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(addr)?;
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
@@ -99,16 +112,18 @@ pub fn request(
         s,
         "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
+    s.read_to_string(&mut text)?;
+    let status: u16 = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
     let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (
+    Ok((
         status,
         serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    )
+    ))
 }
 
 #[test]
