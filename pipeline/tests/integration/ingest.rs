@@ -4,7 +4,7 @@
 //! commit. Uses the real binary and plain HTTP/1.1.
 
 use super::common::{files_under, named_by_newest, sha256_hex};
-use super::serve::{request, start};
+use super::serve::{request, start, try_request};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -565,8 +565,7 @@ fn serve_killed_at_random_points_while_posting_loses_and_doubles_nothing() {
         let poster = std::thread::spawn(move || {
             let mut answers = Vec::new();
             for (i, body) in all.iter().enumerate().skip(from) {
-                match super::serve::try_request(&addr, "POST", "/v1/events", Some("acme-key"), body)
-                {
+                match try_request(&addr, "POST", "/v1/events", Some("acme-key"), body) {
                     Ok((200, answer)) => answers.push(answer),
                     _ => return (i, answers),
                 }
@@ -604,7 +603,7 @@ fn serve_killed_at_random_points_while_posting_loses_and_doubles_nothing() {
             // Everything answered: the same requests again are all duplicates, and the
             // tables hold every distinct event once.
             for body in &requests {
-                let (status, answer) = super::serve::request(
+                let (status, answer) = request(
                     &server.addr,
                     "POST",
                     "/v1/events?wait=commit",
