@@ -7,8 +7,9 @@
 //! finds the customer's owner (the worker its fingerprint routes to, as in the job),
 //! clones that worker's `Arc` and looks the customer up: no call into the dataflow, no
 //! lock held while answering. Since a snapshot is published before the commit record of
-//! its epoch is written, an ingest request answered "accepted" (after its commit) is
-//! visible here when the client reads it.
+//! its epoch is written, an ingest request answered after its commit (`?wait=commit`) is
+//! visible here when the client reads it; one answered once journaled is visible from
+//! the next commit on.
 
 use crate::customer_sink::owner;
 use om_model::credit::BalanceRow;

@@ -115,11 +115,14 @@ enum Command {
     /// Serve the HTTP API: ingestion, live balance and entitlement checks, SQL.
     ///
     /// Runs the job in this process (no Kafka) over the data location, fed by what is
-    /// posted; it commits an epoch every --commit-interval that received anything and
-    /// resumes from its last commit when restarted on the same --data. Endpoints (every
-    /// /v1 request needs `Authorization: Bearer KEY`):
+    /// posted. Every --epoch-interval it reads what was posted, decides the verdicts and
+    /// writes the records to its journal (_journal/ in --data), then answers; every
+    /// --commit-interval it commits the tables. Restarted on the same --data it resumes
+    /// from its last commit and replays the journal since, so every answered record is
+    /// counted exactly once. Endpoints (every /v1 request needs `Authorization: Bearer KEY`):
     ///   POST /v1/events        one event or a JSON array; answers each event's verdict
-    ///                          (accepted, duplicate, late, rejected + reason) once committed
+    ///                          (accepted, duplicate, late, rejected + reason) once
+    ///                          journaled; ?wait=commit: once committed (read-your-writes)
     ///   POST /v1/commands      grants, voids, subscriptions, retractions (same answer)
     ///   GET  /v1/customers/{id}/balance                 credit balance (live state)
     ///   GET  /v1/customers/{id}/entitlements[/{feature}] entitlements (live state)

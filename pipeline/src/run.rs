@@ -9,13 +9,16 @@
 //!   partition in offset order. The job runs until stopped (SIGINT/SIGTERM, or
 //!   `until_caught_up` once every partition is read to its end), commits, and exits.
 //! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition in arrival order
-//!   (one watermark, as for a file); an epoch is `commit_interval` long (shorter once
+//!   (one watermark, as for a file); an epoch is `epoch_interval` long (shorter once
 //!   `epoch_bytes` are queued), and the workers keep stepping the dataflow while they
 //!   wait for it. Worker 0 takes the epoch's records off the queue and hands them to the
-//!   other workers; each decodes its contiguous slice, as with a file. Each request is
-//!   answered with its records' verdicts once the commit covering its epoch is written.
-//!   Like a Kafka job it checkpoints at every commit, resumes from its last commit, and
-//!   runs until stopped.
+//!   other workers; each decodes its contiguous slice, as with a file. Worker 0 writes
+//!   the epoch's records to the journal ([`crate::journal`]), and answers each request
+//!   with its records' verdicts once they are decided and journaled (or, if it asked,
+//!   once the commit covering its epoch is written). The job commits the next epoch that
+//!   read anything once `commit_interval` has passed since the last commit. Like a Kafka
+//!   job it checkpoints at every commit, resumes from its last commit (replaying the
+//!   journal's epochs since), and runs until stopped.
 //!
 //! Per epoch, each worker: decodes what it read; sends dedup probes and a status, and
 //! waits for the verdicts and statuses of the whole epoch; judges lateness
@@ -23,7 +26,8 @@
 //! window updates into the usage sink, and burns, pre-summed hourly usage and model
 //! calls ([`ViewUpdates`]) into the customer sink. Worker 0 commits an epoch once every worker's
 //! files for it are written: every `commit_every` epochs for a file, every epoch that
-//! read anything for Kafka, and the last epoch.
+//! read anything for Kafka (every `commit_every` while catching up), every
+//! `commit_interval` for HTTP, and the last epoch.
 
 use crate::checkpoint::{self, Chain, ReaderCheckpoint, ReaderDelta};
 use crate::cluster::Cluster;

@@ -4,7 +4,9 @@
 //! - `POST /v1/events`, `POST /v1/commands`: one JSON record or an array of them,
 //!   queued for the embedded job ([`Ingress`]); the answer lists each record's verdict
 //!   (accepted, duplicate, late, rejected with its reason; commands: accepted, queued,
-//!   rejected) once the commit covering them is written.
+//!   rejected) once the epoch that read them is decided and journaled
+//!   ([`crate::journal`]), or with `?wait=commit` once the commit covering them is
+//!   written (Kafka mode: always the commit).
 //! - `GET /v1/customers/{id}/balance`, `GET /v1/customers/{id}/entitlements[/{feature}]`:
 //!   the customer's `credit_balances` and `entitlements` rows as of the last commit,
 //!   from the job's live state ([`LiveViews`]), not from Parquet.
