@@ -25,7 +25,7 @@
 //! outpaces the job gets backpressure, never unbounded memory. A request whose verdicts
 //! never come (the job failed or stopped) sees its channel closed.
 
-use crate::journal::Part;
+use crate::journal::{Part, PartRef};
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,7 +140,7 @@ impl From<Part> for Batch {
             first: part.first,
             bytes: part.bytes,
             ends: part.ends,
-            tenants: part.tenants.into_iter().map(|t| t.map(Arc::from)).collect(),
+            tenants: part.tenants,
             waiters: Vec::new(),
         }
     }
@@ -189,16 +189,12 @@ impl Batch {
     }
 
     /// The records, for the journal.
-    pub fn journal_part(&self) -> Part {
-        Part {
+    pub fn journal_part(&self) -> PartRef<'_> {
+        PartRef {
             first: self.first,
-            bytes: self.bytes.clone(),
-            ends: self.ends.clone(),
-            tenants: self
-                .tenants
-                .iter()
-                .map(|t| t.as_deref().map(str::to_string))
-                .collect(),
+            bytes: &self.bytes,
+            ends: &self.ends,
+            tenants: &self.tenants,
         }
     }
 }

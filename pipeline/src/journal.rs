@@ -18,13 +18,16 @@
 
 use anyhow::Context;
 use om_sinks::DataStore;
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Where the segments are, under the data location.
 pub const DIR: &str = "_journal";
 
-/// One queue's records of an epoch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The first bytes of a segment (and its format's version).
+const MAGIC: &[u8; 4] = b"OMJ1";
+
+/// One queue's records of an epoch, as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Part {
     /// Sequence number of the first record.
     pub first: u64,
@@ -33,7 +36,7 @@ pub struct Part {
     /// End of each record in `bytes`.
     pub ends: Vec<usize>,
     /// Each record's key tenant (none: posted with an admin key).
-    pub tenants: Vec<Option<String>>,
+    pub tenants: Vec<Option<Arc<str>>>,
 }
 
 impl Part {
@@ -41,10 +44,33 @@ impl Part {
     pub fn end(&self) -> u64 {
         self.first + self.ends.len() as u64
     }
+
+    /// Borrowed, for [`encode`].
+    pub fn as_ref(&self) -> PartRef<'_> {
+        PartRef {
+            first: self.first,
+            bytes: &self.bytes,
+            ends: &self.ends,
+            tenants: &self.tenants,
+        }
+    }
+}
+
+/// One queue's records of an epoch, borrowed from the queue's batch to be written.
+#[derive(Debug, Clone, Copy)]
+pub struct PartRef<'a> {
+    /// Sequence number of the first record.
+    pub first: u64,
+    /// The records, back to back.
+    pub bytes: &'a [u8],
+    /// End of each record in `bytes`.
+    pub ends: &'a [usize],
+    /// Each record's key tenant.
+    pub tenants: &'a [Option<Arc<str>>],
 }
 
 /// One epoch's records.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Segment {
     /// The epoch's `ingested_at` (microseconds since the Unix epoch).
     pub ingested_at: i64,
@@ -59,14 +85,10 @@ impl Segment {
     pub fn path(&self) -> String {
         path_of(self.events.first, self.commands.first)
     }
-
-    /// Whether it holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.events.ends.is_empty() && self.commands.ends.is_empty()
-    }
 }
 
-fn path_of(events: u64, commands: u64) -> String {
+/// The path of the segment whose first event and first command have these numbers.
+pub fn path_of(events: u64, commands: u64) -> String {
     format!("{DIR}/{events:020}-{commands:020}.bin")
 }
 
@@ -77,15 +99,120 @@ fn starts_of(path: &str) -> Option<(u64, u64)> {
     Some((events.parse().ok()?, commands.parse().ok()?))
 }
 
-/// Writes `segment` (one object: readers see all of it or none).
-pub async fn write(store: &DataStore, segment: &Segment) -> anyhow::Result<String> {
-    let path = segment.path();
-    let bytes = bincode::serialize(segment).context("encoding a journal segment")?;
+/// A segment's path and bytes: `OMJ1`, `ingested_at`, then per part (events, commands)
+/// its first sequence number, record count, each record's length, the records, and the
+/// key tenants as runs (count, then 0 for none or 1, length and name): a request's
+/// records share one tenant, so a run per request at most. Little-endian throughout.
+pub fn encode(ingested_at: i64, events: PartRef<'_>, commands: PartRef<'_>) -> (String, Vec<u8>) {
+    let size = 32
+        + [events, commands]
+            .iter()
+            .map(|p| 24 + p.bytes.len() + 4 * p.ends.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&ingested_at.to_le_bytes());
+    for part in [events, commands] {
+        out.extend_from_slice(&part.first.to_le_bytes());
+        out.extend_from_slice(&(part.ends.len() as u64).to_le_bytes());
+        let mut start = 0;
+        for &end in part.ends {
+            out.extend_from_slice(&((end - start) as u64).to_le_bytes());
+            start = end;
+        }
+        out.extend_from_slice(&part.bytes[..start]);
+        let mut runs: Vec<(u64, Option<&str>)> = Vec::new();
+        for t in part.tenants {
+            match runs.last_mut() {
+                Some((n, last)) if *last == t.as_deref() => *n += 1,
+                _ => runs.push((1, t.as_deref())),
+            }
+        }
+        out.extend_from_slice(&(runs.len() as u64).to_le_bytes());
+        for (n, tenant) in runs {
+            out.extend_from_slice(&n.to_le_bytes());
+            match tenant {
+                None => out.push(0),
+                Some(t) => {
+                    out.push(1);
+                    out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                    out.extend_from_slice(t.as_bytes());
+                }
+            }
+        }
+    }
+    (path_of(events.first, commands.first), out)
+}
+
+/// Reads back what [`encode`] wrote; `None` if it is not a whole segment.
+pub fn decode(bytes: &[u8]) -> Option<Segment> {
+    struct Reader<'a>(&'a [u8]);
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = self.0.split_at_checked(n)?;
+            self.0 = rest;
+            Some(head)
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn len(&mut self) -> Option<usize> {
+            usize::try_from(self.u64()?).ok()
+        }
+    }
+    let mut r = Reader(bytes);
+    if r.take(4)? != MAGIC {
+        return None;
+    }
+    let ingested_at = r.u64()? as i64;
+    let mut part = || -> Option<Part> {
+        let first = r.u64()?;
+        let n = r.len()?;
+        let mut ends = Vec::with_capacity(n.min(r.0.len() / 8));
+        let mut end = 0usize;
+        for _ in 0..n {
+            end = end.checked_add(r.len()?)?;
+            ends.push(end);
+        }
+        let bytes = r.take(end)?.to_vec();
+        let mut tenants = Vec::with_capacity(n.min(r.0.len()));
+        for _ in 0..r.len()? {
+            let count = r.len()?;
+            let tenant: Option<Arc<str>> = match r.take(1)?[0] {
+                0 => None,
+                1 => {
+                    let len = r.len()?;
+                    Some(Arc::from(std::str::from_utf8(r.take(len)?).ok()?))
+                }
+                _ => return None,
+            };
+            if tenants.len() + count > n {
+                return None;
+            }
+            tenants.extend(std::iter::repeat_n(tenant, count));
+        }
+        (tenants.len() == n).then_some(Part {
+            first,
+            bytes,
+            ends,
+            tenants,
+        })
+    };
+    let events = part()?;
+    let commands = part()?;
+    r.0.is_empty().then_some(Segment {
+        ingested_at,
+        events,
+        commands,
+    })
+}
+
+/// Writes one segment (one object: readers see all of it or none).
+pub async fn write(store: &DataStore, path: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
     store
-        .put(&path, bytes)
+        .put(path, bytes)
         .await
-        .with_context(|| format!("writing the journal segment {path}"))?;
-    Ok(path)
+        .with_context(|| format!("writing the journal segment {path}"))
 }
 
 /// What a resuming job finds in the journal.
@@ -119,8 +246,11 @@ pub async fn find(store: &DataStore, events: u64, commands: u64) -> anyhow::Resu
             .await
             .with_context(|| format!("reading {path}"))?
             .with_context(|| format!("{path} vanished while the journal was read"))?;
-        let segment: Segment = bincode::deserialize(&bytes)
-            .with_context(|| format!("decoding the journal segment {path}"))?;
+        let segment = decode(&bytes).with_context(|| {
+            format!(
+                "the journal segment {path} is not a whole segment (corrupt or from another version); move it away to resume without its records"
+            )
+        })?;
         next = (segment.events.end(), segment.commands.end());
         found.chain.push(segment);
     }
@@ -136,7 +266,9 @@ mod tests {
             first,
             bytes: b"{}".repeat(n),
             ends: (1..=n).map(|i| 2 * i).collect(),
-            tenants: vec![Some("acme".into()); n],
+            tenants: (0..n)
+                .map(|i| (i % 3 != 2).then(|| Arc::from("acme")))
+                .collect(),
         };
         Segment {
             ingested_at: 7,
@@ -157,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn segments_read_back_as_written_and_a_cut_one_does_not() {
+        let mut s = segment((7, 5), (3, 2));
+        s.events.bytes = b"{\"a\":1}x{}yz{}".to_vec();
+        s.events.ends = vec![7, 8, 10, 12, 14];
+        let (_, bytes) = encode(s.ingested_at, s.events.as_ref(), s.commands.as_ref());
+        assert_eq!(decode(&bytes), Some(s));
+        for cut in [0, 4, 12, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), None);
+    }
+
+    #[test]
     fn a_resuming_job_finds_the_chain_from_its_commit_and_nothing_cut_off() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -169,7 +316,9 @@ mod tests {
         let cut_off = segment((8, 1), (5, 0));
         runtime.block_on(async {
             for s in [&covered, &first, &second, &cut_off] {
-                write(&store, s).await.unwrap();
+                let (path, bytes) = encode(s.ingested_at, s.events.as_ref(), s.commands.as_ref());
+                assert_eq!(path, s.path());
+                write(&store, &path, bytes).await.unwrap();
             }
             let found = find(&store, 3, 1).await.unwrap();
             assert_eq!(found.chain, vec![first.clone(), second.clone()]);

@@ -1944,19 +1944,23 @@ impl CommitWatch<'_> {
         &mut self,
         epoch: u64,
         taken: &ingress::EpochRecords,
-        commands: Option<journal::Part>,
+        commands: Option<journal::PartRef<'_>>,
     ) -> anyhow::Result<()> {
-        let segment = journal::Segment {
-            ingested_at: taken.ingested_at(),
-            events: taken.batch().journal_part(),
-            commands: commands.unwrap_or_default(),
-        };
-        if !segment.is_empty() {
+        let events = taken.batch().journal_part();
+        let commands = commands.unwrap_or(journal::PartRef {
+            first: 0,
+            bytes: &[],
+            ends: &[],
+            tenants: &[],
+        });
+        if !events.ends.is_empty() || !commands.ends.is_empty() {
             let path = if taken.replayed() {
-                segment.path()
+                journal::path_of(events.first, commands.first)
             } else {
+                let (path, bytes) = journal::encode(taken.ingested_at(), events, commands);
                 self.runtime
-                    .block_on(journal::write(&self.store, &segment))?
+                    .block_on(journal::write(&self.store, &path, bytes))?;
+                path
             };
             self.segments.push((epoch, path));
         }
@@ -2162,7 +2166,7 @@ enum CommandReader<'a> {
 
 impl CommandReader<'_> {
     /// HTTP: the commands the last read took, for the journal.
-    fn journal_part(&self) -> Option<journal::Part> {
+    fn journal_part(&self) -> Option<journal::PartRef<'_>> {
         match self {
             CommandReader::Http { batch, .. } => Some(batch.journal_part()),
             _ => None,
