@@ -179,10 +179,10 @@ enum Command {
         /// and requests are answered once a commit covers them.
         #[arg(long, default_value = "1s", value_parser = parse_interval)]
         commit_interval: Duration,
-        /// How often the job cuts an epoch off the in-process queue, e.g. 100ms: how
+        /// How often the job cuts an epoch off the in-process queue, e.g. 50ms: how
         /// long a posted record waits, at most, before the job reads it. Its request is
         /// answered once the epoch is decided and journaled (?wait=commit: committed).
-        #[arg(long, default_value = "100ms", value_parser = parse_interval)]
+        #[arg(long, default_value = "50ms", value_parser = parse_interval)]
         epoch_interval: Duration,
         /// Most bytes posted and waiting for the job (per queue); a request beyond it is
         /// answered 503 with Retry-After.

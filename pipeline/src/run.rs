@@ -89,7 +89,7 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default epoch length of an HTTP source (`serve`): how long a posted record waits,
 /// at most, before the job reads it. Its request is answered once the epoch's verdicts
 /// are decided and journaled ([`crate::journal`]).
-pub const DEFAULT_HTTP_EPOCH_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_HTTP_EPOCH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Default time a superseded file stays for readers of older commits: far beyond any
 /// query of ours (30 s at most in `serve`), room for slow external readers.

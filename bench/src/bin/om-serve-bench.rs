@@ -79,7 +79,7 @@ struct Args {
     commit_interval_ms: u64,
     /// The job's epoch length, in milliseconds (`serve --epoch-interval`): requests are
     /// answered once their epoch is journaled.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     epoch_interval_ms: u64,
     /// Post with `?wait=commit`: each request is answered once its commit is written
     /// (the server's behaviour before the journal).
