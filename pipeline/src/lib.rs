@@ -11,6 +11,7 @@
 //! publishes the [`live`] balances and entitlements; the committer on worker 0 then
 //! writes the epoch's commit record, and [`serve`] answers the epoch's HTTP requests.
 
+pub mod append_only;
 pub mod checkpoint;
 pub mod cluster;
 pub mod customer_sink;

@@ -29,6 +29,7 @@
 //! read anything for Kafka (every `commit_every` while catching up), every
 //! `commit_interval` for HTTP, and the last epoch.
 
+use crate::append_only::AppendOnly;
 use crate::checkpoint::{self, Chain, ReaderCheckpoint, ReaderDelta};
 use crate::cluster::Cluster;
 use crate::customer_sink::{CustomerInput, CustomerRestore, CustomerSinkConfig, customer_sink};
@@ -49,10 +50,10 @@ use om_operators::{
     BurnUpdate, DedupProbe, DedupState, Fate, NameCache, NameRecord, Order, ReadingUpdate,
     UpdateValue, Verdict, Watermarks, classify, late_reason,
 };
-use om_sinks::commit::{CommitRecord, FileEntry};
+use om_sinks::DataStore;
+use om_sinks::commit::CommitRecord;
 use om_sinks::encode::{EventColumns, EventsBuilder};
 use om_sinks::retention::Superseded;
-use om_sinks::{DataStore, FileChange};
 use om_sources::decode::{MAX_RECORD_BYTES, Rejection, Scratch, ValueRef};
 use om_sources::file::{JsonlFile, LineBuf};
 use om_sources::kafka::{KafkaUrl, MessageBuf, PartitionReader};
@@ -1026,6 +1027,7 @@ fn run_worker(
     let (mut read_since_commit, mut uncommitted_epochs) = (false, 0u64);
     let mut last_commit_decided = Instant::now();
     let mut scratch = Scratch::default();
+    let mut append_only = AppendOnly::default();
     let mut names = NameCache::default();
     let mut new_names = Vec::new();
     if let Some(live) = &opts.live {
@@ -1783,47 +1785,29 @@ fn run_worker(
         let commands_rejected = command_rejects.len() as u64;
         rejected.extend(command_rejects);
 
-        // This worker's append-only tables for the epoch, written in the background
-        // while the next is encoded.
+        // This worker's append-only tables: the epoch's rows, written at the commit
+        // (in the background while the next file is encoded).
+        let schema = "records match their schema";
+        append_only.add(
+            0,
+            events.finish(Some(&keep), ingested_at).context(schema)?,
+            accepted,
+        );
+        append_only.add(
+            1,
+            om_sinks::encode::rejected(&rejected, ingested_at, &sources).context(schema)?,
+            rejected.len(),
+        );
+        append_only.add(
+            2,
+            om_sinks::encode::late(&late, ingested_at, &sources).context(schema)?,
+            late.len(),
+        );
         let mut uploads = om_sinks::Uploads::new(runtime);
-        let mut write = |table: &str,
-                         batch: om_sinks::Result<om_sinks::encode::RecordBatch>,
-                         rows: usize|
-         -> anyhow::Result<Option<FileChange>> {
-            if rows == 0 {
-                return Ok(None);
-            }
-            let batch = batch.context("records match their schema")?;
-            let slot = format!("e{epoch:06}-w{index}");
-            let path = format!("{table}/{slot}.parquet");
-            let bytes =
-                om_sinks::parquet::encode(&batch).with_context(|| format!("encoding {path}"))?;
-            uploads.put(store, path.clone(), bytes);
-            Ok(Some(FileChange {
-                table: table.into(),
-                slot,
-                file: Some(FileEntry {
-                    path,
-                    rows: rows as u64,
-                }),
-            }))
-        };
-        let changes = [
-            write("events", events.finish(Some(&keep), ingested_at), accepted)?,
-            write(
-                "rejected_events",
-                om_sinks::encode::rejected(&rejected, ingested_at, &sources),
-                rejected.len(),
-            )?,
-            write(
-                "late_events",
-                om_sinks::encode::late(&late, ingested_at, &sources),
-                late.len(),
-            )?,
-        ];
+        let changes = append_only.write(commit, epoch, index, store, &mut uploads)?;
         uploads.finish()?;
         drop(records);
-        for c in changes.into_iter().flatten() {
+        for c in changes {
             meta_input.send(Meta::File(c));
         }
         meta_input.send(Meta::Stats {

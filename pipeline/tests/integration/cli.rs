@@ -150,12 +150,12 @@ fn bad_input_is_named() {
 }
 
 /// A worker that fails mid-run stops the whole job with the cause, instead of leaving the
-/// other worker waiting forever: worker 1 returning an error (it cannot write its first
-/// events file, because a directory sits where the file must go), and worker 1 panicking
-/// inside an operator (same for its usage partition at the final commit).
+/// other worker waiting forever: worker 1 returning an error (it cannot write its events
+/// file at the final commit, because a directory sits where the file must go), and
+/// worker 1 panicking inside an operator (same for its usage partition at that commit).
 #[test]
 fn a_failing_worker_stops_the_job_with_its_error() {
-    fails_alone("events/e000000-w1.parquet");
+    fails_alone("events/e000005-w1.parquet");
     fails_alone("usage_windows/hour/2026-10-26T04/w1-e000005.parquet");
 }
 

@@ -344,13 +344,13 @@ fn processes_started_with_different_settings_all_stop_with_an_error() {
 
 /// A worker of process 1 that fails stops process 1 with its error and process 0 with
 /// the lost connection, instead of leaving process 0 waiting for it: one returning an
-/// error (it cannot write its first events file, because a directory sits where the file
-/// must go) and one panicking inside an operator (same for its usage partition at the
+/// error (it cannot write its events file at the final commit, because a directory sits
+/// where the file must go) and one panicking inside an operator (same for its usage partition at the
 /// final commit). The obstacles are those of `cli::a_failing_worker_stops_the_job_with_its_error`.
 #[test]
 fn a_failing_worker_stops_every_process() {
     for obstacle in [
-        "events/e000000-w1.parquet",
+        "events/e000005-w1.parquet",
         "usage_windows/hour/2026-10-26T04/w1-e000005.parquet",
     ] {
         let tmp = tempfile::tempdir().unwrap();
