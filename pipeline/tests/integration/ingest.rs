@@ -4,7 +4,7 @@
 //! commit. Uses the real binary and plain HTTP/1.1.
 
 use super::common::{files_under, named_by_newest, sha256_hex};
-use super::serve::{request, start, try_request};
+use super::serve::{request, start, start_with_env, try_request};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -509,6 +509,56 @@ fn answers_come_once_journaled_and_a_crash_before_the_commit_loses_none_of_them(
     }
     let status = server.terminate();
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// The journal on an S3-compatible server: records answered before any commit survive a
+/// kill -9 and are counted once.
+#[test]
+fn the_journal_on_s3_replays_after_a_crash() {
+    let s3 = super::services::S3Server::start();
+    s3.bucket("journal");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    let data = "s3://journal/serve";
+    let env = s3.env();
+    let server = start_with_env(
+        data,
+        &config,
+        &["--commit-interval", "1h", "--workers", "2"],
+        &env,
+    );
+    let posted = json!([
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+        generation("e2", "c1", "2026-11-20T10:10:00Z", 700),
+        call("e1", "acme", "c1", "2026-11-20T10:00:00Z"),
+    ]);
+    let (status, answer) = post(&server.addr, "/v1/events", "acme-key", &posted);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["accepted", "accepted", "duplicate"]);
+    assert_eq!(answer["committed"], false, "{answer}");
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = start_with_env(
+        data,
+        &config,
+        &["--commit-interval", "50ms", "--workers", "2"],
+        &env,
+    );
+    let (status, answer) = post(&server.addr, "/v1/events?wait=commit", "acme-key", &posted);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(statuses(&answer), ["duplicate", "duplicate", "duplicate"]);
+    assert_eq!(
+        sql(
+            &server.addr,
+            "acme-key",
+            "SELECT id FROM events ORDER BY id"
+        ),
+        [json!({"id": "e1"}), json!({"id": "e2"})]
+    );
+    assert!(server.terminate().success());
 }
 
 #[test]

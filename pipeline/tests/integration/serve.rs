@@ -41,6 +41,16 @@ impl Drop for Server {
 /// run side by side in one scheduling group, and a `SCHED_IDLE` job (serve's default)
 /// would wait for every busy test around it.
 pub fn start(data: &str, config: &std::path::Path, extra: &[&str]) -> Server {
+    start_with_env(data, config, extra, &[])
+}
+
+/// [`start`] with these environment variables (e.g. an S3 server's endpoint and keys).
+pub fn start_with_env(
+    data: &str,
+    config: &std::path::Path,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Server {
     let priority: &[&str] = if extra.contains(&"--job-priority") {
         &[]
     } else {
@@ -59,6 +69,7 @@ pub fn start(data: &str, config: &std::path::Path, extra: &[&str]) -> Server {
         .arg(config)
         .args(extra)
         .args(priority)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
