@@ -553,13 +553,21 @@ fn records_of(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
     Ok(records)
 }
 
-/// An ingest request's `?wait=`: `journal` (the default) or `commit`.
-fn wait_of(query: Option<&str>) -> Result<Wait, ApiError> {
-    let named = query
+/// The value of the first `name=value` of a query string (as sent: not percent-decoded).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query
         .into_iter()
         .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("wait="));
-    match named {
+        .find_map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        })
+}
+
+/// An ingest request's `?wait=`: `journal` (the default) or `commit`.
+fn wait_of(query: Option<&str>) -> Result<Wait, ApiError> {
+    match query_param(query, "wait") {
         None | Some("journal") => Ok(Wait::Journal),
         Some("commit") => Ok(Wait::Commit),
         Some(other) => Err(ApiError::new(
@@ -749,14 +757,7 @@ fn verdicts_answer(
 
 /// The tenant of a customer read: the key's, or an admin's `?tenant_id=`.
 fn tenant_of(scope: Scope, query: Option<&str>) -> Result<String, ApiError> {
-    let named = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "tenant_id").then(|| v.to_string())
-        });
-    match (scope, named) {
+    match (scope, query_param(query, "tenant_id").map(str::to_string)) {
         (Scope::Tenant(t), None) => Ok(t),
         (Scope::Tenant(t), Some(n)) if n == t => Ok(t),
         (Scope::Tenant(t), Some(n)) => Err(ApiError::new(

@@ -234,16 +234,23 @@ fn send(
 }
 
 /// Partition -> next offset covered by the newest commit record in `data`.
+/// The path of the newest commit record in `data`.
+fn newest_record(data: &std::path::Path) -> Option<PathBuf> {
+    std::fs::read_dir(data.join("_commits"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max()
+}
+
+/// A commit record's contents.
+fn read_record(path: &std::path::Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
 fn committed(data: &std::path::Path, url: &KafkaUrl) -> Vec<u64> {
-    let newest = std::fs::read_dir(data.join("_commits")).ok().and_then(|d| {
-        d.filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .max()
-    });
-    let record: Option<serde_json::Value> = newest
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let record = newest_record(data).and_then(|p| read_record(&p));
     (0..4)
         .map(|p| {
             record
@@ -257,23 +264,17 @@ fn committed(data: &std::path::Path, url: &KafkaUrl) -> Vec<u64> {
 /// The newest commit record in `data`, if it is not `seen`: its path and the events it
 /// accounts for (accepted, rejected and late).
 fn newest_commit(data: &std::path::Path, seen: Option<&PathBuf>) -> Option<(PathBuf, u64)> {
-    let newest = std::fs::read_dir(data.join("_commits"))
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .max()?;
-    if seen == Some(&newest) {
+    let path = newest_record(data)?;
+    if seen == Some(&path) {
         return None;
     }
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&newest).ok()?).ok()?;
+    let record = read_record(&path)?;
     let counts = &record["counts"];
     let accounted = ["accepted", "rejected", "late"]
         .iter()
         .map(|k| counts[k].as_u64().unwrap_or(0))
         .sum();
-    Some((newest, accounted))
+    Some((path, accounted))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
