@@ -649,44 +649,51 @@ fn serve_killed_at_random_points_while_posting_loses_and_doubles_nothing() {
             }
         }
         next = stopped_at;
-        if next == requests.len() {
-            // Everything answered: the same requests again are all duplicates, and the
-            // tables hold every distinct event once.
-            for body in &requests {
-                let (status, answer) = request(
-                    &server.addr,
-                    "POST",
-                    "/v1/events?wait=commit",
-                    Some("acme-key"),
-                    body,
-                );
-                assert_eq!(status, 200, "{answer}");
-                assert_eq!(answer["accepted"], 0, "seed {seed}: {answer}");
-            }
-            let counts = sql(
-                &server.addr,
-                "acme-key",
-                "SELECT count(*) AS n, count(DISTINCT id) AS d FROM events",
-            );
-            assert_eq!(
-                counts,
-                [json!({"n": distinct, "d": distinct})],
-                "seed {seed}, {kills} kills"
-            );
-            let tokens = sql(
-                &server.addr,
-                "acme-key",
-                "SELECT CAST(sum(value) AS VARCHAR) AS v, sum(events) AS n FROM usage_windows \
-                 WHERE meter = 'tokens' AND window_size = 'month'",
-            );
-            assert_eq!(
-                tokens,
-                [json!({"v": format!("{}.000000000", distinct * 10), "n": distinct})],
-                "seed {seed}"
-            );
-            assert!(server.terminate().success());
-        }
+        // The server, killed or not, is killed now (dropped): the runs after the third
+        // kill end like the others, with epochs journaled and maybe not committed.
+        drop(server);
     }
+    // Everything answered; a last restart replays what the last run journaled. The same
+    // requests again are all duplicates, and the tables hold every distinct event once.
+    let server = start(data, &config, &args);
+    let everything: Vec<Value> = requests
+        .iter()
+        .flat_map(|r| serde_json::from_str::<Vec<Value>>(r).unwrap())
+        .collect();
+    let (status, answer) = post(
+        &server.addr,
+        "/v1/events?wait=commit",
+        "acme-key",
+        &Value::Array(everything),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (&answer["accepted"], &answer["duplicate"]),
+        (&json!(0), &json!(80 * 25)),
+        "seed {seed}"
+    );
+    let counts = sql(
+        &server.addr,
+        "acme-key",
+        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM events",
+    );
+    assert_eq!(
+        counts,
+        [json!({"n": distinct, "d": distinct})],
+        "seed {seed}, {kills} kills"
+    );
+    let tokens = sql(
+        &server.addr,
+        "acme-key",
+        "SELECT CAST(sum(value) AS VARCHAR) AS v, sum(events) AS n FROM usage_windows \
+         WHERE meter = 'tokens' AND window_size = 'month'",
+    );
+    assert_eq!(
+        tokens,
+        [json!({"v": format!("{}.000000000", distinct * 10), "n": distinct})],
+        "seed {seed}"
+    );
+    assert!(server.terminate().success());
     assert!(
         journaled > 0,
         "seed {seed}: no kill found an epoch journaled and not committed; the test does not exercise the replay"
