@@ -57,6 +57,10 @@ struct Args {
     /// The throughput run's largest epoch, in payload bytes (the job's `--epoch-bytes`).
     #[arg(long, default_value_t = openmonetize::run::DEFAULT_EPOCH_BYTES)]
     throughput_epoch_bytes: u64,
+    /// The throughput run's epochs per commit while it catches up (the job's
+    /// `--commit-every`).
+    #[arg(long, default_value_t = openmonetize::run::DEFAULT_COMMIT_EVERY)]
+    throughput_commit_every: u64,
     /// Events per second the freshness producer sends.
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
@@ -318,6 +322,7 @@ fn main() -> anyhow::Result<()> {
         until_caught_up: true,
         commit_interval: Duration::from_millis(args.throughput_commit_interval_ms),
         epoch_bytes: args.throughput_epoch_bytes,
+        commit_every: args.throughput_commit_every,
         progress: false,
         ..RunOptions::new(
             config.clone(),
