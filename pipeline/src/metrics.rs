@@ -23,6 +23,8 @@ struct State {
     latency_count: u64,
     latency_sum: f64,
     http: BTreeMap<(&'static str, u16), u64>,
+    /// `serve`: epochs in the ingest journal that no commit covers yet.
+    journaled: Option<usize>,
 }
 
 /// The job's and the server's counters.
@@ -85,6 +87,11 @@ impl JobMetrics {
     /// The epoch of the last commit.
     pub fn epoch(&self) -> Option<u64> {
         self.lock().commit.as_ref().map(|c| c.epoch)
+    }
+
+    /// `serve`: `epochs` journaled (and answered) epochs wait for a commit.
+    pub fn journaled(&self, epochs: usize) {
+        self.lock().journaled = Some(epochs);
     }
 
     /// Counts one HTTP request.
@@ -169,6 +176,12 @@ impl JobMetrics {
                 let now = chrono::Utc::now().timestamp_micros();
                 format!("{:.3}", (now - w) as f64 / 1e6)
             }),
+        );
+        gauge(
+            &mut out,
+            "om_journal_epochs",
+            "Epochs in the ingest journal (answered, durable) that no commit covers yet.",
+            s.journaled.map(|n| n.to_string()),
         );
         let _ = write!(
             out,

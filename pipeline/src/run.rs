@@ -1947,6 +1947,9 @@ impl CommitWatch<'_> {
                 path
             };
             self.segments.push((epoch, path));
+            if let Some(metrics) = self.metrics {
+                metrics.journaled(self.segments.len());
+            }
         }
         self.journaled = Some(epoch);
         Ok(())
@@ -1990,6 +1993,9 @@ impl CommitWatch<'_> {
             .into_iter()
             .partition(|(e, _)| *e <= commit.epoch);
         self.segments = after;
+        if let (Some(metrics), false) = (self.metrics, covered.is_empty()) {
+            metrics.journaled(self.segments.len());
+        }
         if !covered.is_empty() {
             let store = self.store.clone();
             let paths = covered.into_iter().map(|(_, p)| p).collect();

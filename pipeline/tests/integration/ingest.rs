@@ -453,6 +453,13 @@ fn answers_come_once_journaled_and_a_crash_before_the_commit_loses_none_of_them(
         files.iter().any(|f| f.starts_with("_journal/")),
         "the answered records should be journaled: {files:?}"
     );
+    let pending = metrics(&addr)
+        .lines()
+        .find_map(|l| l.strip_prefix("om_journal_epochs ")?.parse::<u64>().ok());
+    assert!(
+        pending.is_some_and(|n| n >= 2),
+        "two answered epochs wait for a commit: {pending:?}"
+    );
 
     // Killed before any commit: the restart replays the journal, with the verdicts
     // given before.
