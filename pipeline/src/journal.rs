@@ -46,7 +46,8 @@ impl Part {
     }
 
     /// Borrowed, for [`encode`].
-    pub fn as_ref(&self) -> PartRef<'_> {
+    #[cfg(test)]
+    fn as_ref(&self) -> PartRef<'_> {
         PartRef {
             first: self.first,
             bytes: &self.bytes,
@@ -56,8 +57,9 @@ impl Part {
     }
 }
 
-/// One queue's records of an epoch, borrowed from the queue's batch to be written.
-#[derive(Debug, Clone, Copy)]
+/// One queue's records of an epoch, borrowed from the queue's batch to be written
+/// (default: none, numbered 0).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PartRef<'a> {
     /// Sequence number of the first record.
     pub first: u64,
@@ -80,9 +82,10 @@ pub struct Segment {
     pub commands: Part,
 }
 
+#[cfg(test)]
 impl Segment {
     /// Its path: by the sequence numbers of its first event and first command.
-    pub fn path(&self) -> String {
+    fn path(&self) -> String {
         path_of(self.events.first, self.commands.first)
     }
 }

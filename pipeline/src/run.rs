@@ -1931,12 +1931,7 @@ impl CommitWatch<'_> {
         commands: Option<journal::PartRef<'_>>,
     ) -> anyhow::Result<()> {
         let events = taken.batch().journal_part();
-        let commands = commands.unwrap_or(journal::PartRef {
-            first: 0,
-            bytes: &[],
-            ends: &[],
-            tenants: &[],
-        });
+        let commands = commands.unwrap_or_default();
         if !events.ends.is_empty() || !commands.ends.is_empty() {
             let path = if taken.replayed() {
                 journal::path_of(events.first, commands.first)
