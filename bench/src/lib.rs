@@ -40,6 +40,29 @@ pub fn workload_config(workload: &str) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// CPU time (user + system) process `pid` (or `"self"`) has used so far, in seconds:
+/// fields 14 and 15 of `/proc/{pid}/stat`, in clock ticks of 1/100 s (Linux's fixed
+/// `USER_HZ`).
+pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path} has no `)`"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .with_context(|| format!("{path} is too short"))?
+            .parse::<u64>()? as f64)
+    };
+    // After the name, field 3 (state) is at index 0, so field n is at n - 3.
+    Ok((ticks(14 - 3)? + ticks(15 - 3)?) / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@
 //! worker resume what 1 process of 2 workers saved, and back) and the same meters and
 //! pipeline settings (`config_digest`).
 
+use crate::packed::Packed;
 use anyhow::{Context, bail};
 use om_model::Config;
 use om_operators::{DedupChange, DedupState, Names, UsageData, Watermarks};
@@ -57,8 +58,8 @@ pub struct ReaderCheckpoint {
 /// What changed on the reader side of one worker in the epochs of one commit.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ReaderDelta {
-    /// Dedup keys added and swept, in order.
-    pub dedup: Vec<DedupChange>,
+    /// Dedup keys added and swept, in order (packed: [`crate::packed`]).
+    pub dedup: Packed<DedupChange>,
     /// The watermarks now.
     pub watermarks: Watermarks,
     /// Grants accepted since the previous commit.
@@ -70,7 +71,7 @@ pub struct ReaderDelta {
 impl ReaderCheckpoint {
     /// Applies the deltas of the commits after this base, in order.
     pub fn apply(&mut self, delta: ReaderDelta) {
-        self.dedup.replay(&delta.dedup);
+        self.dedup.replay(&delta.dedup.0);
         self.watermarks = delta.watermarks;
         self.grants.extend(delta.grants);
         self.retractions = delta.retractions;
@@ -105,6 +106,8 @@ pub struct Chain {
     worker: usize,
     /// Bytes of the base; none yet.
     base_bytes: Option<usize>,
+    /// Items (keys, windows) the state held at the base, when the part counts them.
+    base_items: Option<usize>,
     /// Bytes of the deltas since the base.
     delta_bytes: usize,
     /// Slots of the deltas since the base.
@@ -118,34 +121,52 @@ impl Chain {
             part,
             worker,
             base_bytes: None,
+            base_items: None,
             delta_bytes: 0,
             deltas: Vec::new(),
         }
     }
 
     /// Whether the next save writes a whole base: none yet, or the deltas since the base
-    /// weigh as much as it, or there are [`MAX_DELTAS`] of them.
-    pub fn wants_base(&self) -> bool {
-        self.base_bytes
-            .is_none_or(|b| self.delta_bytes >= b || self.deltas.len() >= MAX_DELTAS)
+    /// weigh as much as the state would now, or there are [`MAX_DELTAS`] of them.
+    ///
+    /// `items` is the state's size now in the part's own unit (dedup keys, windows), if it
+    /// counts one: the state's bytes are then estimated as the base's bytes scaled by how
+    /// the items grew since. A growing state (a job catching up, a new job) then writes
+    /// deltas instead of rewriting an ever larger base at every other commit, and a
+    /// restore still reads at most about twice the state. Without a count the deltas are
+    /// weighed against the base itself.
+    pub fn wants_base(&self, items: Option<usize>) -> bool {
+        let Some(base_bytes) = self.base_bytes else {
+            return true;
+        };
+        let state_bytes = match (items, self.base_items) {
+            (Some(now), Some(then)) if then > 0 => {
+                (base_bytes as u128 * now as u128 / then as u128).max(base_bytes as u128)
+            }
+            _ => base_bytes as u128,
+        };
+        self.delta_bytes as u128 >= state_bytes || self.deltas.len() >= MAX_DELTAS
     }
 
-    /// Saves for `epoch`: the whole state `base` when [`Chain::wants_base`], else the
-    /// encoded `delta` (the changes since the previous save). Returns the manifest
-    /// changes (a new base also removes the deltas it replaces).
+    /// Saves for `epoch`: the whole state `base` (of `items`, as for
+    /// [`Chain::wants_base`]) when [`Chain::wants_base`], else the encoded `delta` (the
+    /// changes since the previous save). Returns the manifest changes (a new base also
+    /// removes the deltas it replaces).
     pub fn save<B: serde::Serialize>(
         &mut self,
         store: &DataStore,
         runtime: &tokio::runtime::Handle,
         epoch: u64,
-        base: &B,
+        (base, items): (&B, Option<usize>),
         delta: Vec<u8>,
     ) -> anyhow::Result<Vec<FileChange>> {
         let base_slot = base_slot(self.part, self.worker);
         let mut changes = Vec::new();
-        let (slot, path, bytes) = if self.wants_base() {
+        let (slot, path, bytes) = if self.wants_base(items) {
             let bytes = bincode::serialize(base).context("encoding a checkpoint")?;
             self.base_bytes = Some(bytes.len());
+            self.base_items = items;
             self.delta_bytes = 0;
             changes.extend(self.deltas.drain(..).map(|slot| FileChange {
                 table: TABLE.into(),
@@ -296,7 +317,7 @@ pub fn config_digest(config: &Config) -> String {
     // afresh at every commit.
     // FORMAT changes whenever the layout of saved state does, so that a checkpoint of
     // another layout is refused instead of misread.
-    const FORMAT: u32 = 4;
+    const FORMAT: u32 = 5;
     let text = format!(
         "{FORMAT}{:?}{:?}{:?}{:?}{:?}{:?}",
         config.meters,
@@ -357,13 +378,13 @@ mod tests {
         let mut record = CommitRecord::default();
         let mut chain = Chain::new("usage", 1);
         let base = vec![7u8; 100];
-        let mut save = |chain: &mut Chain, epoch: u64, delta_len: usize| {
+        let mut save = |chain: &mut Chain, epoch: u64, delta_len: usize, items: Option<usize>| {
             let changes = chain
                 .save(
                     &store,
                     runtime.handle(),
                     epoch,
-                    &base,
+                    (&base, items),
                     vec![epoch as u8; delta_len],
                 )
                 .unwrap();
@@ -375,27 +396,74 @@ mod tests {
             (slots, loaded.deltas)
         };
         // The first save is a base (108 bytes encoded: a length and 100 bytes).
-        let (slots, deltas) = save(&mut chain, 1, 40);
+        let (slots, deltas) = save(&mut chain, 1, 40, None);
         assert_eq!(slots, ["usage-w1"]);
         assert!(deltas.is_empty());
         // Then deltas, in epoch order (epoch 1000000 sorts after 999999)...
-        save(&mut chain, 999_999, 40);
-        let (slots, deltas) = save(&mut chain, 1_000_000, 40);
+        save(&mut chain, 999_999, 40, None);
+        let (slots, deltas) = save(&mut chain, 1_000_000, 40, None);
         assert_eq!(slots, ["usage-w1", "usage-w1-d1000000", "usage-w1-d999999"]);
         assert_eq!(
             deltas,
             [vec![999_999u32 as u8; 40], vec![1_000_000u32 as u8; 40]]
         );
         // ...until they weigh as much as the base (3 x 40 >= 108): then a new base, alone.
-        let (slots, _) = save(&mut chain, 1_000_001, 40);
+        let (slots, _) = save(&mut chain, 1_000_001, 40, None);
         assert_eq!(slots.len(), 4);
-        let (slots, deltas) = save(&mut chain, 1_000_002, 40);
+        let (slots, deltas) = save(&mut chain, 1_000_002, 40, None);
         assert_eq!(slots, ["usage-w1"]);
         assert!(deltas.is_empty());
         assert_eq!(
             record.tables[TABLE]["usage-w1"].path,
             "_checkpoints/usage-w1-e1000002.bin"
         );
+    }
+
+    #[test]
+    fn a_growing_state_writes_deltas_until_they_outweigh_the_state_now() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = DataStore::open("memory://chain-growth-test").unwrap();
+        let mut chain = Chain::new("reader", 0);
+        let base = vec![7u8; 100];
+        let mut save = |epoch: u64, items: usize| {
+            let changes = chain
+                .save(
+                    &store,
+                    runtime.handle(),
+                    epoch,
+                    (&base, Some(items)),
+                    vec![0; 40],
+                )
+                .unwrap();
+            changes
+                .iter()
+                .find(|c| c.file.is_some())
+                .map(|c| c.slot.clone())
+                .unwrap()
+        };
+        // A base of 108 bytes at 10 items; the state then grows by 10 items a commit.
+        assert_eq!(save(1, 10), "reader-w0");
+        // At 40 items the state would weigh ~432 bytes: deltas go on past 108 bytes...
+        for epoch in 2..=11 {
+            assert_eq!(
+                save(epoch, 10 * epoch as usize),
+                format!("reader-w0-d{epoch:06}")
+            );
+        }
+        // ...and once it stops growing (110 items, ~1188 bytes), until the deltas weigh
+        // as much: 30 deltas of 40 bytes (epochs 2 to 31) make 1200.
+        for epoch in 12..=31 {
+            assert_eq!(save(epoch, 110), format!("reader-w0-d{epoch:06}"));
+        }
+        assert_eq!(save(32, 110), "reader-w0");
+        // A state that shrank below its base is weighed as the base (108 bytes).
+        for epoch in 33..=35 {
+            assert_eq!(save(epoch, 5), format!("reader-w0-d{epoch:06}"));
+        }
+        assert_eq!(save(36, 5), "reader-w0");
     }
 
     #[test]

@@ -294,7 +294,7 @@ pub fn customer_sink<'s>(
                     if cfg.checkpoints {
                         changes.extend(
                             chain
-                                .save(&cfg.store, &cfg.runtime, t, &views, log.take())
+                                .save(&cfg.store, &cfg.runtime, t, (&views, None), log.take())
                                 .unwrap_or_else(|e| panic!("{e:#}")),
                         );
                     }

@@ -2,6 +2,7 @@
 //! into commit records.
 
 use crate::checkpoint::{self, Chain, EpochLog, UsageCheckpoint};
+use crate::packed::{Packed, PackedRef};
 use om_model::{Aggregation, Micros, WindowSize};
 use om_operators::windowed_usage::partition_path;
 use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
@@ -148,8 +149,8 @@ pub enum UsageEntry {
     Epoch {
         /// Names, registered first.
         names: Vec<NameRecord>,
-        /// Reading updates, applied in this order.
-        updates: Vec<ReadingUpdate>,
+        /// Reading updates, applied in this order (packed: [`crate::packed`]).
+        updates: Packed<ReadingUpdate>,
     },
     /// A commit, at this watermark.
     Commit {
@@ -163,7 +164,7 @@ pub enum UsageEntry {
 enum UsageEntryRef<'a> {
     Epoch {
         names: &'a [NameRecord],
-        updates: &'a [ReadingUpdate],
+        updates: PackedRef<'a, ReadingUpdate>,
     },
     Commit {
         watermark: Option<Micros>,
@@ -208,7 +209,7 @@ pub fn usage_sink<'s>(
                         for n in names {
                             known.register(n).unwrap_or_else(|e| panic!("{e}"));
                         }
-                        for u in &updates {
+                        for u in &updates.0 {
                             state.apply(u);
                         }
                     }
@@ -236,7 +237,7 @@ pub fn usage_sink<'s>(
                     if cfg.checkpoints {
                         log.push(&UsageEntryRef::Epoch {
                             names: &names,
-                            updates: &updates,
+                            updates: PackedRef(&updates),
                         });
                     }
                     for n in names {
@@ -287,7 +288,13 @@ pub fn usage_sink<'s>(
                     };
                     changes.extend(
                         chain
-                            .save(&cfg.store, &cfg.runtime, t, &saved, log.take())
+                            .save(
+                                &cfg.store,
+                                &cfg.runtime,
+                                t,
+                                (&saved, Some(state.len())),
+                                log.take(),
+                            )
                             .unwrap_or_else(|e| panic!("{e:#}")),
                     );
                 }

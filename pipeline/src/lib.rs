@@ -23,6 +23,7 @@ pub mod journal;
 pub mod kafka_ingest;
 pub mod live;
 pub mod metrics;
+pub mod packed;
 pub mod pg;
 pub mod priority;
 pub mod retract;

@@ -1617,19 +1617,25 @@ fn run_worker(
             // next epoch's probes are not sent yet.
             let mut dedup = dedup_state.borrow_mut();
             let delta = ReaderDelta {
-                dedup: dedup.take_journal(),
+                dedup: crate::packed::Packed(dedup.take_journal()),
                 watermarks: watermarks.clone(),
                 grants: std::mem::take(&mut grants_new),
                 retractions: retractions.clone(),
             };
-            let delta = bincode::serialize(&delta).context("encoding a checkpoint")?;
+            // A commit that writes a whole base drops the delta: not encoded then.
+            let items = Some(dedup.len());
+            let delta = if reader_chain.wants_base(items) {
+                Vec::new()
+            } else {
+                bincode::serialize(&delta).context("encoding a checkpoint")?
+            };
             let base = ReaderCheckpointRef {
                 dedup: &dedup,
                 watermarks: &watermarks,
                 grants: &grants_seen,
                 retractions: &retractions,
             };
-            for change in reader_chain.save(store, runtime, epoch, &base, delta)? {
+            for change in reader_chain.save(store, runtime, epoch, (&base, items), delta)? {
                 meta_input.send(Meta::File(change));
             }
         }

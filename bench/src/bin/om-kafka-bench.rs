@@ -316,6 +316,12 @@ fn main() -> anyhow::Result<()> {
     )?;
     let produce_secs = started.elapsed().as_secs_f64();
     let data = args.dir.join("throughput-tables");
+    // The producer is done: from here the process's CPU is the job's.
+    let broker_pid = tansu.child.id().to_string();
+    let cpu_before = (
+        om_bench::cpu_seconds("self")?,
+        om_bench::cpu_seconds(&broker_pid)?,
+    );
     let started = Instant::now();
     let opts = RunOptions {
         workers: args.workers,
@@ -347,6 +353,8 @@ fn main() -> anyhow::Result<()> {
     }
     let summary = job.join().expect("the job thread panicked")?;
     let secs = started.elapsed().as_secs_f64();
+    let job_cpu = om_bench::cpu_seconds("self")? - cpu_before.0;
+    let broker_cpu = om_bench::cpu_seconds(&broker_pid)? - cpu_before.1;
     let c = &summary.commit.counts;
     let read = c.accepted + c.rejected + c.late;
     if read != args.events {
@@ -359,6 +367,12 @@ fn main() -> anyhow::Result<()> {
         args.throughput_commit_interval_ms,
         args.events as f64 / produce_secs,
         args.events as f64 / secs
+    );
+    println!(
+        "throughput cpu: job {job_cpu:.1} s ({:.2} us/event), broker {broker_cpu:.1} s ({:.2} us/event), of {:.1} core-s",
+        job_cpu * 1e6 / args.events as f64,
+        broker_cpu * 1e6 / args.events as f64,
+        secs * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
     );
     // When the tables first showed every event (the job then commits once more and
     // stops), and the rate between its first commit and that one: the catch-up's

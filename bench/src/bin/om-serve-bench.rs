@@ -187,9 +187,9 @@ fn main() -> anyhow::Result<()> {
             commands.len(),
             args.connections
         );
-        let cpu_before = process_cpu_seconds()?;
+        let cpu_before = om_bench::cpu_seconds("self")?;
         let ingested = ingest(addr, path, &bodies, args.connections, None).await?;
-        let cpu = process_cpu_seconds()? - cpu_before;
+        let cpu = om_bench::cpu_seconds("self")? - cpu_before;
         println!(
             "ingest: {} events in {} requests of {} over {} connections: {:.2} s, {:.0} events/s, {:.1} CPU-s ({:.2} cores, {:.1} us per event); request latency p50 {:.1} ms, p99 {:.1} ms (verdicts: {} accepted, {} duplicate, {} rejected, {} late)",
             ingested.events,
@@ -709,24 +709,4 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-/// CPU time (user + system) this process has used so far, in seconds: fields 14 and 15
-/// of `/proc/self/stat`, in clock ticks of 1/100 s (Linux's fixed `USER_HZ`).
-fn process_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = stat
-        .rsplit_once(')')
-        .context("/proc/self/stat has no `)`")?
-        .1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("/proc/self/stat is too short")?
-            .parse::<u64>()? as f64)
-    };
-    // After the name, field 3 (state) is at index 0, so field n is at n - 3.
-    Ok((ticks(14 - 3)? + ticks(15 - 3)?) / 100.0)
 }
