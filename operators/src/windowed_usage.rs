@@ -67,8 +67,10 @@ pub enum WindowState {
     },
     /// min, max: value -> multiplicity.
     Extremes(BTreeMap<Decimal9, i64>),
-    /// unique_count: value fingerprint -> multiplicity, and the number of events.
-    Distinct(FxHashMap<u128, i64>, i64),
+    /// unique_count: value fingerprint -> multiplicity, and the number of events. Boxed,
+    /// so that a window of the common additive kind takes 32 bytes instead of 48: the
+    /// window tables are the largest state, and their lookups mostly cache misses.
+    Distinct(Box<FxHashMap<u128, i64>>, i64),
     /// latest: (timestamp, id) -> (value, multiplicity).
     Latest(BTreeMap<(Micros, Box<str>), (Decimal9, i64)>),
 }
@@ -81,7 +83,7 @@ impl WindowState {
                 count: 0,
             },
             Aggregation::Min | Aggregation::Max => WindowState::Extremes(BTreeMap::new()),
-            Aggregation::UniqueCount => WindowState::Distinct(FxHashMap::default(), 0),
+            Aggregation::UniqueCount => WindowState::Distinct(Box::default(), 0),
             Aggregation::Latest => WindowState::Latest(BTreeMap::new()),
         }
     }
@@ -421,6 +423,11 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_window_state_fits_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<WindowState>(), 32);
     }
 
     #[test]
