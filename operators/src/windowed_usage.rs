@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_window_state_fits_half_a_cache_line() {
-        assert_eq!(std::mem::size_of::<WindowState>(), 32);
+        assert_eq!(size_of::<WindowState>(), 32);
     }
 
     #[test]
