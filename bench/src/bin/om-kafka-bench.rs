@@ -67,6 +67,13 @@ struct Args {
     /// Seconds the freshness producer runs.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Event time of the freshness producer's first event (RFC 3339). The default, the
+    /// generator's, is midnight of a month's first day: the events the generator delivers
+    /// minutes to hours late then land in the previous hour, day and month, so every
+    /// commit rewrites those partitions as well as the current ones. `2026-11-15T12:30:00Z`
+    /// is mid-hour, mid-month: only the current partitions change.
+    #[arg(long)]
+    start_at: Option<String>,
     /// Seconds of event time the freshness producer's events span. Without it they span
     /// `--seconds`: live traffic's shape, event time keeping pace with the clock, so a
     /// commit rewrites the current hour, day and month. `604800` (a week, the throughput
@@ -419,7 +426,12 @@ fn main() -> anyhow::Result<()> {
     let sender = {
         let (p, url) = (Arc::clone(&p), url.clone());
         let span = args.span_seconds.unwrap_or(args.seconds).max(1) as i64 * 1_000_000;
-        let mut generator = Generator::new(gen_opts(total, 7, span));
+        let mut opts = gen_opts(total, 7, span);
+        if let Some(start) = &args.start_at {
+            opts.start = om_model::time::parse_rfc3339(start)
+                .with_context(|| format!("--start-at {start}: not an RFC 3339 time"))?;
+        }
+        let mut generator = Generator::new(opts);
         let rate = args.rate;
         std::thread::spawn(move || send(&p, &url, &mut generator, total, Some(rate)))
     };
@@ -461,9 +473,12 @@ fn main() -> anyhow::Result<()> {
     job.join().expect("job thread").context("the live job")?;
     latencies.sort_by(f64::total_cmp);
     println!(
-        "freshness: {total} events at {}/s spanning {} s of event time, commit interval 1 s: p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        "freshness: {total} events at {}/s spanning {} s of event time from {}, commit interval 1 s: p50 {:.3} s, p99 {:.3} s, max {:.3} s",
         args.rate,
         args.span_seconds.unwrap_or(args.seconds),
+        args.start_at
+            .clone()
+            .unwrap_or_else(|| om_model::time::format_micros(GenOptions::default().start)),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
