@@ -127,6 +127,12 @@ impl Chain {
         }
     }
 
+    /// Records the items the loaded base holds (as for [`Chain::wants_base`]), so that a
+    /// restarted job weighs its deltas against its state as the job before it did.
+    pub fn count_base(&mut self, items: usize) {
+        self.base_items = Some(items);
+    }
+
     /// Whether the next save writes a whole base: none yet, or the deltas since the base
     /// weigh as much as the state would now, or there are [`MAX_DELTAS`] of them.
     ///
@@ -464,6 +470,40 @@ mod tests {
             assert_eq!(save(epoch, 5), format!("reader-w0-d{epoch:06}"));
         }
         assert_eq!(save(36, 5), "reader-w0");
+    }
+
+    #[test]
+    fn a_loaded_chain_weighs_its_deltas_against_the_state_once_its_base_is_counted() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = DataStore::open("memory://chain-load-test").unwrap();
+        let mut record = CommitRecord::default();
+        let mut chain = Chain::new("reader", 0);
+        let base = vec![7u8; 100];
+        for (epoch, items) in [(1, 10), (2, 20), (3, 30)] {
+            let changes = chain
+                .save(
+                    &store,
+                    runtime.handle(),
+                    epoch,
+                    (&base, Some(items)),
+                    vec![0; 60],
+                )
+                .unwrap();
+            record.apply(changes);
+        }
+        // Two deltas of 60 bytes against a base of 108 bytes at 10 items.
+        let loaded: Restored<Vec<u8>> =
+            load(&store, runtime.handle(), &record, "reader", 0).unwrap();
+        assert_eq!(loaded.deltas.len(), 2);
+        let mut chain = loaded.chain;
+        // Uncounted, 120 bytes of deltas outweigh the base...
+        assert!(chain.wants_base(Some(30)));
+        // ...counted, not the ~324 bytes the state at 30 items would weigh.
+        chain.count_base(10);
+        assert!(!chain.wants_base(Some(30)));
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub fn usage_sink<'s>(
         if let Some(saved) = cfg.restore.take() {
             state.restore(saved.base.usage);
             known = saved.base.names;
+            chain = saved.chain;
+            chain.count_base(state.len());
             // The commits after the base, replayed as they ran (their files exist).
             for entry in saved.log {
                 match entry {
@@ -216,7 +218,6 @@ pub fn usage_sink<'s>(
                     UsageEntry::Commit { watermark } => drop(state.take_partitions(watermark)),
                 }
             }
-            chain = saved.chain;
         }
         let mut pending: BTreeMap<u64, (Vec<ReadingUpdate>, Vec<NameRecord>)> = BTreeMap::new();
         let mut schedule = EpochSchedule::default();

@@ -172,22 +172,18 @@ impl Pack for ReadingUpdate {
             } else {
                 1
             };
-            let prev = out.last();
-            let customer = match prev {
-                Some(p) if flags & SAME_CUSTOMER != 0 => p.customer,
-                None if flags & SAME_CUSTOMER != 0 => {
-                    return Err(PackError::UnknownTag { tag: flags, at });
+            // A fingerprint follows unless it repeats the previous update's (the first
+            // update has none to repeat).
+            let mut fingerprint = |same: u8, of: fn(&ReadingUpdate) -> u64| {
+                if flags & same == 0 {
+                    return Ok(u64::from_le_bytes(r.array()?));
                 }
-                _ => u64::from_le_bytes(r.array()?),
+                out.last()
+                    .map(of)
+                    .ok_or(PackError::UnknownTag { tag: flags, at })
             };
-            let prev = out.last();
-            let dimensions = match prev {
-                Some(p) if flags & SAME_DIMENSIONS != 0 => p.dimensions,
-                None if flags & SAME_DIMENSIONS != 0 => {
-                    return Err(PackError::UnknownTag { tag: flags, at });
-                }
-                _ => u64::from_le_bytes(r.array()?),
-            };
+            let customer = fingerprint(SAME_CUSTOMER, |p| p.customer)?;
+            let dimensions = fingerprint(SAME_DIMENSIONS, |p| p.dimensions)?;
             let meter_at = r.at;
             let meter = u16::try_from(r.varint()?).map_err(|_| PackError::Overlong(meter_at))?;
             let timestamp = prev_ts.wrapping_add(r.signed_i64()?);

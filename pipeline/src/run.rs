@@ -883,6 +883,8 @@ fn run_worker(
             let reader =
                 checkpoint::load::<ReaderCheckpoint>(store, runtime, commit, "reader", index)?;
             let mut state = reader.base;
+            let mut chain = reader.chain;
+            chain.count_base(state.dedup.len());
             for delta in &reader.deltas {
                 state.apply(checkpoint::decode::<ReaderDelta>(delta)?);
             }
@@ -893,7 +895,7 @@ fn run_worker(
                 state.watermarks,
                 state.grants,
                 state.retractions,
-                reader.chain,
+                chain,
                 Some(UsageRestore::decode(usage)?),
                 Some(CustomerRestore::decode(customers)?),
             )
