@@ -374,13 +374,18 @@ pub fn check_resumable(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_chain_appends_deltas_until_they_outweigh_the_base_then_starts_over() {
+    /// A runtime and an in-memory store at `url`.
+    fn memory_store(url: &str) -> (tokio::runtime::Runtime, DataStore) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let store = DataStore::open("memory://chain-test").unwrap();
+        (runtime, DataStore::open(url).unwrap())
+    }
+
+    #[test]
+    fn a_chain_appends_deltas_until_they_outweigh_the_base_then_starts_over() {
+        let (runtime, store) = memory_store("memory://chain-test");
         let mut record = CommitRecord::default();
         let mut chain = Chain::new("usage", 1);
         let base = vec![7u8; 100];
@@ -427,11 +432,7 @@ mod tests {
 
     #[test]
     fn a_growing_state_writes_deltas_until_they_outweigh_the_state_now() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let store = DataStore::open("memory://chain-growth-test").unwrap();
+        let (runtime, store) = memory_store("memory://chain-growth-test");
         let mut chain = Chain::new("reader", 0);
         let base = vec![7u8; 100];
         let mut save = |epoch: u64, items: usize| {
@@ -474,11 +475,7 @@ mod tests {
 
     #[test]
     fn a_loaded_chain_weighs_its_deltas_against_the_state_once_its_base_is_counted() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let store = DataStore::open("memory://chain-load-test").unwrap();
+        let (runtime, store) = memory_store("memory://chain-load-test");
         let mut record = CommitRecord::default();
         let mut chain = Chain::new("reader", 0);
         let base = vec![7u8; 100];
