@@ -81,6 +81,11 @@ struct Args {
     /// event time, and a commit rewrites every hour partition they reach.
     #[arg(long)]
     span_seconds: Option<u64>,
+    /// Print the freshness job's progress lines (stderr): per worker and epoch, the
+    /// records read and how long after its epoch's reading ended the last commit was
+    /// written.
+    #[arg(long)]
+    progress: bool,
     /// Work directory.
     #[arg(long, default_value = "/tmp/om-kafka-bench")]
     dir: PathBuf,
@@ -168,9 +173,10 @@ fn create_topic(t: &Tansu, topic: &str) -> anyhow::Result<KafkaUrl> {
     Ok(format!("kafka://127.0.0.1:{}/{topic}", t.port).parse()?)
 }
 
-/// Delivery reports: (partition, offset, send time).
+/// Delivery reports: (partition, offset, send time), and the seconds from each send to
+/// its acknowledgement by the broker.
 #[derive(Default)]
-struct Deliveries(Mutex<Vec<(u32, u64, Instant)>>);
+struct Deliveries(Mutex<Vec<(u32, u64, Instant)>>, Mutex<Vec<f64>>);
 
 impl ClientContext for Deliveries {}
 
@@ -180,6 +186,10 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
         if let Ok(m) = result {
             use rdkafka::Message;
+            self.1
+                .lock()
+                .expect("not poisoned")
+                .push(sent.elapsed().as_secs_f64());
             self.0.lock().expect("not poisoned").push((
                 m.partition() as u32,
                 m.offset() as u64,
@@ -409,14 +419,19 @@ fn main() -> anyhow::Result<()> {
     let data = args.dir.join("freshness-tables");
     let stop = Arc::new(AtomicBool::new(false));
     let job = {
-        let (url, data, stop, workers) =
-            (url.clone(), data.clone(), Arc::clone(&stop), args.workers);
+        let (url, data, stop, workers, progress) = (
+            url.clone(),
+            data.clone(),
+            Arc::clone(&stop),
+            args.workers,
+            args.progress,
+        );
         let config = config.clone();
         std::thread::spawn(move || {
             run(RunOptions {
                 workers,
                 stop,
-                progress: false,
+                progress,
                 ..RunOptions::new(config, Source::Kafka(url), data.to_string_lossy())
             })
         })
@@ -482,6 +497,14 @@ fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
+    );
+    let mut acks = std::mem::take(&mut *p.context().1.lock().expect("not poisoned"));
+    acks.sort_by(f64::total_cmp);
+    println!(
+        "freshness acks: from send to the broker's acknowledgement p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99),
+        acks[acks.len() - 1]
     );
     drop(tansu);
     Ok(())
