@@ -6,7 +6,8 @@
 //!   the end of the file.
 //! - a Kafka topic: each worker reads the partitions `p` with `p % workers == index`, for
 //!   `commit_interval` per epoch (at most `epoch_bytes` of payload; a job that keeps up
-//!   cuts its epochs `commit_interval` apart), partition by partition in offset order. The job runs until stopped (SIGINT/SIGTERM, or
+//!   cuts its epochs `commit_interval` apart), in arrival order (each partition's in
+//!   offset order), decoding each slice as it reads it. The job runs until stopped (SIGINT/SIGTERM, or
 //!   `until_caught_up` once every partition is read to its end), commits, and exits.
 //! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition in arrival order
 //!   (one watermark, as for a file); an epoch is `epoch_interval` long (shorter once
@@ -664,13 +665,14 @@ fn step_while(
 const PARK: Duration = Duration::from_millis(1);
 
 /// One worker's valid events of one epoch, in arrival order, waiting for their fates.
-struct Chunk<'f> {
+struct Chunk {
     /// (arrival position, event time).
     arrivals: Vec<(u64, Micros)>,
     /// Source partition of each event (0 for a file).
     partitions: Vec<u32>,
-    /// The records, to re-read the few that turn out duplicate or late.
-    lines: Vec<&'f [u8]>,
+    /// Each event's index among the epoch's records, to re-read the few that turn out
+    /// duplicate or late.
+    lines: Vec<usize>,
     /// Customer fingerprints.
     customers: Vec<u64>,
     /// End of each event's readings in `readings`.
@@ -683,6 +685,209 @@ struct Chunk<'f> {
     calls: Vec<(usize, u32, [Decimal9; 3])>,
     /// The dedup/lateness chunks among the events: (chunk, range of event indexes).
     chunks: Vec<(u32, Range<usize>)>,
+}
+
+/// One worker's epoch as decoded so far: a Kafka reader decodes each message as it reads
+/// it, the other readers once they have read the epoch.
+struct EpochDecode<'s> {
+    chunk: Chunk,
+    /// The accepted candidates' `events` rows (those that turn out duplicate or late are
+    /// left out when the batch is finished).
+    events: EventsBuilder<'s>,
+    rejected: Vec<RejectedRecord>,
+    /// HTTP: each record's verdict, by index among the epoch's records.
+    http_verdicts: Vec<IngressVerdict>,
+}
+
+/// What decoding a record takes from its worker.
+struct DecodeContext<'a> {
+    decoder: &'a Decoder,
+    scratch: &'a mut Scratch,
+    names: &'a mut NameCache,
+    new_names: &'a mut Vec<NameRecord>,
+    view_updates: &'a mut ViewUpdates,
+    probes: &'a mut TimelyInput<DedupProbe>,
+    config: &'a Config,
+    /// By meter index: whether the meter aggregates `latest`.
+    is_latest: &'a [bool],
+    /// The worker, and how many there are.
+    index: usize,
+    peers: usize,
+    /// Whether a record's dedup/lateness chunk is its Kafka partition (else the worker's
+    /// slice of the epoch).
+    chunk_is_partition: bool,
+}
+
+impl<'s> EpochDecode<'s> {
+    fn new(sources: &'s [String], capacity: usize) -> Self {
+        EpochDecode {
+            chunk: Chunk {
+                arrivals: Vec::with_capacity(capacity),
+                partitions: Vec::with_capacity(capacity),
+                lines: Vec::with_capacity(capacity),
+                customers: Vec::with_capacity(capacity),
+                readings_end: Vec::with_capacity(capacity),
+                readings: Vec::with_capacity(capacity * 3),
+                burns: Vec::with_capacity(capacity),
+                calls: Vec::new(),
+                chunks: Vec::new(),
+            },
+            events: EventsBuilder::new(sources, capacity),
+            rejected: Vec::new(),
+            http_verdicts: Vec::new(),
+        }
+    }
+
+    /// Decodes record `i` of the epoch, read from `partition` at `offset`; a record
+    /// posted with a tenant's API key carries `key_tenant`. A valid event claims its
+    /// dedup key and keeps its readings, burn and model call for the epoch's later
+    /// stages; a bad one is rejected.
+    fn decode(
+        &mut self,
+        cx: &mut DecodeContext<'_>,
+        i: usize,
+        (partition, offset, line): (u32, u64, &[u8]),
+        key_tenant: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let position = SourcePosition {
+            source: 0,
+            partition,
+            offset,
+        };
+        let decoded = cx
+            .decoder
+            .decode_ref(line, cx.scratch)
+            .and_then(|e| match key_tenant {
+                Some(key_tenant) if e.tenant_id != key_tenant => Err(Rejection {
+                    reason: format!(
+                        "tenant_id {} does not match the API key's tenant {key_tenant}; an event posted with a tenant's key must carry that tenant_id",
+                        e.tenant_id
+                    ),
+                    tenant_id: Some(key_tenant.to_string()),
+                    event_id: Some(e.id.to_string()),
+                }),
+                _ => Ok(e),
+            });
+        let e = match decoded {
+            Ok(e) => e,
+            Err(r) => {
+                if let Some(v) = self.http_verdicts.get_mut(i) {
+                    *v = IngressVerdict::Rejected(r.reason.clone());
+                }
+                // A record posted with a tenant's key is that tenant's rejection,
+                // whatever tenant it claims: no tenant writes into another's rows.
+                self.rejected.push(RejectedRecord {
+                    tenant_id: key_tenant.map(str::to_string).or(r.tenant_id),
+                    event_id: r.event_id,
+                    raw: lossy_truncated(line),
+                    reason: r.reason,
+                    position,
+                });
+                return Ok(());
+            }
+        };
+        let chunk = &mut self.chunk;
+        let scratch = &*cx.scratch;
+        let (customer, name) = cx.names.customer(&e.tenant_id, &e.customer_id)?;
+        cx.new_names.extend(name);
+        for r in &scratch.readings {
+            let dims = cx.names.dimensions(
+                &scratch.text[r.dimensions.clone()],
+                cx.peers as u32,
+                cx.new_names,
+            )?;
+            let value = match &r.value {
+                ValueRef::Number(v) if cx.is_latest[r.meter as usize] => {
+                    UpdateValue::Latest(*v, e.id.as_ref().into())
+                }
+                ValueRef::Number(v) => UpdateValue::Number(*v),
+                ValueRef::Scalar(text) => {
+                    UpdateValue::Scalar(fingerprint::scalar(&scratch.text[text.clone()]))
+                }
+            };
+            chunk.readings.push((r.meter, dims, value));
+        }
+        chunk.readings_end.push(chunk.readings.len());
+        chunk.burns.push(scratch.burn);
+        if let Some(call) = &scratch.cost {
+            let provider = call.provider.clone().map(|r| &scratch.text[r]);
+            let model =
+                cx.view_updates
+                    .model_key(cx.config, provider, &scratch.text[call.model.clone()]);
+            chunk
+                .calls
+                .push((chunk.burns.len() - 1, model, call.tokens));
+        }
+        let c = if cx.chunk_is_partition {
+            partition
+        } else {
+            cx.index as u32
+        };
+        let at = chunk.arrivals.len();
+        match chunk.chunks.last_mut() {
+            Some((last, range)) if *last == c => range.end = at + 1,
+            _ => chunk.chunks.push((c, at..at + 1)),
+        }
+        cx.probes.send(DedupProbe {
+            key: fingerprint::idempotency_key(&e.tenant_id, &e.id),
+            pos: offset,
+            chunk: c,
+            reader: cx.index as u32,
+            ts: e.timestamp,
+        });
+        chunk.arrivals.push((offset, e.timestamp));
+        chunk.partitions.push(partition);
+        chunk.lines.push(i);
+        chunk.customers.push(customer);
+        self.events.push(
+            EventColumns {
+                tenant_id: &e.tenant_id,
+                id: &e.id,
+                customer_id: &e.customer_id,
+                event_type: &e.event_type,
+                timestamp: e.timestamp,
+                value: e.value,
+                properties: e.properties,
+            },
+            &position,
+        );
+        Ok(())
+    }
+}
+
+/// The fate of each of an epoch's events (`arrivals`: arrival position and event time),
+/// given its chunks' runs (`runs`: chunk, range of event indexes), the positions of each
+/// chunk's duplicates, and the watermark each chunk starts from. A chunk's events may
+/// lie in several runs (a Kafka reader's partitions interleave in arrival order); they
+/// are judged as one sequence, in order.
+fn classify_runs(
+    arrivals: &[(u64, Micros)],
+    runs: &[(u32, Range<usize>)],
+    duplicates: &mut BTreeMap<u32, Vec<u64>>,
+    start_of: impl Fn(u32) -> Option<Micros>,
+    lateness: Micros,
+) -> Vec<Fate> {
+    let mut by_chunk: BTreeMap<u32, Vec<Range<usize>>> = BTreeMap::new();
+    for (c, range) in runs {
+        by_chunk.entry(*c).or_default().push(range.clone());
+    }
+    let mut fates = vec![Fate::Accepted; arrivals.len()];
+    for (c, ranges) in by_chunk {
+        let events: Vec<(u64, Micros)> = ranges
+            .iter()
+            .flat_map(|r| arrivals[r.clone()].iter().copied())
+            .collect();
+        let judged = classify(
+            &events,
+            duplicates.get_mut(&c).map_or(&mut [][..], |d| &mut d[..]),
+            start_of(c),
+            lateness,
+        );
+        for (i, fate) in ranges.into_iter().flatten().zip(judged) {
+            fates[i] = fate;
+        }
+    }
+    fates
 }
 
 /// Moves a timely input to the first epoch of a resumed job.
@@ -1028,6 +1233,8 @@ fn run_worker(
     // when the last commit was decided.
     let (mut read_since_commit, mut uncommitted_epochs) = (false, 0u64);
     let mut last_commit_decided = Instant::now();
+    // The last epoch's records: the next one's likely size.
+    let mut last_capacity = 0;
     // Kafka: when the last epoch's reading ended, unless it was catching up a backlog.
     let mut live_cut: Option<Instant> = None;
     let mut scratch = Scratch::default();
@@ -1110,6 +1317,21 @@ fn run_worker(
         let mut http_waiters = Vec::new();
         // Read this worker's records of the epoch: (partition, offset, bytes), in
         // arrival order.
+        // The epoch's decoding, before its reading: a Kafka reader decodes as it reads.
+        let mut decoded = EpochDecode::new(&sources, last_capacity);
+        let mut cx = DecodeContext {
+            decoder: &decoder,
+            scratch: &mut scratch,
+            names: &mut names,
+            new_names: &mut new_names,
+            view_updates: &mut view_updates,
+            probes: &mut probe_input,
+            config,
+            is_latest: &is_latest,
+            index,
+            peers,
+            chunk_is_partition: matches!(input, Input::Kafka { .. }),
+        };
         let EpochRead {
             records,
             caught_up,
@@ -1163,6 +1385,16 @@ fn run_worker(
                         None => epoch_started + opts.commit_interval,
                     };
                     buf.clear();
+                    // Each slice is decoded as soon as it is read, so that what is left
+                    // once the epoch is cut is its last slice's share.
+                    let mut decoded_upto = 0;
+                    let mut decode_read = |buf: &MessageBuf| -> anyhow::Result<()> {
+                        for (i, m) in buf.messages_from(decoded_upto).enumerate() {
+                            decoded.decode(&mut cx, decoded_upto + i, m, None)?;
+                        }
+                        decoded_upto = buf.len();
+                        Ok(())
+                    };
                     let mut busy = false;
                     loop {
                         let over = if busy {
@@ -1182,6 +1414,7 @@ fn run_worker(
                                 &opts.stop,
                             )?
                         };
+                        decode_read(buf)?;
                         if over {
                             break;
                         }
@@ -1195,6 +1428,7 @@ fn run_worker(
                                 opts.until_caught_up,
                                 &opts.stop,
                             )?;
+                            decode_read(buf)?;
                             break;
                         }
                         if failed.load(Ordering::SeqCst) {
@@ -1207,7 +1441,6 @@ fn run_worker(
                         watch.check(&last_commit);
                     }
                     let cut = Instant::now();
-                    buf.sort();
                     bytes_read.fetch_add(buf.payload_bytes() as u64, Ordering::Relaxed);
                     let positions = r
                         .positions()
@@ -1307,129 +1540,26 @@ fn run_worker(
             }
         };
         let read_done = Instant::now();
-        let chunk_of = |partition: u32| match input {
-            Input::File(_) | Input::Http(_) => index as u32,
-            Input::Kafka { .. } => partition,
-        };
         let capacity = records.len();
+        last_capacity = capacity;
 
-        // Decode; valid events claim their dedup keys as they go.
-        let mut chunk = Chunk {
-            arrivals: Vec::with_capacity(capacity),
-            partitions: Vec::with_capacity(capacity),
-            lines: Vec::with_capacity(capacity),
-            customers: Vec::with_capacity(capacity),
-            readings_end: Vec::with_capacity(capacity),
-            readings: Vec::with_capacity(capacity * 3),
-            burns: Vec::with_capacity(capacity),
-            calls: Vec::new(),
-            chunks: Vec::new(),
-        };
-        let mut events = EventsBuilder::new(&sources, capacity);
-        let mut rejected = Vec::new();
-        // HTTP: each record's verdict, by sequence number from the epoch's first.
-        let mut http_verdicts = match input {
-            Input::Http(_) => vec![IngressVerdict::Accepted; capacity],
-            _ => Vec::new(),
-        };
-        let http_first = records.first().map_or(0, |r| r.1);
-        for (i, &(partition, offset, line)) in records.iter().enumerate() {
-            let position = SourcePosition {
-                source: 0,
-                partition,
-                offset,
-            };
-            let decoded = decoder.decode_ref(line, &mut scratch).and_then(|e| {
-                match record_tenants.get(i).copied().flatten() {
-                    Some(key_tenant) if e.tenant_id != key_tenant => Err(Rejection {
-                        reason: format!(
-                            "tenant_id {} does not match the API key's tenant {key_tenant}; an event posted with a tenant's key must carry that tenant_id",
-                            e.tenant_id
-                        ),
-                        tenant_id: Some(key_tenant.to_string()),
-                        event_id: Some(e.id.to_string()),
-                    }),
-                    _ => Ok(e),
-                }
-            });
-            let e = match decoded {
-                Ok(e) => e,
-                Err(r) => {
-                    if let Some(v) = http_verdicts.get_mut(i) {
-                        *v = IngressVerdict::Rejected(r.reason.clone());
-                    }
-                    // A record posted with a tenant's key is that tenant's rejection,
-                    // whatever tenant it claims: no tenant writes into another's rows.
-                    let key_tenant = record_tenants.get(i).copied().flatten();
-                    rejected.push(RejectedRecord {
-                        tenant_id: key_tenant.map(str::to_string).or(r.tenant_id),
-                        event_id: r.event_id,
-                        raw: lossy_truncated(line),
-                        reason: r.reason,
-                        position,
-                    });
-                    continue;
-                }
-            };
-            let (customer, name) = names.customer(&e.tenant_id, &e.customer_id)?;
-            new_names.extend(name);
-            for r in &scratch.readings {
-                let dims = names.dimensions(
-                    &scratch.text[r.dimensions.clone()],
-                    peers as u32,
-                    &mut new_names,
-                )?;
-                let value = match &r.value {
-                    ValueRef::Number(v) if is_latest[r.meter as usize] => {
-                        UpdateValue::Latest(*v, e.id.as_ref().into())
-                    }
-                    ValueRef::Number(v) => UpdateValue::Number(*v),
-                    ValueRef::Scalar(text) => {
-                        UpdateValue::Scalar(fingerprint::scalar(&scratch.text[text.clone()]))
-                    }
-                };
-                chunk.readings.push((r.meter, dims, value));
+        // Decode (a Kafka reader has as it read); valid events claim their dedup keys
+        // as they go.
+        if !matches!(input, Input::Kafka { .. }) {
+            if matches!(input, Input::Http(_)) {
+                decoded.http_verdicts = vec![IngressVerdict::Accepted; capacity];
             }
-            chunk.readings_end.push(chunk.readings.len());
-            chunk.burns.push(scratch.burn);
-            if let Some(call) = &scratch.cost {
-                let provider = call.provider.clone().map(|r| &scratch.text[r]);
-                let model =
-                    view_updates.model_key(config, provider, &scratch.text[call.model.clone()]);
-                chunk
-                    .calls
-                    .push((chunk.burns.len() - 1, model, call.tokens));
+            for (i, &record) in records.iter().enumerate() {
+                decoded.decode(&mut cx, i, record, record_tenants.get(i).copied().flatten())?;
             }
-            let c = chunk_of(partition);
-            let i = chunk.arrivals.len();
-            match chunk.chunks.last_mut() {
-                Some((last, range)) if *last == c => range.end = i + 1,
-                _ => chunk.chunks.push((c, i..i + 1)),
-            }
-            probe_input.send(DedupProbe {
-                key: fingerprint::idempotency_key(&e.tenant_id, &e.id),
-                pos: offset,
-                chunk: c,
-                reader: index as u32,
-                ts: e.timestamp,
-            });
-            chunk.arrivals.push((offset, e.timestamp));
-            chunk.partitions.push(partition);
-            chunk.lines.push(line);
-            chunk.customers.push(customer);
-            events.push(
-                EventColumns {
-                    tenant_id: &e.tenant_id,
-                    id: &e.id,
-                    customer_id: &e.customer_id,
-                    event_type: &e.event_type,
-                    timestamp: e.timestamp,
-                    value: e.value,
-                    properties: e.properties,
-                },
-                &position,
-            );
         }
+        let EpochDecode {
+            chunk,
+            events,
+            mut rejected,
+            mut http_verdicts,
+        } = decoded;
+        let http_first = records.first().map_or(0, |r| r.1);
         total_read += records.len() as u64;
 
         // Commands (worker 0 reads them all): valid ones go to every worker's credits
@@ -1623,15 +1753,13 @@ fn run_worker(
                 }
             }
         }
-        let mut fates = Vec::with_capacity(chunk.arrivals.len());
-        for (c, range) in &chunk.chunks {
-            fates.extend(classify(
-                &chunk.arrivals[range.clone()],
-                duplicates.get_mut(c).map_or(&mut [][..], |d| &mut d[..]),
-                watermarks.start_of(*c, &chunk_max),
-                lateness,
-            ));
-        }
+        let fates = classify_runs(
+            &chunk.arrivals,
+            &chunk.chunks,
+            &mut duplicates,
+            |c| watermarks.start_of(c, &chunk_max),
+            lateness,
+        );
         let idle: BTreeSet<u32> = all.iter().flat_map(|s| s.idle.iter().copied()).collect();
         watermarks.advance(&chunk_max, &idle);
         {
@@ -1756,7 +1884,7 @@ fn run_worker(
                 Fate::Duplicate | Fate::Late(_) => own.for_each(drop),
             }
             let e = decoder
-                .decode(chunk.lines[i])
+                .decode(records[chunk.lines[i]].2)
                 .expect("a record that decoded once decodes again")
                 .event;
             // (Kafka offsets of several partitions may lie below the first record's.)
@@ -2360,6 +2488,51 @@ fn normalized_json(e: &om_model::Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleaved_runs_of_a_chunk_are_judged_as_one_sequence() {
+        use om_operators::Fate;
+        // Chunk 0: positions 10, 11, 12 (11 a duplicate, 12 late once 10 is seen);
+        // chunk 1: positions 5, 6 (6 late only by chunk 1's own start). Interleaved as a
+        // Kafka reader may read them, and contiguous.
+        let lateness = 100;
+        let start = |c: u32| if c == 1 { Some(1_000) } else { None };
+        let dups = || BTreeMap::from([(0, vec![11])]);
+        let interleaved = classify_runs(
+            &[(10, 500), (5, 950), (11, 500), (6, 800), (12, 300)],
+            &[(0, 0..1), (1, 1..2), (0, 2..3), (1, 3..4), (0, 4..5)],
+            &mut dups(),
+            start,
+            lateness,
+        );
+        assert_eq!(
+            interleaved,
+            [
+                Fate::Accepted,
+                Fate::Accepted,
+                Fate::Duplicate,
+                Fate::Late(1_000),
+                Fate::Late(500)
+            ]
+        );
+        let contiguous = classify_runs(
+            &[(10, 500), (11, 500), (12, 300), (5, 950), (6, 800)],
+            &[(0, 0..3), (1, 3..5)],
+            &mut dups(),
+            start,
+            lateness,
+        );
+        assert_eq!(
+            contiguous,
+            [
+                Fate::Accepted,
+                Fate::Duplicate,
+                Fate::Late(500),
+                Fate::Accepted,
+                Fate::Late(1_000)
+            ]
+        );
+    }
 
     #[test]
     fn normalized_json_replays_as_the_same_event() {

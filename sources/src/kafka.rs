@@ -177,7 +177,13 @@ impl MessageBuf {
 
     /// (partition, offset, payload) in partition order, then offset order.
     pub fn messages(&self) -> impl Iterator<Item = (u32, u64, &[u8])> {
-        self.records
+        self.messages_from(0)
+    }
+
+    /// The messages from the `start`th on (in order), as for [`MessageBuf::messages`]:
+    /// for a reader that handles each slice of an epoch as it reads it.
+    pub fn messages_from(&self, start: usize) -> impl Iterator<Item = (u32, u64, &[u8])> {
+        self.records[start.min(self.records.len())..]
             .iter()
             .map(|(p, o, r)| (*p, *o, &self.bytes[r.clone()]))
     }
