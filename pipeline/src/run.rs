@@ -7,8 +7,9 @@
 //! - a Kafka topic: each worker reads the partitions `p` with `p % workers == index`, for
 //!   `commit_interval` per epoch (at most `epoch_bytes` of payload; a job that keeps up
 //!   cuts its epochs `commit_interval` apart), in arrival order (each partition's in
-//!   offset order), decoding each slice as it reads it. The job runs until stopped (SIGINT/SIGTERM, or
-//!   `until_caught_up` once every partition is read to its end), commits, and exits.
+//!   offset order), decoding each slice as it reads it. The job runs until stopped
+//!   (SIGINT/SIGTERM, or `until_caught_up` once every partition is read to its end),
+//!   commits, and exits.
 //! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition in arrival order
 //!   (one watermark, as for a file); an epoch is `epoch_interval` long (shorter once
 //!   `epoch_bytes` are queued), and the workers keep stepping the dataflow while they
@@ -683,7 +684,8 @@ struct Chunk {
     burns: Vec<Decimal9>,
     /// (event index, model key, tokens) of the events that are model calls.
     calls: Vec<(usize, u32, [Decimal9; 3])>,
-    /// The dedup/lateness chunks among the events: (chunk, range of event indexes).
+    /// The dedup/lateness chunks among the events: (chunk, range of event indexes); a
+    /// Kafka partition's events may form several runs.
     chunks: Vec<(u32, Range<usize>)>,
 }
 
@@ -1315,8 +1317,6 @@ fn run_worker(
         // requests.
         let mut http_epoch: Option<Arc<ingress::EpochRecords>> = None;
         let mut http_waiters = Vec::new();
-        // Read this worker's records of the epoch: (partition, offset, bytes), in
-        // arrival order.
         // The epoch's decoding, before its reading: a Kafka reader decodes as it reads.
         let mut decoded = EpochDecode::new(&sources, last_capacity);
         let mut cx = DecodeContext {
@@ -1332,6 +1332,8 @@ fn run_worker(
             peers,
             chunk_is_partition: matches!(input, Input::Kafka { .. }),
         };
+        // Read this worker's records of the epoch: (partition, offset, bytes), in
+        // arrival order.
         let EpochRead {
             records,
             caught_up,
@@ -1543,8 +1545,8 @@ fn run_worker(
         let capacity = records.len();
         last_capacity = capacity;
 
-        // Decode (a Kafka reader has as it read); valid events claim their dedup keys
-        // as they go.
+        // Decode, unless a Kafka reader did as it read; valid events claim their dedup
+        // keys as they go.
         if !matches!(input, Input::Kafka { .. }) {
             if matches!(input, Input::Http(_)) {
                 decoded.http_verdicts = vec![IngressVerdict::Accepted; capacity];
