@@ -282,9 +282,9 @@ impl PartitionReader {
         Ok(())
     }
 
-    /// Like [`PartitionReader::read`], but appends to `buf` in arrival order (a reader
-    /// that reads an epoch in slices sorts it once at the end, with
-    /// [`MessageBuf::sort`]). Returns whether reading is over for the epoch by `max_bytes`,
+    /// Like [`PartitionReader::read`], but appends to `buf` in arrival order, each
+    /// partition's messages in offset order (a reader that wants them by partition sorts
+    /// once at the end, with [`MessageBuf::sort`]). Returns whether reading is over for the epoch by `max_bytes`,
     /// `stop`, the end of every partition with `stop_at_end`, or no partition to read;
     /// `false` when only `deadline` passed.
     pub fn read_more(
