@@ -29,4 +29,6 @@ pub use entitlements::Subscriptions;
 pub use lateness::{Fate, Order, Watermarks, classify, late_reason};
 pub use meter_series::{HourUpdate, MeterSeries};
 pub use names::{Collision, NameCache, NameRecord, Names};
-pub use windowed_usage::{ReadingUpdate, UpdateValue, UsageData, UsageState, WindowRow};
+pub use windowed_usage::{
+    PartitionWrite, ReadingUpdate, UpdateValue, UsageData, UsageState, WindowRow,
+};

@@ -220,6 +220,16 @@ pub struct WindowRow {
     pub is_final: bool,
 }
 
+/// How a partition is to be rewritten at a commit ([`UsageState::take_writes`]).
+#[derive(Debug, PartialEq)]
+pub enum PartitionWrite {
+    /// Its rows, sorted by window key; none when its file is to be removed.
+    Rows(Vec<WindowRow>),
+    /// Unchanged since its last file, and every window in it is now final: that file's
+    /// rows with `is_final` set.
+    AllFinal,
+}
+
 /// One worker's share of the window state, by partition.
 #[derive(Debug)]
 pub struct UsageState {
@@ -322,6 +332,24 @@ impl UsageState {
         &mut self,
         watermark: Option<Micros>,
     ) -> Vec<(PartitionKey, Vec<WindowRow>)> {
+        self.take_writes(watermark, |_| false)
+            .into_iter()
+            .map(|(p, write)| match write {
+                PartitionWrite::Rows(rows) => (p, rows),
+                PartitionWrite::AllFinal => unreachable!("no partition file is held"),
+            })
+            .collect()
+    }
+
+    /// Like [`UsageState::take_partitions`], but a partition that did not change since
+    /// it was last written and whose windows are now all final comes as
+    /// [`PartitionWrite::AllFinal`] when `has_file` says the caller holds that file:
+    /// its rows are the file's, with `is_final` set, and need not be taken again.
+    pub fn take_writes(
+        &mut self,
+        watermark: Option<Micros>,
+        has_file: impl Fn(&PartitionKey) -> bool,
+    ) -> Vec<(PartitionKey, PartitionWrite)> {
         let final_before = watermark.map(|w| w - self.allowed_lateness);
         let is_final = |key: &WindowKey| final_before.is_some_and(|f| key.size.end(key.start) <= f);
         let mut out = Vec::new();
@@ -331,6 +359,12 @@ impl UsageState {
                 .zip(final_before)
                 .is_some_and(|(end, f)| end <= f);
             if !part.dirty && !became_final {
+                continue;
+            }
+            // Every window of the partition ends by its end: all final together.
+            if !part.dirty && final_before.is_some_and(|f| partition_end(p) <= f) && has_file(p) {
+                part.first_open_end = None;
+                out.push((*p, PartitionWrite::AllFinal));
                 continue;
             }
             let mut rows: Vec<WindowRow> = part
@@ -353,7 +387,7 @@ impl UsageState {
                 .filter(|r| !r.is_final)
                 .map(|r| r.key.size.end(r.key.start))
                 .min();
-            out.push((*p, rows));
+            out.push((*p, PartitionWrite::Rows(rows)));
         }
         out.sort_unstable_by_key(|(p, _)| *p);
         let done: Vec<PartitionKey> = self
@@ -526,6 +560,46 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(day[0].events, 2);
+    }
+
+    #[test]
+    fn an_unchanged_partition_that_became_final_reuses_its_file() {
+        let mut s = UsageState::new(vec![Aggregation::Sum], vec![vec![WindowSize::Minute]], HOUR);
+        s.apply(&update(0, 0, n(1), 1));
+        s.apply(&update(0, 59 * MINUTE, n(1), 1));
+        assert!(matches!(
+            &s.take_writes(Some(10), |_| true)[..],
+            [(_, PartitionWrite::Rows(rows))] if rows.len() == 2
+        ));
+        // The 00:00 minute is final, 00:59 not yet: rows, whatever the caller holds.
+        assert!(matches!(
+            &s.take_writes(Some(HOUR + 2 * MINUTE), |_| true)[..],
+            [(_, PartitionWrite::Rows(rows))] if rows[0].is_final && !rows[1].is_final
+        ));
+        // Both final, nothing else changed: the held file with `is_final` set.
+        assert_eq!(
+            s.take_writes(Some(2 * HOUR), |_| true),
+            [((WindowSize::Minute, 0), PartitionWrite::AllFinal)]
+        );
+        assert!(s.is_empty(), "final and closed: left memory");
+
+        // Without the file, the rows; and a change since the last write means rows too.
+        for (has_file, change) in [(false, false), (true, true)] {
+            let mut s =
+                UsageState::new(vec![Aggregation::Sum], vec![vec![WindowSize::Minute]], HOUR);
+            s.apply(&update(0, 0, n(1), 1));
+            s.take_writes(Some(10), |_| true);
+            if change {
+                s.apply(&update(0, 30 * MINUTE, n(1), 1));
+            }
+            match &s.take_writes(Some(2 * HOUR), |_| has_file)[..] {
+                [(_, PartitionWrite::Rows(rows))] => {
+                    assert!(rows.iter().all(|r| r.is_final));
+                    assert_eq!(rows.len(), 1 + change as usize);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

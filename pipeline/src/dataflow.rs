@@ -4,12 +4,14 @@
 use crate::checkpoint::{self, Chain, EpochLog, UsageCheckpoint};
 use crate::packed::{Packed, PackedRef};
 use om_model::{Aggregation, Micros, WindowSize};
-use om_operators::windowed_usage::partition_path;
-use om_operators::{NameRecord, Names, ReadingUpdate, UsageState, WindowRow};
+use om_operators::windowed_usage::{PartitionKey, partition_path};
+use om_operators::{NameRecord, Names, PartitionWrite, ReadingUpdate, UsageState, WindowRow};
 use om_sinks::commit::{CommitRecord, FileEntry};
 use om_sinks::encode::{RecordBatch, UsageRow};
 use om_sinks::retention::{self, Superseded};
+use om_sinks::splice::set_bool_column;
 use om_sinks::{DataStore, FileChange, Uploads};
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -199,6 +201,9 @@ pub fn usage_sink<'s>(
         let mut known = Names::default();
         let mut chain = Chain::new("usage", cfg.worker);
         let mut log = EpochLog::default();
+        // The file each partition was last written to by this job (not by the job it
+        // resumed from: those partitions are encoded from their rows once more).
+        let mut files: FxHashMap<PartitionKey, FileEntry> = FxHashMap::default();
         if let Some(saved) = cfg.restore.take() {
             state.restore(saved.base.usage);
             known = saved.base.names;
@@ -263,7 +268,25 @@ pub fn usage_sink<'s>(
                 // and named to the committer only once all of them are written.
                 let mut uploads = Uploads::new(&cfg.runtime);
                 let mut changes = Vec::new();
-                for (p, rows) in state.take_partitions(watermark) {
+                let writes = state.take_writes(watermark, |p| files.contains_key(p));
+                // The files of partitions that only became final are read back while
+                // the changed ones are encoded, then rewritten with `is_final` set and
+                // every other column copied.
+                let mut reads: Vec<_> = writes
+                    .iter()
+                    .filter(|(_, w)| matches!(w, PartitionWrite::AllFinal))
+                    .map(|(p, _)| {
+                        let old = files.remove(p).expect("asked for held files only");
+                        let store = cfg.store.clone();
+                        let path = old.path.clone();
+                        let read = cfg.runtime.spawn(async move { store.get(&path).await });
+                        (*p, old, read)
+                    })
+                    .collect();
+                for (p, write) in writes {
+                    let PartitionWrite::Rows(rows) = write else {
+                        continue;
+                    };
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
                     let file = (!rows.is_empty()).then(|| {
                         let path = format!("usage_windows/{slot}-e{t:06}.parquet");
@@ -276,10 +299,36 @@ pub fn usage_sink<'s>(
                             rows: rows.len() as u64,
                         }
                     });
+                    match &file {
+                        Some(f) => files.insert(p, f.clone()),
+                        None => files.remove(&p),
+                    };
                     changes.push(FileChange {
                         table: "usage_windows".into(),
                         slot,
                         file,
+                    });
+                }
+                for (p, old, read) in reads.drain(..) {
+                    let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
+                    let path = format!("usage_windows/{slot}-e{t:06}.parquet");
+                    let bytes = cfg
+                        .runtime
+                        .block_on(read)
+                        .map_err(|e| e.to_string())
+                        .and_then(|read| read.map_err(|e| e.to_string()))
+                        .and_then(|read| read.ok_or_else(|| "it is gone".to_string()))
+                        .unwrap_or_else(|e| panic!("reading back {}: {e}", old.path));
+                    let bytes = set_bool_column(&bytes.into(), "is_final", true)
+                        .unwrap_or_else(|e| panic!("rewriting {} as final: {e}", old.path));
+                    uploads.put(&cfg.store, path.clone(), bytes);
+                    changes.push(FileChange {
+                        table: "usage_windows".into(),
+                        slot,
+                        file: Some(FileEntry {
+                            path,
+                            rows: old.rows,
+                        }),
                     });
                 }
                 if cfg.checkpoints {

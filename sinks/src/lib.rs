@@ -2,7 +2,8 @@
 //!
 //! Transport and format are separate: [`store`] resolves a `--data` URL to an
 //! `object_store` (local path, `file://`, `memory://`), [`encode`] turns records into
-//! Arrow batches, [`parquet`] encodes a batch as one Parquet object,
+//! Arrow batches, [`parquet`] encodes a batch as one Parquet object, [`splice`] rewrites one with
+//! a boolean column set (copying the others),
 //! [`commit`] is the atomic commit record that makes an epoch's files visible together,
 //! [`retention`] deletes the files commits have superseded once no reader needs them,
 //! and [`uploads`] writes a commit's files in the background while the next is encoded.
@@ -12,6 +13,7 @@ pub mod encode;
 pub mod error;
 pub mod parquet;
 pub mod retention;
+pub mod splice;
 pub mod store;
 pub mod uploads;
 

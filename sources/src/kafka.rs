@@ -12,7 +12,8 @@
 //! caught up (`--until-caught-up`) and to report lag.
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
@@ -22,6 +23,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -201,10 +203,34 @@ impl MessageBuf {
     }
 }
 
+/// Messages a reader takes before it orders its partitions by share read again.
+const REORDER_EVERY: usize = 1024;
+
 /// Reads a fixed set of partitions of one topic from chosen offsets.
+///
+/// Each partition's messages come through a queue of its own, and the reader takes them
+/// from the partition that has read the smallest share of what it has to read (its
+/// backlog since the reader started) first. A worker catching up a backlog thus reads
+/// its partitions at the same pace: read from one shared queue, one partition ran up to
+/// a day of event time ahead of another in a 10M-event catch-up (bench/README.md,
+/// session 28), and every `usage_windows` partition that the lagging one then reached
+/// was written again. A partition whose queue is full is not fetched until it is read
+/// (librdkafka's back-pressure), so the broker's bandwidth goes to the others.
 pub struct PartitionReader {
     url: KafkaUrl,
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
+    /// Each partition's own queue of fetched messages.
+    queues: BTreeMap<u32, PartitionQueue<DefaultConsumerContext>>,
+    /// The partitions by share read, least first (refreshed every [`REORDER_EVERY`]
+    /// messages, and before a wait).
+    order: Vec<u32>,
+    /// Messages taken since `order` was refreshed.
+    since_order: usize,
+    /// The place in `order` of the partition read from (`usize::MAX`: the main queue
+    /// first).
+    cursor: usize,
+    /// Partition -> the first offset this reader read or was to read.
+    first: BTreeMap<u32, u64>,
     topic: CString,
     /// Partition -> next offset to read; `None` until the first message of a partition
     /// read from its beginning (whose first offset is the broker's to say).
@@ -256,10 +282,30 @@ impl PartitionReader {
         consumer
             .assign(&tpl)
             .map_err(|e| url.client_error("assigning partitions", e))?;
+        let consumer = Arc::new(consumer);
+        let mut queues = BTreeMap::new();
+        for &p in partitions.keys() {
+            let queue = consumer
+                .split_partition_queue(&url.topic, p as i32)
+                .ok_or_else(|| KafkaSourceError::Client {
+                    what: format!("giving partition {p} a queue of its own"),
+                    url: url.to_string(),
+                    source: Box::new(KafkaError::Subscription("no such partition".into())),
+                })?;
+            queues.insert(p, queue);
+        }
         Ok(PartitionReader {
             topic: CString::new(url.topic.clone()).expect("a valid topic has no NUL byte"),
             url: url.clone(),
             consumer,
+            order: queues.keys().copied().collect(),
+            queues,
+            since_order: 0,
+            cursor: usize::MAX,
+            first: partitions
+                .iter()
+                .filter_map(|(&p, &o)| Some((p, o?)))
+                .collect(),
             at_end: partitions.keys().map(|&p| (p, false)).collect(),
             next: partitions,
         })
@@ -344,25 +390,120 @@ impl PartitionReader {
                 }
                 None => Duration::ZERO,
             };
-            let Some(polled) = self.consumer.poll(wait) else {
-                if deadline.is_none() {
-                    return Ok(false);
+            // The main queue serves the client's callbacks, and holds any message
+            // fetched before the partitions got their own queues (older than those in
+            // them): looked at first, and again with each new order.
+            if self.since_order >= REORDER_EVERY || self.cursor == usize::MAX {
+                if let Some(polled) = self.consumer.poll(Duration::ZERO) {
+                    let polled = take(buf, polled);
+                    self.note(polled)?;
+                    self.cursor = usize::MAX;
+                    continue;
                 }
+                self.reorder();
+            }
+            // From the partition furthest behind; one with nothing ready is passed
+            // over until the next order.
+            let mut taken = false;
+            while self.cursor < self.order.len() {
+                let p = self.order[self.cursor];
+                if let Some(polled) = self.queues[&p].poll(Duration::ZERO) {
+                    let polled = take(buf, polled);
+                    self.note(polled)?;
+                    taken = true;
+                    break;
+                }
+                self.cursor += 1;
+            }
+            if taken {
+                continue;
+            }
+            self.since_order = REORDER_EVERY;
+            if deadline.is_none() {
+                return Ok(false);
+            }
+            // Nothing ready anywhere: wait on the partition furthest behind that is not
+            // at its end, a millisecond at a time so the others are looked at too.
+            self.reorder();
+            let waiting = self
+                .order
+                .iter()
+                .find(|p| !self.at_end.get(p).copied().unwrap_or(false))
+                .or(self.order.first())
+                .copied();
+            let Some(p) = waiting else {
+                std::thread::sleep(wait.min(Duration::from_millis(1)));
                 continue;
             };
-            match polled {
-                Ok(m) => {
-                    let (p, offset) = (m.partition() as u32, m.offset() as u64);
-                    buf.push(p, offset, m.payload().unwrap_or_default());
-                    self.next.insert(p, Some(offset + 1));
-                    self.at_end.insert(p, false);
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    self.at_end.insert(p as u32, true);
-                }
-                Err(e) => return Err(self.url.client_error("reading", e)),
+            if let Some(polled) = self.queues[&p].poll(wait.min(Duration::from_millis(1))) {
+                let taken = take(buf, polled);
+                self.note(taken)?;
             }
         }
+    }
+
+    /// Records what [`take`] took in the positions.
+    fn note(&mut self, taken: std::result::Result<Taken, KafkaError>) -> Result<()> {
+        match taken {
+            Ok(Taken::Message(p, offset)) => {
+                self.next.insert(p, Some(offset + 1));
+                self.first.entry(p).or_insert(offset);
+                self.at_end.insert(p, false);
+                self.since_order += 1;
+                Ok(())
+            }
+            Ok(Taken::End(p)) => {
+                self.at_end.insert(p, true);
+                Ok(())
+            }
+            Err(e) => Err(self.url.client_error("reading", e)),
+        }
+    }
+
+    /// Orders the partitions by the share of their backlog read, least first: (next -
+    /// first) / (end - first), with the end as the client last heard it from the broker.
+    fn reorder(&mut self) {
+        let mut shares: Vec<(f64, u32)> = self
+            .order
+            .iter()
+            .map(|&p| {
+                let share = match (self.first.get(&p), self.next.get(&p).copied().flatten()) {
+                    (Some(&first), Some(next)) => {
+                        let end = self.high_watermark(p).unwrap_or(next).max(next);
+                        if end > first {
+                            (next - first) as f64 / (end - first) as f64
+                        } else {
+                            1.0
+                        }
+                    }
+                    _ => 0.0,
+                };
+                (share, p)
+            })
+            .collect();
+        shares.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.order = shares.into_iter().map(|(_, p)| p).collect();
+        self.since_order = 0;
+        self.cursor = 0;
+    }
+
+    /// The offset after the last message of `p`, as the client last heard it from the
+    /// broker (cached, no broker call); `None` before the first fetch.
+    fn high_watermark(&self, p: u32) -> Option<u64> {
+        let (mut low, mut high) = (0i64, 0i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives, the topic is a
+        // NUL-terminated string we own, and librdkafka only writes the two integers.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                self.topic.as_ptr(),
+                p as i32,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high as u64)
     }
 
     /// True when every partition is at its end.
@@ -392,27 +533,36 @@ impl PartitionReader {
         self.next
             .iter()
             .map(|(&p, &next)| {
-                let (mut low, mut high) = (0i64, 0i64);
-                // SAFETY: the client pointer is valid while `self.consumer` lives, the
-                // topic is a NUL-terminated string we own, and librdkafka only writes
-                // the two integers (cached values, no broker call).
-                let err = unsafe {
-                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                        self.consumer.client().native_ptr(),
-                        self.topic.as_ptr(),
-                        p as i32,
-                        &mut low,
-                        &mut high,
-                    )
-                };
-                if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    let next = next.unwrap_or(low.max(0) as u64);
-                    (high.max(0) as u64).saturating_sub(next)
-                } else {
-                    0
-                }
+                // Before the first message of a partition read from its beginning, its
+                // whole content lies beyond.
+                let high = self.high_watermark(p).unwrap_or(0);
+                high.saturating_sub(next.unwrap_or(0))
             })
             .sum()
+    }
+}
+
+/// What one poll of a consumer or partition queue gave.
+enum Taken {
+    /// A message of (partition, offset), its payload appended to the buffer.
+    Message(u32, u64),
+    /// The partition is at its end.
+    End(u32),
+}
+
+/// Appends a polled message's payload to `buf`.
+fn take(
+    buf: &mut MessageBuf,
+    polled: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+) -> std::result::Result<Taken, KafkaError> {
+    match polled {
+        Ok(m) => {
+            let (p, offset) = (m.partition() as u32, m.offset() as u64);
+            buf.push(p, offset, m.payload().unwrap_or_default());
+            Ok(Taken::Message(p, offset))
+        }
+        Err(KafkaError::PartitionEOF(p)) => Ok(Taken::End(p as u32)),
+        Err(e) => Err(e),
     }
 }
 
