@@ -944,8 +944,9 @@ struct EpochRead<'a> {
     records: Vec<(u32, u64, &'a [u8])>,
     /// The end of the file, or every partition of the worker read to its end.
     caught_up: bool,
-    /// Kafka: more messages wait beyond what was read than the epoch read, so the job
-    /// is catching up a backlog rather than keeping up with the topic.
+    /// Kafka: more messages wait beyond what was read than the epoch read, or the epoch
+    /// was cut by its byte budget with messages still waiting: the job is catching up a
+    /// backlog rather than keeping up with the topic.
     behind: bool,
     /// The worker's partitions read to their end (Kafka).
     idle: Vec<u32>,
@@ -967,6 +968,8 @@ struct Status {
     caught_up: bool,
     /// The worker is catching up a backlog ([`EpochRead::behind`]).
     behind: bool,
+    /// Kafka: messages beyond what the worker read in the epoch.
+    lag: u64,
     /// HTTP (worker 0): `commit_interval` has passed since the last commit.
     commit_due: bool,
     /// The worker's partitions read to their end (Kafka).
@@ -1239,6 +1242,12 @@ fn run_worker(
     let mut last_capacity = 0;
     // Kafka: when the last epoch's reading ended, unless it was catching up a backlog.
     let mut live_cut: Option<Instant> = None;
+    // Kafka: the most this worker reads in its next epoch. While the job catches up a
+    // backlog, each worker's share of `epoch_bytes` is its backlog over the largest
+    // (the workers' backlogs as of the last epoch), so that the workers finish
+    // together instead of one reading the end of a larger backlog alone while every
+    // commit rewrites what its events touch.
+    let mut read_budget = opts.epoch_bytes.max(1);
     let mut scratch = Scratch::default();
     let mut append_only = AppendOnly::default();
     let mut names = NameCache::default();
@@ -1332,6 +1341,8 @@ fn run_worker(
             peers,
             chunk_is_partition: matches!(input, Input::Kafka { .. }),
         };
+        // Kafka: messages beyond what this worker read in the epoch.
+        let mut lag = 0;
         // Read this worker's records of the epoch: (partition, offset, bytes), in
         // arrival order.
         let EpochRead {
@@ -1402,7 +1413,7 @@ fn run_worker(
                         let over = if busy {
                             r.read_ready(
                                 buf,
-                                epoch_bytes as usize,
+                                read_budget as usize,
                                 opts.until_caught_up,
                                 &opts.stop,
                             )?
@@ -1411,7 +1422,7 @@ fn run_worker(
                             r.read_more(
                                 buf,
                                 slice,
-                                epoch_bytes as usize,
+                                read_budget as usize,
                                 opts.until_caught_up,
                                 &opts.stop,
                             )?
@@ -1426,7 +1437,7 @@ fn run_worker(
                             // this epoch, not to the next one a second later.
                             r.read_ready(
                                 buf,
-                                epoch_bytes as usize,
+                                read_budget as usize,
                                 opts.until_caught_up,
                                 &opts.stop,
                             )?;
@@ -1448,7 +1459,12 @@ fn run_worker(
                         .positions()
                         .map(|(p, next)| (url.partition_name(p), next))
                         .collect();
-                    let behind = r.lag() > buf.len() as u64;
+                    lag = r.lag();
+                    // Behind: more waits than the epoch read, or the epoch was cut by
+                    // its byte budget with more waiting (the end of a backlog, read in
+                    // one more epoch, is not worth a commit of its own).
+                    let behind = lag > buf.len() as u64
+                        || (lag > 0 && buf.payload_bytes() as u64 >= read_budget);
                     live_cut = (!behind).then_some(cut);
                     EpochRead {
                         behind,
@@ -1677,6 +1693,7 @@ fn run_worker(
             retracting: !retractions.pending.is_empty(),
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             behind,
+            lag,
             commit_due: index == 0 && last_commit_decided.elapsed() >= opts.commit_interval,
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
@@ -1717,6 +1734,14 @@ fn run_worker(
         // anyway); once it keeps up it commits every epoch that read anything again.
         let behind = all.iter().any(|s| s.behind);
         let retracting = all.iter().any(|s| s.retracting);
+        let largest_lag = all.iter().map(|s| s.lag).max().unwrap_or(0);
+        read_budget = if behind && largest_lag > 0 {
+            // At least an eighth, so that a small backlog is still read in good time.
+            let share = (lag as u128 * opts.epoch_bytes as u128 / largest_lag as u128) as u64;
+            share.max(opts.epoch_bytes / 8).max(1)
+        } else {
+            opts.epoch_bytes.max(1)
+        };
         let commit = last
             || match input {
                 Input::File(_) => (epoch + 1) % opts.commit_every.max(1) == 0 || caught_up,

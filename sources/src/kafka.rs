@@ -5,11 +5,14 @@
 //! of its last commit record). The job's own commit record is the only place offsets are
 //! kept, so a restart resumes exactly where the last committed epoch ended.
 //!
-//! Messages are copied into a [`MessageBuf`], one epoch at a time, and handed out
-//! partition by partition in offset order: that is the job's arrival order within an
-//! epoch. A partition is *at its end* when the broker reported that no message lies
-//! beyond what was read (librdkafka's partition EOF); the job uses that to stop once
-//! caught up (`--until-caught-up`) and to report lag.
+//! Messages are copied into a [`MessageBuf`], one epoch at a time, in the order the
+//! reader took them (each partition's in offset order): that is the job's arrival order
+//! within an epoch. Each partition has a queue of its own, and the reader takes from the
+//! one that has read the smallest share of its backlog first, so that the partitions of
+//! a backlog are read at one pace ([`PartitionReader`]). A partition is *at its end*
+//! when the broker reported that no message lies beyond what was read (librdkafka's
+//! partition EOF); the job uses that to stop once caught up (`--until-caught-up`) and
+//! to report lag.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -467,17 +470,8 @@ impl PartitionReader {
             .order
             .iter()
             .map(|&p| {
-                let share = match (self.first.get(&p), self.next.get(&p).copied().flatten()) {
-                    (Some(&first), Some(next)) => {
-                        let end = self.high_watermark(p).unwrap_or(next).max(next);
-                        if end > first {
-                            (next - first) as f64 / (end - first) as f64
-                        } else {
-                            1.0
-                        }
-                    }
-                    _ => 0.0,
-                };
+                let next = self.next.get(&p).copied().flatten();
+                let share = share_read(self.first.get(&p).copied(), next, self.high_watermark(p));
                 (share, p)
             })
             .collect();
@@ -539,6 +533,21 @@ impl PartitionReader {
                 high.saturating_sub(next.unwrap_or(0))
             })
             .sum()
+    }
+}
+
+/// The share of a partition's backlog read: (next - first) / (end - first) for a reader
+/// that started at `first`, reads `next` and last heard of `end` as the partition's end.
+/// 0 before its first message; 1 for an empty backlog. Only compared, never counted.
+fn share_read(first: Option<u64>, next: Option<u64>, end: Option<u64>) -> f64 {
+    let (Some(first), Some(next)) = (first, next) else {
+        return 0.0;
+    };
+    let end = end.unwrap_or(next).max(next);
+    if end > first {
+        (next - first) as f64 / (end - first) as f64
+    } else {
+        1.0
     }
 }
 
@@ -764,6 +773,23 @@ pub fn event_key(line: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_partition_share_is_what_it_read_of_its_own_backlog() {
+        // Not started: first in line.
+        assert_eq!(share_read(None, None, Some(100)), 0.0);
+        assert_eq!(share_read(Some(50), None, Some(100)), 0.0);
+        // Resumed at 1,000 of 3,000; read 500 of the 2,000 since.
+        assert_eq!(share_read(Some(1_000), Some(1_500), Some(3_000)), 0.25);
+        // A larger partition read as many messages has read a smaller share.
+        assert!(
+            share_read(Some(0), Some(500), Some(4_000))
+                < share_read(Some(0), Some(500), Some(2_000))
+        );
+        // Nothing to read, or an end not heard of yet: all read.
+        assert_eq!(share_read(Some(7), Some(7), Some(7)), 1.0);
+        assert_eq!(share_read(Some(0), Some(10), None), 1.0);
+    }
+
     use super::*;
 
     #[test]
