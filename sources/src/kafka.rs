@@ -255,6 +255,12 @@ impl PartitionReader {
     /// Starts reading `partitions`: partition -> first offset to read, or `None` for the
     /// oldest message the broker still holds.
     pub fn open(url: &KafkaUrl, partitions: BTreeMap<u32, Option<u64>>) -> Result<Self> {
+        // The client's limits on fetched messages apply to each partition's own queue:
+        // the reader's 200,000 messages and 64 MiB are shared among its partitions, so
+        // that a worker with many partitions holds no more than one with a few.
+        let shared = partitions.len().max(1);
+        let queued_messages = (200_000 / shared).max(10_000);
+        let queued_kbytes = (65_536 / shared).max(8_192);
         let consumer: BaseConsumer = url
             .config()
             // Required by the client even without group membership; offsets are never
@@ -268,7 +274,8 @@ impl PartitionReader {
             .set("fetch.wait.max.ms", "50")
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "8388608")
-            .set("queued.min.messages", "200000")
+            .set("queued.min.messages", queued_messages.to_string())
+            .set("queued.max.messages.kbytes", queued_kbytes.to_string())
             // Once its queue of fetched messages is full, the client waits this long
             // before it fetches again (librdkafka's default: a second). A job catching
             // up drains a full queue in a fraction of that and then waited for the
