@@ -299,9 +299,10 @@ pub fn usage_sink<'s>(
                             rows: rows.len() as u64,
                         }
                     });
+                    // A partition written final leaves memory: no flip to come.
                     match &file {
-                        Some(f) => files.insert(p, f.clone()),
-                        None => files.remove(&p),
+                        Some(f) if rows.iter().any(|r| !r.is_final) => files.insert(p, f.clone()),
+                        _ => files.remove(&p),
                     };
                     changes.push(FileChange {
                         table: "usage_windows".into(),
