@@ -272,7 +272,7 @@ pub fn usage_sink<'s>(
                 // The files of partitions that only became final are read back while
                 // the changed ones are encoded, then rewritten with `is_final` set and
                 // every other column copied.
-                let mut reads: Vec<_> = writes
+                let reads: Vec<_> = writes
                     .iter()
                     .filter(|(_, w)| matches!(w, PartitionWrite::AllFinal))
                     .map(|(p, _)| {
@@ -310,7 +310,7 @@ pub fn usage_sink<'s>(
                         file,
                     });
                 }
-                for (p, old, read) in reads.drain(..) {
+                for (p, old, read) in reads {
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
                     let path = format!("usage_windows/{slot}-e{t:06}.parquet");
                     let bytes = cfg

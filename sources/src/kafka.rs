@@ -214,8 +214,8 @@ const REORDER_EVERY: usize = 1024;
 /// Each partition's messages come through a queue of its own, and the reader takes them
 /// from the partition that has read the smallest share of what it has to read (its
 /// backlog since the reader started) first. A worker catching up a backlog thus reads
-/// its partitions at the same pace: read from one shared queue, one partition ran up to
-/// a day of event time ahead of another in a 10M-event catch-up (bench/README.md,
+/// its partitions at the same pace: read from one shared queue, one partition ran nearly
+/// two days of event time ahead of another in a 10M-event catch-up (bench/README.md,
 /// session 28), and every `usage_windows` partition that the lagging one then reached
 /// was written again. A partition whose queue is full is not fetched until it is read
 /// (librdkafka's back-pressure), so the broker's bandwidth goes to the others.
@@ -478,7 +478,8 @@ impl PartitionReader {
             .iter()
             .map(|&p| {
                 let next = self.next.get(&p).copied().flatten();
-                let share = share_read(self.first.get(&p).copied(), next, self.high_watermark(p));
+                let end = self.watermarks(p).map(|(_, high)| high);
+                let share = share_read(self.first.get(&p).copied(), next, end);
                 (share, p)
             })
             .collect();
@@ -488,9 +489,10 @@ impl PartitionReader {
         self.cursor = 0;
     }
 
-    /// The offset after the last message of `p`, as the client last heard it from the
-    /// broker (cached, no broker call); `None` before the first fetch.
-    fn high_watermark(&self, p: u32) -> Option<u64> {
+    /// The offsets of the first message of `p` and after its last, as the client last
+    /// heard them from the broker (cached, no broker call); `None` before the first
+    /// fetch.
+    fn watermarks(&self, p: u32) -> Option<(u64, u64)> {
         let (mut low, mut high) = (0i64, 0i64);
         // SAFETY: the client pointer is valid while `self.consumer` lives, the topic is a
         // NUL-terminated string we own, and librdkafka only writes the two integers.
@@ -504,7 +506,7 @@ impl PartitionReader {
             )
         };
         (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-            .then_some(high as u64)
+            .then_some((low.max(0) as u64, high as u64))
     }
 
     /// True when every partition is at its end.
@@ -534,10 +536,10 @@ impl PartitionReader {
         self.next
             .iter()
             .map(|(&p, &next)| {
-                // Before the first message of a partition read from its beginning, its
-                // whole content lies beyond.
-                let high = self.high_watermark(p).unwrap_or(0);
-                high.saturating_sub(next.unwrap_or(0))
+                // Before the first message of a partition read from its beginning, all
+                // it holds lies beyond.
+                let (low, high) = self.watermarks(p).unwrap_or((0, 0));
+                high.saturating_sub(next.unwrap_or(low))
             })
             .sum()
     }
