@@ -254,7 +254,6 @@ fn send(
     Ok(())
 }
 
-/// Partition -> next offset covered by the newest commit record in `data`.
 /// The path of the newest commit record in `data`.
 fn newest_record(data: &std::path::Path) -> Option<PathBuf> {
     std::fs::read_dir(data.join("_commits"))
@@ -270,6 +269,8 @@ fn read_record(path: &std::path::Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
+/// Partition -> next offset covered by the newest commit record in `data`.
+///
 /// `last` holds the record read last time and what it covers: a record is parsed once,
 /// not at every check (a live job's record names every file, tens of KB of JSON, and
 /// parsing it 100 times a second took CPU from the job under measurement).
@@ -287,7 +288,8 @@ fn committed(
         return covered.clone();
     }
     let Some(record) = read_record(&path) else {
-        // Being replaced as it was listed: the one read before still holds.
+        // Deleted (superseded) between the listing and the read: what the record read
+        // before covered still holds.
         return last.as_ref().map_or(vec![0; 4], |(_, c)| c.clone());
     };
     let covered: Vec<u64> = (0..4)
