@@ -121,7 +121,8 @@ pub struct LateRecord {
 
 /// The identity of one `usage_windows` row, in integers: the customer's and the
 /// dimensions' fingerprints (`crate::fingerprint`), the meter's index, the window. Its
-/// order (customer first) is the row order of the partition files.
+/// order (customer first) is the row order of a partition file written afresh; a live
+/// job's later rewrites put new windows after the rows already written.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]

@@ -21,10 +21,11 @@
 //! final; once all its windows are final and written, its state is dropped, so memory
 //! holds only windows that can still change.
 
+use indexmap::IndexMap;
+use indexmap::map::Entry;
 use om_model::time::{DAY, HOUR};
 use om_model::{Aggregation, Decimal9, Micros, WindowKey, WindowSize};
-use rustc_hash::FxHashMap;
-use std::collections::hash_map::Entry;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The value one event contributes to a window.
@@ -200,11 +201,20 @@ pub fn partition_path(p: &PartitionKey) -> String {
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Partition {
-    windows: FxHashMap<WindowKey, WindowState>,
+    /// Its windows in the order of its file's rows: sorted by key when the partition is
+    /// written with no row kept from its previous file, each new window after the
+    /// others, and a removed window's slot taken by the last one. New windows thus
+    /// leave the rows before them where they were, so a writer can keep the parts of
+    /// the previous file whose keys did not move ([`PartitionWrite::Rows`]).
+    windows: IndexMap<WindowKey, WindowState, FxBuildHasher>,
     /// Changed since it was last written.
     dirty: bool,
     /// Earliest end among windows that were not final when it was last written.
     first_open_end: Option<Micros>,
+    /// How many leading windows are still, in order, those its last write listed
+    /// first. Not saved: a resumed job holds no file to keep rows of.
+    #[serde(skip)]
+    kept: usize,
 }
 
 /// One `usage_windows` row of a partition being written.
@@ -223,8 +233,14 @@ pub struct WindowRow {
 /// How a partition is to be rewritten at a commit ([`UsageState::take_writes`]).
 #[derive(Debug, PartialEq)]
 pub enum PartitionWrite {
-    /// Its rows, sorted by window key; none when its file is to be removed.
-    Rows(Vec<WindowRow>),
+    /// Its rows, in file order; none when its file is to be removed.
+    Rows {
+        /// The rows.
+        rows: Vec<WindowRow>,
+        /// How many leading rows have the keys, in the same order, of the rows this
+        /// partition was last written with (0 when there was no such write).
+        kept: usize,
+    },
     /// Unchanged since its last file, and every window in it is now final: that file's
     /// rows with `is_final` set.
     AllFinal,
@@ -299,7 +315,9 @@ impl UsageState {
                 Entry::Occupied(mut o) => {
                     o.get_mut().apply(u.timestamp, &u.value, u.diff);
                     if o.get().is_empty() {
-                        o.remove();
+                        // The last window moves into this slot: rows from here on moved.
+                        part.kept = part.kept.min(o.index());
+                        o.swap_remove();
                     }
                 }
                 Entry::Vacant(v) => {
@@ -323,8 +341,8 @@ impl UsageState {
         self.len() == 0
     }
 
-    /// The partitions to rewrite at a commit with this watermark, with their rows sorted
-    /// by window key: those that changed, and those with windows that became final since
+    /// The partitions to rewrite at a commit with this watermark, with their rows in file
+    /// order (sorted by window key when none is kept from the last write): those that changed, and those with windows that became final since
     /// they were last written. A partition with no rows left is listed with none (its
     /// file is to be removed). Partitions whose windows are now all final, and in which
     /// no on-time event can open a new window, leave memory.
@@ -335,7 +353,7 @@ impl UsageState {
         self.take_writes(watermark, |_| false)
             .into_iter()
             .map(|(p, write)| match write {
-                PartitionWrite::Rows(rows) => (p, rows),
+                PartitionWrite::Rows { rows, .. } => (p, rows),
                 PartitionWrite::AllFinal => unreachable!("no partition file is held"),
             })
             .collect()
@@ -367,7 +385,10 @@ impl UsageState {
                 out.push((*p, PartitionWrite::AllFinal));
                 continue;
             }
-            let mut rows: Vec<WindowRow> = part
+            if part.kept == 0 {
+                part.windows.sort_unstable_keys();
+            }
+            let rows: Vec<WindowRow> = part
                 .windows
                 .iter()
                 .map(|(key, state)| {
@@ -380,14 +401,14 @@ impl UsageState {
                     }
                 })
                 .collect();
-            rows.sort_unstable_by_key(|r| r.key);
             part.dirty = false;
             part.first_open_end = rows
                 .iter()
                 .filter(|r| !r.is_final)
                 .map(|r| r.key.size.end(r.key.start))
                 .min();
-            out.push((*p, PartitionWrite::Rows(rows)));
+            let kept = std::mem::replace(&mut part.kept, rows.len());
+            out.push((*p, PartitionWrite::Rows { rows, kept }));
         }
         out.sort_unstable_by_key(|(p, _)| *p);
         let done: Vec<PartitionKey> = self
@@ -569,12 +590,12 @@ mod tests {
         s.apply(&update(0, 59 * MINUTE, n(1), 1));
         assert!(matches!(
             &s.take_writes(Some(10), |_| true)[..],
-            [(_, PartitionWrite::Rows(rows))] if rows.len() == 2
+            [(_, PartitionWrite::Rows { rows, kept: 0 })] if rows.len() == 2
         ));
         // The 00:00 minute is final, 00:59 not yet: rows, whatever the caller holds.
         assert!(matches!(
             &s.take_writes(Some(HOUR + 2 * MINUTE), |_| true)[..],
-            [(_, PartitionWrite::Rows(rows))] if rows[0].is_final && !rows[1].is_final
+            [(_, PartitionWrite::Rows { rows, kept: 2 })] if rows[0].is_final && !rows[1].is_final
         ));
         // Both final, nothing else changed: the held file with `is_final` set.
         assert_eq!(
@@ -593,7 +614,7 @@ mod tests {
                 s.apply(&update(0, 30 * MINUTE, n(1), 1));
             }
             match &s.take_writes(Some(2 * HOUR), |_| has_file)[..] {
-                [(_, PartitionWrite::Rows(rows))] => {
+                [(_, PartitionWrite::Rows { rows, .. })] => {
                     assert!(rows.iter().all(|r| r.is_final));
                     assert_eq!(rows.len(), 1 + change as usize);
                 }
@@ -622,6 +643,82 @@ mod tests {
                 .all(|(_, rows)| rows.len() == 2)
         );
         assert!(s.is_empty(), "final and closed: left memory");
+    }
+
+    /// The customers of a partition's rows, in file order, and how many were kept.
+    fn order(write: &PartitionWrite) -> (Vec<u64>, usize) {
+        match write {
+            PartitionWrite::Rows { rows, kept } => {
+                (rows.iter().map(|r| r.key.customer).collect(), *kept)
+            }
+            PartitionWrite::AllFinal => panic!("rows expected"),
+        }
+    }
+
+    fn of(customer: u64) -> ReadingUpdate {
+        ReadingUpdate {
+            customer,
+            ..update(0, 10, n(1), 1)
+        }
+    }
+
+    #[test]
+    fn new_windows_follow_the_rows_already_written() {
+        let mut s = UsageState::new(vec![Aggregation::Sum], vec![vec![WindowSize::Hour]], HOUR);
+        for c in [5, 3, 9] {
+            s.apply(&of(c));
+        }
+        // First write: sorted, nothing kept.
+        assert_eq!(
+            order(&s.take_writes(Some(0), |_| true)[0].1),
+            (vec![3, 5, 9], 0)
+        );
+        // New windows go after the written ones, whatever their keys; an update to a
+        // written window leaves it in place.
+        for c in [1, 7, 5] {
+            s.apply(&of(c));
+        }
+        assert_eq!(
+            order(&s.take_writes(Some(0), |_| true)[0].1),
+            (vec![3, 5, 9, 1, 7], 3)
+        );
+        // Emptying the window in slot 1 moves the last one there: one row kept.
+        s.apply(&ReadingUpdate { diff: -1, ..of(5) });
+        s.apply(&ReadingUpdate { diff: -1, ..of(5) });
+        assert_eq!(
+            order(&s.take_writes(Some(0), |_| true)[0].1),
+            (vec![3, 7, 9, 1], 1)
+        );
+        // Emptying slot 0 leaves nothing kept, and the partition is written sorted.
+        s.apply(&ReadingUpdate { diff: -1, ..of(3) });
+        assert_eq!(
+            order(&s.take_writes(Some(0), |_| true)[0].1),
+            (vec![1, 7, 9], 0)
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_order_but_no_kept_rows() {
+        let mut s = UsageState::new(vec![Aggregation::Sum], vec![vec![WindowSize::Hour]], HOUR);
+        for c in [5, 3] {
+            s.apply(&of(c));
+        }
+        s.take_writes(Some(0), |_| true);
+        s.apply(&of(1));
+        let saved = bincode::serialize(s.data()).unwrap();
+        let mut restored =
+            UsageState::new(vec![Aggregation::Sum], vec![vec![WindowSize::Hour]], HOUR);
+        restored.restore(bincode::deserialize(&saved).unwrap());
+        // The resumed job holds no file: its first write keeps nothing (and sorts).
+        assert_eq!(
+            order(&restored.take_writes(Some(0), |_| true)[0].1),
+            (vec![1, 3, 5], 0)
+        );
+        // The original keeps its two written rows.
+        assert_eq!(
+            order(&s.take_writes(Some(0), |_| true)[0].1),
+            (vec![3, 5, 1], 2)
+        );
     }
 
     #[test]

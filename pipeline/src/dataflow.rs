@@ -6,8 +6,9 @@ use crate::packed::{Packed, PackedRef};
 use om_model::{Aggregation, Micros, WindowSize};
 use om_operators::windowed_usage::{PartitionKey, partition_path};
 use om_operators::{NameRecord, Names, PartitionWrite, ReadingUpdate, UsageState, WindowRow};
+use om_sinks::blocks::{BlockFile, write_blocks};
 use om_sinks::commit::{CommitRecord, FileEntry};
-use om_sinks::encode::{RecordBatch, UsageRow};
+use om_sinks::encode::{RecordBatch, USAGE_KEY_COLUMNS, UsageRow, usage_values};
 use om_sinks::retention::{self, Superseded};
 use om_sinks::splice::set_bool_column;
 use om_sinks::{DataStore, FileChange, Uploads};
@@ -201,9 +202,11 @@ pub fn usage_sink<'s>(
         let mut known = Names::default();
         let mut chain = Chain::new("usage", cfg.worker);
         let mut log = EpochLog::default();
-        // The file each partition was last written to by this job (not by the job it
-        // resumed from: those partitions are encoded from their rows once more).
-        let mut files: FxHashMap<PartitionKey, FileEntry> = FxHashMap::default();
+        // The file each partition with open windows was last written to by this job, and
+        // its bytes, which the next write copies key columns from (a job resuming holds
+        // none: its partitions are encoded from their rows once more). Parquet takes a
+        // few bytes a row, against the tens a window takes in memory.
+        let mut files: FxHashMap<PartitionKey, (FileEntry, BlockFile)> = FxHashMap::default();
         if let Some(saved) = cfg.restore.take() {
             state.restore(saved.base.usage);
             known = saved.base.names;
@@ -269,67 +272,47 @@ pub fn usage_sink<'s>(
                 let mut uploads = Uploads::new(&cfg.runtime);
                 let mut changes = Vec::new();
                 let writes = state.take_writes(watermark, |p| files.contains_key(p));
-                // The files of partitions that only became final are read back while
-                // the changed ones are encoded, then rewritten with `is_final` set and
-                // every other column copied.
-                let reads: Vec<_> = writes
-                    .iter()
-                    .filter(|(_, w)| matches!(w, PartitionWrite::AllFinal))
-                    .map(|(p, _)| {
-                        let old = files.remove(p).expect("asked for held files only");
-                        let store = cfg.store.clone();
-                        let path = old.path.clone();
-                        let read = cfg.runtime.spawn(async move { store.get(&path).await });
-                        (*p, old, read)
-                    })
-                    .collect();
                 for (p, write) in writes {
-                    let PartitionWrite::Rows(rows) = write else {
-                        continue;
-                    };
-                    let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
-                    let file = (!rows.is_empty()).then(|| {
-                        let path = format!("usage_windows/{slot}-e{t:06}.parquet");
-                        let batch = encode_usage(&rows, &known, &cfg.meters);
-                        let bytes = om_sinks::parquet::encode(&batch)
-                            .unwrap_or_else(|e| panic!("encoding {path}: {e}"));
-                        uploads.put(&cfg.store, path.clone(), bytes);
-                        FileEntry {
-                            path,
-                            rows: rows.len() as u64,
-                        }
-                    });
-                    // A partition written final leaves memory: no flip to come.
-                    match &file {
-                        Some(f) if rows.iter().any(|r| !r.is_final) => files.insert(p, f.clone()),
-                        _ => files.remove(&p),
-                    };
-                    changes.push(FileChange {
-                        table: "usage_windows".into(),
-                        slot,
-                        file,
-                    });
-                }
-                for (p, old, read) in reads {
                     let slot = format!("{}/w{}", partition_path(&p), cfg.worker);
                     let path = format!("usage_windows/{slot}-e{t:06}.parquet");
-                    let bytes = cfg
-                        .runtime
-                        .block_on(read)
-                        .map_err(|e| e.to_string())
-                        .and_then(|read| read.map_err(|e| e.to_string()))
-                        .and_then(|read| read.ok_or_else(|| "it is gone".to_string()))
-                        .unwrap_or_else(|e| panic!("reading back {}: {e}", old.path));
-                    let bytes = set_bool_column(&bytes.into(), "is_final", true)
-                        .unwrap_or_else(|e| panic!("rewriting {} as final: {e}", old.path));
-                    uploads.put(&cfg.store, path.clone(), bytes);
+                    let (rows, file) = match write {
+                        // Only `is_final` changes: the held file with that column set.
+                        PartitionWrite::AllFinal => {
+                            let (old, written) =
+                                files.remove(&p).expect("asked for held files only");
+                            let bytes = set_bool_column(written.bytes(), "is_final", true)
+                                .unwrap_or_else(|e| panic!("rewriting {} as final: {e}", old.path));
+                            uploads.put(&cfg.store, path.clone(), bytes);
+                            (old.rows, None)
+                        }
+                        PartitionWrite::Rows { rows, kept } => {
+                            let open = rows.iter().any(|r| !r.is_final);
+                            let previous = files.remove(&p).map(|(_, written)| written);
+                            if !rows.is_empty() {
+                                let written = write_usage(
+                                    &rows,
+                                    previous.as_ref().map(|w| (w, kept)),
+                                    &known,
+                                    &cfg.meters,
+                                )
+                                .unwrap_or_else(|e| panic!("encoding {path}: {e}"));
+                                uploads.put(&cfg.store, path.clone(), written.bytes().clone());
+                                (rows.len() as u64, open.then_some(written))
+                            } else {
+                                (0, None)
+                            }
+                        }
+                    };
+                    let entry = (rows > 0).then_some(FileEntry { path, rows });
+                    // A partition with open windows keeps its file for the next write;
+                    // one written final leaves memory: no flip to come.
+                    if let (Some(entry), Some(written)) = (&entry, file) {
+                        files.insert(p, (entry.clone(), written));
+                    }
                     changes.push(FileChange {
                         table: "usage_windows".into(),
                         slot,
-                        file: Some(FileEntry {
-                            path,
-                            rows: old.rows,
-                        }),
+                        file: entry,
                     });
                 }
                 if cfg.checkpoints {
@@ -360,8 +343,41 @@ pub fn usage_sink<'s>(
     })
 }
 
-/// A partition's rows as a `usage_windows` batch, with the names behind the fingerprints.
-fn encode_usage(rows: &[WindowRow], names: &Names, meters: &[String]) -> RecordBatch {
+/// A partition's rows as a `usage_windows` file, in blocks that copy their key columns
+/// from the `previous` file written of the partition where its first `kept` rows are
+/// this one's ([`om_sinks::blocks`]).
+fn write_usage(
+    rows: &[WindowRow],
+    previous: Option<(&BlockFile, usize)>,
+    names: &Names,
+    meters: &[String],
+) -> om_sinks::Result<BlockFile> {
+    let schema = &om_model::schema::USAGE_WINDOWS;
+    let (previous, kept) = previous.map_or((None, 0), |(file, kept)| (Some(file), kept));
+    write_blocks(
+        schema,
+        om_sinks::parquet::properties(schema).build(),
+        USAGE_KEY_COLUMNS,
+        rows.len(),
+        previous,
+        kept,
+        |range, with_keys| {
+            let rows = &rows[range];
+            Ok(if with_keys {
+                encode_usage(rows, names, meters)?.columns().to_vec()
+            } else {
+                usage_values(rows.iter().map(|r| (r.value, r.events, r.is_final))).to_vec()
+            })
+        },
+    )
+}
+
+/// Rows of a partition as a `usage_windows` batch, with the names behind the fingerprints.
+fn encode_usage(
+    rows: &[WindowRow],
+    names: &Names,
+    meters: &[String],
+) -> om_sinks::Result<RecordBatch> {
     let usage_row = |r: &WindowRow| {
         let (tenant_id, customer_id) = names
             .customer_of(r.key.customer)
@@ -381,7 +397,6 @@ fn encode_usage(rows: &[WindowRow], names: &Names, meters: &[String]) -> RecordB
         }
     };
     om_sinks::encode::usage_windows(rows.iter().map(usage_row))
-        .expect("usage rows match the schema")
 }
 
 /// The committer: gathers every worker's file changes and counts for an epoch on worker

@@ -254,6 +254,29 @@ pub struct UsageRow<'a> {
     pub is_final: bool,
 }
 
+/// How many leading columns of `usage_windows` are a row's key (its window): all but
+/// `value`, `events` and `is_final`.
+pub const USAGE_KEY_COLUMNS: usize = 7;
+
+/// The columns of `usage_windows` after its key columns, from each row's
+/// `(value, events, is_final)`.
+pub fn usage_values(rows: impl ExactSizeIterator<Item = (Decimal9, i64, bool)>) -> [ArrayRef; 3] {
+    let n = rows.len();
+    let mut value = dec_builder(n);
+    let mut events = Int64Builder::with_capacity(n);
+    let mut is_final = BooleanBuilder::with_capacity(n);
+    for (v, e, f) in rows {
+        value.append_value(v.raw());
+        events.append_value(e);
+        is_final.append_value(f);
+    }
+    [
+        Arc::new(value.finish()),
+        Arc::new(events.finish()),
+        Arc::new(is_final.finish()),
+    ]
+}
+
 /// The `usage_windows` table.
 pub fn usage_windows<'a>(rows: impl ExactSizeIterator<Item = UsageRow<'a>>) -> Result<RecordBatch> {
     let n = rows.len();

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 use bytes::Bytes;
 use parquet::basic::Compression;
 use parquet::column::writer::{ColumnCloseResult, ColumnWriter};
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
@@ -47,7 +47,7 @@ pub fn set_bool_column(file: &Bytes, column: &str, value: bool) -> Result<Vec<u8
         let rows = usize::try_from(group.num_rows())
             .map_err(|_| invalid(format!("row group {g} has a negative row count")))?;
         let mut group_writer = writer.next_row_group()?;
-        for (c, chunk) in group.columns().iter().enumerate() {
+        for c in 0..group.num_columns() {
             if c == target {
                 let mut column_writer = group_writer
                     .next_column()?
@@ -62,27 +62,41 @@ pub fn set_bool_column(file: &Bytes, column: &str, value: bool) -> Result<Vec<u8
                 column_writer.close()?;
                 continue;
             }
-            let column_index = metadata
-                .column_index()
-                .and_then(|index| index.get(g)?.get(c).cloned())
-                .filter(|index| !matches!(index, ColumnIndexMetaData::NONE));
-            let offset_index = metadata
-                .offset_index()
-                .and_then(|index| index.get(g)?.get(c).cloned());
-            let copied = ColumnCloseResult {
-                bytes_written: chunk.compressed_size() as u64,
-                rows_written: rows as u64,
-                metadata: chunk.clone(),
-                bloom_filter: None,
-                column_index,
-                offset_index,
-            };
-            group_writer.append_column(file, copied)?;
+            group_writer.append_column(file, copied_chunk(&metadata, g, c)?)?;
         }
         group_writer.close()?;
     }
     writer.close()?;
     Ok(out)
+}
+
+/// Column chunk `c` of row group `g` of the file `metadata` describes, as a result to
+/// append to a row group of a new file: the chunk's bytes are copied from the old file
+/// and its offsets, statistics and page index moved to their new place.
+pub(crate) fn copied_chunk(
+    metadata: &ParquetMetaData,
+    g: usize,
+    c: usize,
+) -> Result<ColumnCloseResult> {
+    let group = metadata.row_group(g);
+    let rows = u64::try_from(group.num_rows())
+        .map_err(|_| invalid(format!("row group {g} has a negative row count")))?;
+    let column_index = metadata
+        .column_index()
+        .and_then(|index| index.get(g)?.get(c).cloned())
+        .filter(|index| !matches!(index, ColumnIndexMetaData::NONE));
+    let offset_index = metadata
+        .offset_index()
+        .and_then(|index| index.get(g)?.get(c).cloned());
+    let chunk = group.column(c);
+    Ok(ColumnCloseResult {
+        bytes_written: chunk.compressed_size() as u64,
+        rows_written: rows,
+        metadata: chunk.clone(),
+        bloom_filter: None,
+        column_index,
+        offset_index,
+    })
 }
 
 fn invalid(message: String) -> Error {

@@ -142,9 +142,9 @@ impl DataStore {
     }
 
     /// Writes one object.
-    pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+    pub async fn put(&self, path: &str, bytes: impl Into<bytes::Bytes>) -> Result<()> {
         self.store
-            .put(&Path::from(path), PutPayload::from(bytes))
+            .put(&Path::from(path), PutPayload::from(bytes.into()))
             .await?;
         Ok(())
     }

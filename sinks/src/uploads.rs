@@ -29,8 +29,9 @@ impl Uploads {
     }
 
     /// Starts writing `bytes` to `path`.
-    pub fn put(&mut self, store: &DataStore, path: String, bytes: Vec<u8>) {
+    pub fn put(&mut self, store: &DataStore, path: String, bytes: impl Into<bytes::Bytes>) {
         let store = store.clone();
+        let bytes = bytes.into();
         let at = path.clone();
         let task = self
             .runtime
