@@ -342,10 +342,11 @@ impl UsageState {
     }
 
     /// The partitions to rewrite at a commit with this watermark, with their rows in file
-    /// order (sorted by window key when none is kept from the last write): those that changed, and those with windows that became final since
-    /// they were last written. A partition with no rows left is listed with none (its
-    /// file is to be removed). Partitions whose windows are now all final, and in which
-    /// no on-time event can open a new window, leave memory.
+    /// order (sorted by window key when none is kept from the last write): those that
+    /// changed, and those with windows that became final since they were last written.
+    /// A partition with no rows left is listed with none (its file is to be removed).
+    /// Partitions whose windows are now all final, and in which no on-time event can
+    /// open a new window, leave memory.
     pub fn take_partitions(
         &mut self,
         watermark: Option<Micros>,

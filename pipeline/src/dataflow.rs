@@ -343,9 +343,9 @@ pub fn usage_sink<'s>(
     })
 }
 
-/// A partition's rows as a `usage_windows` file, in blocks that copy their key columns
-/// from the `previous` file written of the partition where its first `kept` rows are
-/// this one's ([`om_sinks::blocks`]).
+/// A partition's rows as a `usage_windows` file in blocks ([`om_sinks::blocks`]). With
+/// `previous`, the partition's last file and how many of its first rows are still the
+/// first of `rows`, the full blocks among those rows copy their key columns from it.
 fn write_usage(
     rows: &[WindowRow],
     previous: Option<(&BlockFile, usize)>,
