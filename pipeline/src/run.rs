@@ -4,12 +4,13 @@
 //! - a file is cut into epochs of `epoch_bytes`; each worker reads its own contiguous
 //!   slice of every epoch, so byte offsets give one global arrival order. The job ends at
 //!   the end of the file.
-//! - a Kafka topic: each worker reads the partitions `p` with `p % workers == index`, for
-//!   `commit_interval` per epoch (at most `epoch_bytes` of payload; a job that keeps up
-//!   cuts its epochs `commit_interval` apart), in arrival order (each partition's in
-//!   offset order), decoding each slice as it reads it. The job runs until stopped
-//!   (SIGINT/SIGTERM, or `until_caught_up` once every partition is read to its end),
-//!   commits, and exits.
+//! - a Kafka topic: each worker reads the partitions `p` with `p % workers == index`, in
+//!   arrival order (each partition's in offset order), decoding each slice as it reads
+//!   it. A job that keeps up cuts its epochs `epoch_interval` apart (a quarter of
+//!   `commit_interval` by default); one catching up a backlog reads for
+//!   `commit_interval` per epoch (at most `epoch_bytes` of payload per worker). The job
+//!   runs until stopped (SIGINT/SIGTERM, or `until_caught_up` once every partition is
+//!   read to its end), commits, and exits.
 //! - HTTP (`openmonetize serve`): an [`Ingress`] queue, one partition in arrival order
 //!   (one watermark, as for a file); an epoch is `epoch_interval` long (shorter once
 //!   `epoch_bytes` are queued), and the workers keep stepping the dataflow while they
@@ -17,8 +18,9 @@
 //!   other workers; each decodes its contiguous slice, as with a file. Worker 0 writes
 //!   the epoch's records to the journal ([`crate::journal`]), and answers each request
 //!   with its records' verdicts once they are decided and journaled (or, if it asked,
-//!   once the commit covering its epoch is written). The job commits the next epoch that
-//!   read anything once `commit_interval` has passed since the last commit. Like a Kafka
+//!   once the commit covering its epoch is written). The job commits the epoch that ends
+//!   about `commit_interval` after the last commit ([`commit_due`]), if anything was read
+//!   since. Like a Kafka
 //!   job it checkpoints at every commit, resumes from its last commit (replaying the
 //!   journal's epochs since), and runs until stopped.
 //!
@@ -27,9 +29,10 @@
 //! ([`Watermarks`]); writes its accepted, rejected and late records as Parquet; feeds
 //! window updates into the usage sink, and burns, pre-summed hourly usage and model
 //! calls ([`ViewUpdates`]) into the customer sink. Worker 0 commits an epoch once every worker's
-//! files for it are written: every `commit_every` epochs for a file, every epoch that
-//! read anything for Kafka (every `commit_every` while catching up), every
-//! `commit_interval` for HTTP, and the last epoch.
+//! files for it are written: every `commit_every` epochs for a file; for Kafka and HTTP
+//! the epoch that ends about `commit_interval` after the last commit, if anything was
+//! read since ([`commit_due`]), but every `commit_every` epochs while a Kafka job
+//! catches up; and the last epoch.
 
 use crate::append_only::AppendOnly;
 use crate::checkpoint::{self, Chain, ReaderCheckpoint, ReaderDelta};
@@ -85,9 +88,13 @@ pub const DEFAULT_EPOCH_BYTES: u64 = 32 << 20;
 /// Default number of epochs per commit (file source; Kafka source catching up).
 pub const DEFAULT_COMMIT_EVERY: u64 = 8;
 
-/// Default epoch length of a Kafka source (each epoch that read anything commits while
-/// the job keeps up with its topics).
+/// Default time between the commits of a job that keeps up with its source (Kafka,
+/// HTTP).
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A Kafka job that keeps up with its topics cuts this many epochs per commit interval
+/// by default ([`RunOptions::epoch_interval`]).
+pub const KAFKA_EPOCHS_PER_COMMIT: u32 = 4;
 
 /// Default epoch length of an HTTP source (`serve`): how long a posted record waits,
 /// at most, before the job reads it. Its request is answered once the epoch's verdicts
@@ -148,13 +155,16 @@ pub struct RunOptions {
     /// commit. Kafka source: the same while the job catches up a backlog (more messages
     /// wait beyond what an epoch read); once it keeps up, every epoch commits.
     pub commit_every: u64,
-    /// Kafka source: the length of an epoch; each epoch that read anything commits
-    /// while the job keeps up with the topic (see `commit_every`). HTTP source: the
-    /// time between commits (of epochs that read anything since the last one).
+    /// Kafka and HTTP sources: the time between commits while the job keeps up (of
+    /// epochs that read anything since the last one); the epoch nearest to this much
+    /// time after the last commit commits. A Kafka job catching up a backlog reads this
+    /// long per epoch (or `epoch_bytes`) and commits every `commit_every` epochs.
     pub commit_interval: Duration,
-    /// HTTP source: the length of an epoch (its requests are answered once it is
-    /// journaled, before it is committed).
-    pub epoch_interval: Duration,
+    /// The length of an epoch; `None`: the source's default
+    /// ([`RunOptions::epoch_interval`]). HTTP: its requests are answered once it is
+    /// journaled, before it is committed. Kafka: while the job keeps up; at most
+    /// `commit_interval`.
+    pub epoch_interval: Option<Duration>,
     /// Kafka source: stop once every partition is read to its end.
     pub until_caught_up: bool,
     /// Set (e.g. by a signal handler) to stop after committing the current epoch.
@@ -188,7 +198,7 @@ impl RunOptions {
             epoch_bytes: DEFAULT_EPOCH_BYTES,
             commit_every: DEFAULT_COMMIT_EVERY,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
-            epoch_interval: DEFAULT_HTTP_EPOCH_INTERVAL,
+            epoch_interval: None,
             until_caught_up: false,
             stop: Arc::default(),
             progress: true,
@@ -198,6 +208,32 @@ impl RunOptions {
             keep_superseded: Some(DEFAULT_KEEP_SUPERSEDED),
         }
     }
+
+    /// The length of an epoch: `epoch_interval`, or by default
+    /// [`DEFAULT_HTTP_EPOCH_INTERVAL`] for HTTP and `commit_interval` /
+    /// [`KAFKA_EPOCHS_PER_COMMIT`] for Kafka (a file is cut by size instead).
+    ///
+    /// A Kafka job that keeps up used to cut one epoch per commit: its last events
+    /// waited for the epoch's cut, and then for the commit's own work. Shorter epochs
+    /// spread that work (decoding, verdicts, the `events` rows, the window updates)
+    /// over the interval, so that less of it is left once the committing epoch is cut:
+    /// p99 freshness at 100,000 events/s fell by ~0.1 s (bench/README.md, session 31).
+    pub fn epoch_interval(&self) -> Duration {
+        match (self.epoch_interval, &self.events) {
+            (Some(interval), _) => interval,
+            (None, Source::Kafka(_)) => self.commit_interval / KAFKA_EPOCHS_PER_COMMIT,
+            (None, _) => DEFAULT_HTTP_EPOCH_INTERVAL,
+        }
+    }
+}
+
+/// Whether the epoch whose reading ended `since_commit` after the last commit was
+/// decided is the one to commit, for commits every `commit_interval` and epochs
+/// `epoch_interval` long: the first whose end is at most half an epoch short of the
+/// interval, so that commits are `commit_interval` apart on average (not an epoch
+/// more, as waiting for the interval to be over would make them).
+fn commit_due(since_commit: Duration, commit_interval: Duration, epoch_interval: Duration) -> bool {
+    since_commit + epoch_interval / 2 >= commit_interval
 }
 
 /// What a run did.
@@ -282,6 +318,15 @@ fn lower_priority() {
 pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     if opts.workers == 0 {
         bail!("--workers must be at least 1");
+    }
+    if let Source::Kafka(_) = opts.events
+        && opts.epoch_interval() > opts.commit_interval
+    {
+        bail!(
+            "--epoch-interval {:?} is longer than --commit-interval {:?}: a Kafka job commits at most once per epoch; shorten the epochs or lengthen the commit interval",
+            opts.epoch_interval(),
+            opts.commit_interval
+        );
     }
     // The job's workers, in every process: checkpoints are split by them.
     let all_workers = opts.workers * opts.cluster.as_ref().map_or(1, |c| c.processes);
@@ -598,7 +643,7 @@ fn settings_digest(opts: &RunOptions, sources: &[String]) -> u64 {
         opts.epoch_bytes,
         opts.commit_every,
         opts.commit_interval,
-        opts.epoch_interval,
+        opts.epoch_interval(),
         opts.until_caught_up
     );
     twox_hash::XxHash3_64::oneshot(text.as_bytes())
@@ -970,7 +1015,8 @@ struct Status {
     behind: bool,
     /// Kafka: messages beyond what the worker read in the epoch.
     lag: u64,
-    /// HTTP (worker 0): `commit_interval` has passed since the last commit.
+    /// Kafka, HTTP (worker 0): the epoch is the one to commit by the clock
+    /// ([`commit_due`]).
     commit_due: bool,
     /// The worker's partitions read to their end (Kafka).
     idle: Vec<u32>,
@@ -1027,6 +1073,7 @@ fn run_worker(
     let tracked = tracked_meters(config);
     let mut view_updates = ViewUpdates::default();
     let epoch_bytes = opts.epoch_bytes.max(1);
+    let epoch_interval = opts.epoch_interval();
     let mut reader = match input {
         Input::File(file) => Reader::File {
             file,
@@ -1386,15 +1433,16 @@ fn run_worker(
                     // counts the step just taken, which costs at most one more turn
                     // without waiting once the dataflow is idle.
                     //
-                    // A job that keeps up cuts its epochs `commit_interval` apart, counted
+                    // A job that keeps up cuts its epochs `epoch_interval` apart, counted
                     // from the last cut rather than from the end of the last epoch's
-                    // decoding: otherwise every epoch is longer by that decoding (~0.15
-                    // s at 100,000 events/s), and so is the wait of its first events. A
-                    // job that falls behind still reads for half an interval at least, and
-                    // one catching up a backlog reads a whole interval (or `epoch_bytes`).
+                    // decoding: otherwise every epoch is longer by that decoding, and so
+                    // is the wait of its first events. A job that falls behind still
+                    // reads for half an epoch at least, and one catching up a backlog
+                    // reads a whole commit interval (or `epoch_bytes`): its epochs are
+                    // committed every `commit_every`, and shorter ones would only cost
+                    // more barriers.
                     let deadline = match live_cut {
-                        Some(cut) => (cut + opts.commit_interval)
-                            .max(epoch_started + opts.commit_interval / 2),
+                        Some(cut) => (cut + epoch_interval).max(epoch_started + epoch_interval / 2),
                         None => epoch_started + opts.commit_interval,
                     };
                     buf.clear();
@@ -1500,7 +1548,7 @@ fn run_worker(
                 // and cuts the epoch short once `epoch_bytes` are queued (or at once
                 // while journaled epochs are replayed); then it takes the records. The
                 // other workers step until worker 0 has taken them.
-                let deadline = epoch_started + opts.epoch_interval;
+                let deadline = epoch_started + epoch_interval;
                 let epoch_records = loop {
                     watch.check(&last_commit);
                     let now = Instant::now();
@@ -1694,7 +1742,12 @@ fn run_worker(
             caught_up: caught_up && commands_caught_up && retractions.pending.is_empty(),
             behind,
             lag,
-            commit_due: index == 0 && last_commit_decided.elapsed() >= opts.commit_interval,
+            commit_due: index == 0
+                && commit_due(
+                    last_commit_decided.elapsed(),
+                    opts.commit_interval,
+                    epoch_interval,
+                ),
             idle,
             stop: opts.stop.load(Ordering::SeqCst),
             settings,
@@ -1729,9 +1782,9 @@ fn run_worker(
         // The end of a file commits (retractions look their events up in that commit);
         // a Kafka job with retractions waiting commits so that they come due. A Kafka
         // job catching up a backlog commits every `commit_every` epochs instead of every
-        // epoch: each commit rewrites every partition its epochs touched, so committing
-        // less often drains the backlog sooner (and the tables are stale by the backlog
-        // anyway); once it keeps up it commits every epoch that read anything again.
+        // `commit_interval`: each commit rewrites every partition its epochs touched, so
+        // committing less often drains the backlog sooner (and the tables are stale by
+        // the backlog anyway); once it keeps up it commits on the clock again.
         let behind = all.iter().any(|s| s.behind);
         let retracting = all.iter().any(|s| s.retracting);
         let largest_lag = all.iter().map(|s| s.lag).max().unwrap_or(0);
@@ -1748,9 +1801,12 @@ fn run_worker(
                 Input::Kafka { .. } => {
                     read_since_commit |= all.iter().any(|s| s.read > 0);
                     uncommitted_epochs += 1;
-                    retracting
-                        || read_since_commit
-                            && (!behind || uncommitted_epochs >= opts.commit_every.max(1))
+                    if behind {
+                        retracting
+                            || read_since_commit && uncommitted_epochs >= opts.commit_every.max(1)
+                    } else {
+                        (retracting || read_since_commit) && all.iter().any(|s| s.commit_due)
+                    }
                 }
                 // Requests are answered once their epoch is journaled; tables and
                 // live views follow every `commit_interval`.
@@ -2413,7 +2469,7 @@ impl<'a> CommandReader<'a> {
             CommandReader::Kafka { url, reader, buf } => {
                 // A live job waits a tenth of the epoch for new commands; a catch-up run
                 // stops at the end of every partition.
-                let wait = opts.commit_interval / 10;
+                let wait = opts.epoch_interval() / 10;
                 let deadline = Instant::now() + wait;
                 reader.read(buf, deadline, max_bytes, opts.until_caught_up, &opts.stop)?;
                 Ok(CommandRead {
@@ -2515,6 +2571,44 @@ fn normalized_json(e: &om_model::Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kafka_epoch_is_a_quarter_of_the_commit_interval_unless_set() {
+        let kafka: Source = "kafka://127.0.0.1:9092/events".parse().unwrap();
+        let mut opts = RunOptions::new(Config::builtin(), kafka, "memory://t/");
+        opts.commit_interval = Duration::from_secs(2);
+        assert_eq!(opts.epoch_interval(), Duration::from_millis(500));
+        opts.epoch_interval = Some(Duration::from_millis(300));
+        assert_eq!(opts.epoch_interval(), Duration::from_millis(300));
+        let file = RunOptions::new(Config::builtin(), Source::File("e.jsonl".into()), "d");
+        assert_eq!(file.epoch_interval(), DEFAULT_HTTP_EPOCH_INTERVAL);
+    }
+
+    #[test]
+    fn a_kafka_epoch_longer_than_the_commit_interval_is_refused() {
+        let kafka: Source = "kafka://127.0.0.1:9/events".parse().unwrap();
+        let mut opts = RunOptions::new(Config::builtin(), kafka, "memory://t/");
+        opts.epoch_interval = Some(Duration::from_secs(2));
+        let err = run(opts).unwrap_err().to_string();
+        assert!(
+            err.contains("--epoch-interval 2s is longer than --commit-interval 1s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_epoch_nearest_the_commit_interval_commits() {
+        let ms = Duration::from_millis;
+        let (interval, epoch) = (ms(1000), ms(250));
+        // Epochs end ~250 ms apart: the fourth is due, even when it ends a little early,
+        // and the third is not, even when it ends a little late.
+        assert!(!commit_due(ms(760), interval, epoch));
+        assert!(commit_due(ms(990), interval, epoch));
+        assert!(commit_due(ms(1010), interval, epoch));
+        // Epochs of a whole interval commit every time, however they jitter.
+        assert!(commit_due(ms(960), interval, interval));
+        assert!(!commit_due(ms(400), interval, interval));
+    }
 
     #[test]
     fn interleaved_runs_of_a_chunk_are_judged_as_one_sequence() {

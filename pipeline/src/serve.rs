@@ -201,11 +201,11 @@ pub struct ServerSettings {
     pub read_only: bool,
     /// Timely workers of the job.
     pub workers: usize,
-    /// Time between the job's commits (in-process queue; in Kafka mode, the epoch
-    /// length).
+    /// Time between the job's commits (of epochs that received anything).
     pub commit_interval: Duration,
     /// In-process queue: the job's epoch length (requests are answered once their
-    /// epoch is journaled).
+    /// epoch is journaled). Kafka mode: not used; epochs are a quarter of
+    /// `commit_interval`, as for `run`.
     pub epoch_interval: Duration,
     /// Bound of each ingress queue, in bytes.
     pub queue_bytes: usize,
@@ -296,7 +296,9 @@ pub fn run_server(
         };
         opts.workers = workers;
         opts.commit_interval = commit_interval;
-        opts.epoch_interval = epoch_interval;
+        if kafka.is_none() {
+            opts.epoch_interval = Some(epoch_interval);
+        }
         opts.stop = Arc::clone(&stop);
         opts.progress = progress;
         opts.live = Some(Arc::clone(&live));

@@ -61,6 +61,11 @@ struct Args {
     /// `--commit-every`).
     #[arg(long, default_value_t = openmonetize::run::DEFAULT_COMMIT_EVERY)]
     throughput_commit_every: u64,
+    /// Both runs' epoch length while the job keeps up, in milliseconds (the job's
+    /// `--epoch-interval`); default a quarter of the commit interval. Equal to the
+    /// commit interval, one epoch per commit, as before session 31.
+    #[arg(long)]
+    epoch_interval_ms: Option<u64>,
     /// Events per second the freshness producer sends.
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
@@ -367,6 +372,7 @@ fn main() -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(args.throughput_commit_interval_ms),
         epoch_bytes: args.throughput_epoch_bytes,
         commit_every: args.throughput_commit_every,
+        epoch_interval: args.epoch_interval_ms.map(Duration::from_millis),
         progress: false,
         ..RunOptions::new(
             config.clone(),
@@ -447,12 +453,14 @@ fn main() -> anyhow::Result<()> {
             args.workers,
             args.progress,
         );
+        let epoch_interval = args.epoch_interval_ms.map(Duration::from_millis);
         let config = config.clone();
         std::thread::spawn(move || {
             run(RunOptions {
                 workers,
                 stop,
                 progress,
+                epoch_interval,
                 ..RunOptions::new(config, Source::Kafka(url), data.to_string_lossy())
             })
         })
