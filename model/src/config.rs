@@ -931,7 +931,7 @@ features.seats = { meter = "seats", limit = "5" }
     fn golden_configs_parse() {
         for case in ["small", "medium"] {
             let path = format!(
-                "{}/../../shared/golden/{case}/config.toml",
+                "{}/../tests/golden/{case}/config.toml",
                 std::env::var("CARGO_MANIFEST_DIR")
                     .expect("cargo sets CARGO_MANIFEST_DIR for tests")
             );

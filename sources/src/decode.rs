@@ -796,7 +796,7 @@ mod tests {
 
     fn decoder() -> Decoder {
         let path = format!(
-            "{}/../../shared/golden/small/config.toml",
+            "{}/../tests/golden/small/config.toml",
             std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests")
         );
         Decoder::new(Config::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap())

@@ -10,9 +10,9 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
 }
 
-/// The shared golden directory beside the repository.
+/// A golden case of the repository (`tests/golden/`, see its README).
 pub fn golden_dir(case: &str) -> PathBuf {
-    manifest_dir().join("../../shared/golden").join(case)
+    manifest_dir().join("../tests/golden").join(case)
 }
 
 /// Runs the `openmonetize` binary; panics with its output when it fails.
