@@ -4,6 +4,11 @@
 //! Every error names the offending key (`meters[1].windows[0]`) and what is allowed.
 //! [`Config::builtin`] is the embedded default used by `openmonetize demo`.
 
+pub(crate) mod error;
+
+pub use error::ConfigError;
+pub(crate) use error::{invalid, parse_decimal_value};
+
 use crate::decimal::Decimal9;
 use crate::export::{ExportFormat, ExportKind};
 use crate::prices::PriceCatalog;
@@ -14,37 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The embedded default configuration (also shipped as `deploy/config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
-
-/// A configuration problem, naming the key and what is allowed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// The text is not valid TOML or does not have the expected shape.
-    #[error("config is not valid: {0}")]
-    Syntax(String),
-    /// A key holds a value that is not allowed.
-    #[error("config key `{key}`: {message}")]
-    Invalid {
-        /// Path of the key, e.g. `meters[0].aggregation`.
-        key: String,
-        /// What is wrong and what is allowed.
-        message: String,
-    },
-    /// An `OM__` environment override cannot be applied ([`crate::overrides`]).
-    #[error("environment variable {var}: {message}")]
-    Override {
-        /// The variable, e.g. `OM__PIPELINE__ALLOWED_LATENESS`.
-        var: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
 
 /// How a meter folds the values of its events in one window.
 #[derive(
@@ -271,6 +245,19 @@ pub struct PipelineSettings {
     pub allowed_lateness: Micros,
     /// How far behind the watermark (event time) dedup keys are kept.
     pub dedup_horizon: Micros,
+    /// How far behind the closed watermark a command (a back-dated grant, a void in the
+    /// past) still applies at its own instant; credit history older than this (or than
+    /// `allowed_lateness`, if longer) is folded, and an older command applies at the
+    /// fold point.
+    pub command_horizon: Micros,
+}
+
+impl PipelineSettings {
+    /// How far behind the closed watermark the credit history is kept whole: the
+    /// longer of `allowed_lateness` and `command_horizon`.
+    pub fn credit_horizon(&self) -> Micros {
+        self.allowed_lateness.max(self.command_horizon)
+    }
 }
 
 /// The whole validated configuration.
@@ -420,6 +407,7 @@ struct RawPlan {
 struct RawPipeline {
     allowed_lateness: Option<String>,
     dedup_horizon: Option<String>,
+    command_horizon: Option<String>,
 }
 
 impl Config {
@@ -435,6 +423,7 @@ impl Config {
 
     /// Parses TOML text, applies `OM__` environment overrides (variable, value) on top
     /// in order ([`crate::overrides`]), and validates the result.
+    #[expect(clippy::too_many_lines, reason = "to be split into stages (issue #9)")]
     pub fn from_toml_with_overrides(
         text: &str,
         overrides: &[(String, String)],
@@ -596,6 +585,11 @@ impl Config {
                 "must be at least pipeline.allowed_lateness, or a duplicate of an accepted event could be accepted again",
             ));
         }
+        let command_horizon = parse_setting(
+            raw.pipeline.command_horizon.as_deref(),
+            "35d",
+            "pipeline.command_horizon",
+        )?;
         let c = raw.costs;
         let path = |text: Option<String>, default: &str, field: &str| {
             parse_path(
@@ -719,6 +713,7 @@ impl Config {
             pipeline: PipelineSettings {
                 allowed_lateness,
                 dedup_horizon,
+                command_horizon,
             },
         })
     }
@@ -744,17 +739,6 @@ fn parse_path(text: &str, key: &str) -> Result<ValuePath, ConfigError> {
             format!("`{text}` is not a value path; write `$.value` or `$.properties.NAME[.NAME...]` (paths start at one of {})", ValuePath::ROOTS),
         )
     })
-}
-
-pub(crate) fn parse_decimal_value(v: &toml::Value, key: &str) -> Result<Decimal9, ConfigError> {
-    match v {
-        toml::Value::String(s) => Decimal9::parse(s).map_err(|e| invalid(key, e.to_string())),
-        toml::Value::Integer(n) => Ok(Decimal9::from_int(*n)),
-        _ => Err(invalid(
-            key,
-            "must be a decimal string such as \"0.0025\" (floats are not exact) or an integer",
-        )),
-    }
 }
 
 fn parse_feature(

@@ -11,7 +11,7 @@
 //! `OM__API_KEYS='[{admin = true, sha256 = "..."}]'`; its elements have no path of their
 //! own.
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// The prefix of override variables.
 pub const PREFIX: &str = "OM__";

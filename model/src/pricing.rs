@@ -26,7 +26,7 @@
 //! line with amount 0: they were prepaid) and bills the overage at
 //! `credit_overage_price` per credit.
 
-use crate::config::{ConfigError, invalid, parse_decimal_value};
+use crate::config::error::{ConfigError, invalid, parse_decimal_value};
 use crate::decimal::{Decimal9, SCALE, div_half_even, div_half_even_wide};
 use ethnum::I256;
 use serde::Deserialize;
@@ -236,6 +236,7 @@ pub trait PeriodUsage {
 
 impl Pricing {
     /// Rates one period (see the module docs for the rules).
+    #[expect(clippy::too_many_lines, reason = "to be split into stages (issue #9)")]
     pub fn rate(&self, period: &impl PeriodUsage) -> Result<Rated, Overflow> {
         let cur = &self.currency;
         let overflow = |what: &str| Overflow {

@@ -31,6 +31,9 @@ impl Reason {
     }
 }
 
+/// A `subscriptions` row: (tenant, customer, plan, effective_at, ends_at).
+pub type SubscriptionRow<'a> = (&'a str, &'a str, &'a str, Micros, Option<Micros>);
+
 /// An `entitlements` row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntitlementRow<'a> {

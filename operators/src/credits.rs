@@ -29,10 +29,26 @@
 //! day, and only the days that can have changed: the replay is causal (an entry depends
 //! only on inputs at or before its instant, and on `now` for what comes due), so a
 //! replayed customer's days from its earliest changed input (or the previous `now`) on.
-//! The trailing-7-day rate behind
-//! `exhaustion_at` sums hourly totals plus the instants of the two partial hours. Not
-//! yet: folding history older than the lateness horizon into a prefix state, so a busy
-//! customer's replay (and the state) still grows with its whole history.
+//! The burn rate behind `exhaustion_at` is the burn of the 168 hour windows up to and
+//! including the one holding `now` (the trailing window of `forecasts`, so both can be
+//! recomputed from hourly figures), over 7 days.
+//!
+//! **The fold.** History that nothing can change any more is folded into a per-customer
+//! prefix ([`CreditState::fold`]): at a fold point F (a UTC day start at or before the
+//! closed watermark minus the credit horizon: the longer of the allowed lateness, behind
+//! which no event is accepted and no retraction applies, and `command_horizon`, how far
+//! back commands apply at their own instant), each customer's allocation up to F (every grant's consumed,
+//! expired, voided and remaining credits, which grants are active, the overage) replaces
+//! its burns before F, which leave memory with the hours the burn rate no longer needs.
+//! Replays start from the prefix, so state and replay cost follow the burns of the last
+//! credit horizon, not the whole history; ledger days before F are final (their files
+//! stay as written). A command that reaches back before the fold point in force when it
+//! arrives is applied at that fold point instead (the documented rule for back-dated
+//! commands): a grant with `effective_at < F` is burned from F on (its row keeps the
+//! `effective_at` commanded, which also orders it among the customer's grants), and a
+//! void at an instant before F voids the grant's remainder at F. So the tables equal a
+//! replay in timestamp order of every input with those instants moved to F
+//! (`fold_equals_a_full_replay_with_back_dated_commands_moved_to_the_fold_point`).
 
 use om_model::command::Grant;
 use om_model::credit::{BalanceRow, CreditTables, EntryKind, GrantRow, LedgerRow};
@@ -42,6 +58,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Length of the trailing window of the burn rate behind `exhaustion_at`.
 pub const RATE_WINDOW: Micros = 7 * DAY;
+
+/// The hour windows of that trailing window.
+pub const RATE_HOURS: i64 = RATE_WINDOW / HOUR;
 
 /// One accepted event's burn (negative: its retraction), on its way to the customer's
 /// owner.
@@ -66,6 +85,22 @@ struct Customer {
     hourly: BTreeMap<Micros, Decimal9>,
     /// Grants by id.
     grants: BTreeMap<String, Grant>,
+    /// The instant a grant is burned from when it is not its `effective_at`: a grant
+    /// back-dated before the fold point in force when it arrived starts at that point.
+    starts: BTreeMap<String, Micros>,
+    /// The allocation of everything before the last fold point, if any.
+    prefix: Option<Prefix>,
+}
+
+/// A customer's allocation before a fold point: what a replay starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Prefix {
+    /// The fold point: every instant before it is folded.
+    pub at: Micros,
+    /// The state at `at` of each grant started before it (`active`: not ended before it).
+    pub grants: BTreeMap<String, GrantState>,
+    /// Overage before `at`.
+    pub overage: Decimal9,
 }
 
 /// The credit state of the customers a worker owns.
@@ -76,6 +111,11 @@ pub struct CreditState {
     voids: BTreeMap<(String, String), Micros>,
     /// (tenant, grant id) -> the customer of a grant this worker holds.
     owners: BTreeMap<(String, String), u64>,
+    /// The last fold point ([`CreditState::fold`]); `Micros::MIN` before the first.
+    folded_at: Micros,
+    /// Commands moved to the fold point since the last [`CreditState::take_moved`].
+    #[serde(skip)]
+    moved: u64,
     /// Customers whose inputs changed since the last [`CreditState::tables`], with the
     /// earliest instant a change can affect (the replay is causal: entries before it
     /// stay as they were).
@@ -147,8 +187,16 @@ impl CreditState {
         }
         self.owners
             .insert((grant.tenant_id.clone(), grant.grant_id.clone()), customer);
-        let replaced = c.grants.get(&grant.grant_id).map(|g| g.effective_at);
-        let from = replaced.map_or(grant.effective_at, |e| e.min(grant.effective_at));
+        // Burned from the fold point if it reaches back before it.
+        let start = grant.effective_at.max(self.folded_at);
+        let replaced = c.grants.get(&grant.grant_id).map(|g| c.start_of(g));
+        let from = replaced.map_or(start, |e| e.min(start));
+        if start == grant.effective_at {
+            c.starts.remove(&grant.grant_id);
+        } else {
+            c.starts.insert(grant.grant_id.clone(), start);
+            self.moved += 1;
+        }
         c.grants.insert(grant.grant_id.clone(), grant);
         touch(&mut self.dirty, customer, from);
     }
@@ -156,6 +204,11 @@ impl CreditState {
     /// Records a void (every worker records every void: the grant may be anyone's, and
     /// may arrive later). The earliest void of a grant wins.
     pub fn void(&mut self, tenant_id: &str, grant_id: &str, at: Micros) {
+        // At the fold point if it reaches back before it.
+        if at < self.folded_at {
+            self.moved += 1;
+        }
+        let at = at.max(self.folded_at);
         let key = (tenant_id.to_string(), grant_id.to_string());
         if let Some(&fp) = self.owners.get(&key) {
             // A void takes effect at `at`, or at the grant's start if later.
@@ -184,7 +237,7 @@ impl CreditState {
             let Some(names) = &c.names else {
                 continue;
             };
-            if c.grants.is_empty() && c.burns.is_empty() {
+            if c.grants.is_empty() && c.burns.is_empty() && c.prefix.is_none() {
                 // Known by name only (events that burn nothing): no credit rows.
                 if let Some(old) = self.replayed.remove(fp) {
                     days.extend(old.ledger.iter().map(|e| day_of(e.at)));
@@ -259,6 +312,110 @@ impl CreditState {
     pub fn changed(&self) -> bool {
         !self.dirty.is_empty()
     }
+
+    /// How many commands reached back before the fold point and were applied at it
+    /// since the last call.
+    pub fn take_moved(&mut self) -> u64 {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// The last fold point (`Micros::MIN` before the first fold).
+    pub fn folded_at(&self) -> Micros {
+        self.folded_at
+    }
+
+    /// Folds every customer's history before `before` (a UTC day start) into its prefix
+    /// (see the module docs), and forgets the hourly burn the rate at `now` and later
+    /// no longer needs. The caller guarantees that no burn before `before` arrives any
+    /// more (it is at or behind the closed watermark minus the allowed lateness);
+    /// commands that reach back before it are moved to it from now on. The tables do
+    /// not change. A point at or before the last one does nothing, so the walk over
+    /// every customer happens once a day of event time, not at every commit.
+    pub fn fold(&mut self, before: Micros, now: Option<Micros>) {
+        debug_assert_eq!(before.rem_euclid(DAY), 0, "fold points are UTC day starts");
+        if before <= self.folded_at {
+            return;
+        }
+        let keep_hours = now.map_or(Micros::MIN, |n| {
+            (n - n.rem_euclid(HOUR) - (RATE_HOURS - 1) * HOUR).min(before)
+        });
+        for c in self.customers.values_mut() {
+            c.fold(before, &self.voids);
+            c.hourly = c.hourly.split_off(&keep_hours);
+        }
+        self.folded_at = before;
+        self.ledger_days = self.ledger_days.split_off(&before);
+    }
+
+    /// Every burn instant and hour kept, over all customers: what the fold bounds.
+    pub fn kept(&self) -> (usize, usize) {
+        self.customers
+            .values()
+            .fold((0, 0), |(b, h), c| (b + c.burns.len(), h + c.hourly.len()))
+    }
+}
+
+impl Customer {
+    /// The instant `g` is burned from.
+    fn start_of(&self, g: &Grant) -> Micros {
+        self.starts
+            .get(&g.grant_id)
+            .copied()
+            .unwrap_or(g.effective_at)
+    }
+
+    /// Its grants in id order, with their starts and void instants.
+    fn grants<'a>(
+        &'a self,
+        all_voids: &BTreeMap<(String, String), Micros>,
+    ) -> (Vec<&'a Grant>, Vec<Micros>, Vec<Option<Micros>>) {
+        let grants: Vec<&Grant> = self.grants.values().collect();
+        let starts = grants.iter().map(|g| self.start_of(g)).collect();
+        let voids = grants
+            .iter()
+            .map(|g| {
+                all_voids
+                    .get(&(g.tenant_id.clone(), g.grant_id.clone()))
+                    .copied()
+            })
+            .collect();
+        (grants, starts, voids)
+    }
+
+    /// Folds the history before `before` into the prefix.
+    fn fold(&mut self, before: Micros, all_voids: &BTreeMap<(String, String), Micros>) {
+        if self.grants.is_empty() && self.burns.is_empty() && self.prefix.is_none() {
+            // Known by name only: nothing to fold, and no credit rows.
+            return;
+        }
+        let (grants, starts, voids) = self.grants(all_voids);
+        let a = allocate(
+            &History {
+                grants: &grants,
+                starts: &starts,
+                voids: &voids,
+                prefix: self.prefix.as_ref(),
+            },
+            &self.burns,
+            before - 1,
+        );
+        let prefix = Prefix {
+            at: before,
+            grants: grants
+                .iter()
+                .zip(a.grants)
+                .zip(&starts)
+                .filter(|&(_, start)| *start < before)
+                .map(|((g, state), _)| (g.grant_id.clone(), state))
+                .collect(),
+            overage: a.overage,
+        };
+        // An empty prefix (no grant started, no overage) is no history at all: a
+        // customer whose burns were all retracted has no credit rows.
+        self.prefix =
+            (!prefix.grants.is_empty() || prefix.overage != Decimal9::ZERO).then_some(prefix);
+        self.burns = self.burns.split_off(&before);
+    }
 }
 
 /// The start of the UTC day of `t`: the partition of a ledger entry.
@@ -293,26 +450,16 @@ fn add_or_remove(map: &mut BTreeMap<Micros, Decimal9>, key: Micros, v: Decimal9)
     }
 }
 
-/// Burn in `(now - RATE_WINDOW, now]`: whole hours from the hourly sums, the two partial
-/// hours at the edges from the instants.
+/// Burn of the [`RATE_HOURS`] hour windows up to and including the one holding `now`.
 fn recent_burn(c: &Customer, now: Micros) -> Decimal9 {
     if now == Micros::MIN {
         return Decimal9::ZERO;
     }
-    let from = now.saturating_sub(RATE_WINDOW).saturating_add(1);
-    let first_full = from + (HOUR - from.rem_euclid(HOUR)) % HOUR;
-    let last_start = now - now.rem_euclid(HOUR);
-    if first_full >= last_start {
-        return c.burns.range(from..=now).map(|(_, b)| *b).sum();
-    }
-    let head: Decimal9 = c.burns.range(from..first_full).map(|(_, b)| *b).sum();
-    let middle: Decimal9 = c
-        .hourly
-        .range(first_full..last_start)
+    let last = now - now.rem_euclid(HOUR);
+    c.hourly
+        .range(last - (RATE_HOURS - 1) * HOUR..=last)
         .map(|(_, b)| *b)
-        .sum();
-    let tail: Decimal9 = c.burns.range(last_start..=now).map(|(_, b)| *b).sum();
-    head + middle + tail
+        .sum()
 }
 
 /// Replays one customer as of `now` into its rows.
@@ -322,16 +469,17 @@ fn replay(
     all_voids: &BTreeMap<(String, String), Micros>,
     now: Micros,
 ) -> Replayed {
-    let grants: Vec<&Grant> = c.grants.values().collect();
-    let voids: Vec<Option<Micros>> = grants
-        .iter()
-        .map(|g| {
-            all_voids
-                .get(&(g.tenant_id.clone(), g.grant_id.clone()))
-                .copied()
-        })
-        .collect();
-    let a = allocate(&grants, &voids, &c.burns, now);
+    let (grants, starts, voids) = c.grants(all_voids);
+    let a = allocate(
+        &History {
+            grants: &grants,
+            starts: &starts,
+            voids: &voids,
+            prefix: c.prefix.as_ref(),
+        },
+        &c.burns,
+        now,
+    );
     let mut until = Micros::MAX;
     let mut balance = BalanceRow {
         tenant_id: tenant_id.clone(),
@@ -347,11 +495,11 @@ fn replay(
     let mut rows = Vec::with_capacity(grants.len());
     for (i, g) in grants.iter().enumerate() {
         let s = &a.grants[i];
-        let end = [g.expires_at, voids[i].map(|v| v.max(g.effective_at))]
+        let end = [g.expires_at, voids[i].map(|v| v.max(starts[i]))]
             .into_iter()
             .flatten()
             .min();
-        for instant in std::iter::once(g.effective_at).chain(end) {
+        for instant in std::iter::once(starts[i]).chain(end) {
             if instant > now {
                 until = until.min(instant);
             }
@@ -395,7 +543,7 @@ fn exhaustion_at(now: Micros, balance: Decimal9, recent: Decimal9) -> Option<Mic
 }
 
 /// A grant's state after a replay.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantState {
     /// Burned from it.
     pub consumed: Decimal9,
@@ -434,14 +582,35 @@ pub struct Allocation {
     pub ledger: Vec<Entry>,
 }
 
+/// One customer's grants as a replay sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct History<'a> {
+    /// The grants.
+    pub grants: &'a [&'a Grant],
+    /// The instant each is burned from: its `effective_at`, or later (see the fold).
+    pub starts: &'a [Micros],
+    /// The void instant of each, if any.
+    pub voids: &'a [Option<Micros>],
+    /// The allocation before the fold point to start from, if any.
+    pub prefix: Option<&'a Prefix>,
+}
+
 /// Replays one customer's burns against its grants up to `now` (inclusive), in time
-/// order. `voids[i]` is the void instant of `grants[i]`, if any.
+/// order, from the prefix of `history` if it has one (then `burns` holds no instant
+/// before the prefix's point, and only entries from that point on are listed).
+#[expect(clippy::too_many_lines, reason = "to be split into stages (issue #9)")]
 pub fn allocate(
-    grants: &[&Grant],
-    voids: &[Option<Micros>],
+    history: &History<'_>,
     burns: &BTreeMap<Micros, Decimal9>,
     now: Micros,
 ) -> Allocation {
+    let History {
+        grants,
+        starts,
+        voids,
+        prefix,
+    } = *history;
+    let from = prefix.map_or(Micros::MIN, |p| p.at);
     #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     enum Step {
         Start,
@@ -450,18 +619,22 @@ pub fn allocate(
     }
     let mut steps: Vec<(Micros, Step, usize)> = Vec::with_capacity(grants.len() * 2);
     for (i, g) in grants.iter().enumerate() {
-        if g.effective_at > now {
+        let start = starts[i];
+        if start > now {
             continue;
         }
-        steps.push((g.effective_at, Step::Start, i));
-        let void = voids[i].map(|v| v.max(g.effective_at));
+        // What happened before the fold point is in the prefix.
+        if start >= from {
+            steps.push((start, Step::Start, i));
+        }
+        let void = voids[i].map(|v| v.max(start));
         let end = match (g.expires_at, void) {
             (Some(e), Some(v)) if v < e => Some((v, Step::Void)),
-            (Some(e), _) => Some((e, Step::Expire)),
+            (Some(e), _) => Some((e.max(start), Step::Expire)),
             (None, Some(v)) => Some((v, Step::Void)),
             (None, None) => None,
         };
-        if let Some((at, step)) = end.filter(|(at, _)| *at <= now) {
+        if let Some((at, step)) = end.filter(|(at, _)| (from..=now).contains(at)) {
             steps.push((at, step, i));
         }
     }
@@ -478,17 +651,28 @@ pub fn allocate(
         )
     };
 
+    let folded = |g: &Grant| prefix.and_then(|p| p.grants.get(&g.grant_id));
     let mut out = Allocation {
         grants: grants
             .iter()
-            .map(|g| GrantState {
-                remaining: g.amount,
-                ..GrantState::default()
+            .map(|g| match folded(g) {
+                Some(state) => GrantState {
+                    active: false,
+                    ..state.clone()
+                },
+                None => GrantState {
+                    remaining: g.amount,
+                    ..GrantState::default()
+                },
             })
             .collect(),
+        overage: prefix.map_or(Decimal9::ZERO, |p| p.overage),
         ..Allocation::default()
     };
-    let mut active: Vec<usize> = Vec::new();
+    let mut active: Vec<usize> = (0..grants.len())
+        .filter(|&i| folded(grants[i]).is_some_and(|s| s.active))
+        .collect();
+    active.sort_by(|a, b| order(a).cmp(&order(b)));
     let mut burned: BTreeMap<(usize, Micros), Decimal9> = BTreeMap::new();
     let mut overage: BTreeMap<Micros, Decimal9> = BTreeMap::new();
     let mut next = 0;
@@ -602,6 +786,23 @@ mod tests {
         }
     }
 
+    /// [`allocate`] with no fold: every grant starts at its `effective_at`.
+    fn alloc(
+        grants: &[&Grant],
+        voids: &[Option<Micros>],
+        burns: &BTreeMap<Micros, Decimal9>,
+        now: Micros,
+    ) -> Allocation {
+        let starts: Vec<Micros> = grants.iter().map(|g| g.effective_at).collect();
+        let history = History {
+            grants,
+            starts: &starts,
+            voids,
+            prefix: None,
+        };
+        allocate(&history, burns, now)
+    }
+
     fn burns(items: &[(Micros, &str)]) -> BTreeMap<Micros, Decimal9> {
         items.iter().map(|(t, b)| (*t, d(b))).collect()
     }
@@ -618,7 +819,7 @@ mod tests {
             grant("e", "1", 1, 0, Some(5 * H)),
         ];
         let refs: Vec<&Grant> = g.iter().collect();
-        let a = allocate(&refs, &[None; 5], &burns(&[(2 * H, "2.5")]), 3 * H);
+        let a = alloc(&refs, &[None; 5], &burns(&[(2 * H, "2.5")]), 3 * H);
         let consumed: Vec<Decimal9> = a.grants.iter().map(|s| s.consumed).collect();
         // a (priority 0) then b (expires at 5h, id b < e) then half of e.
         assert_eq!(consumed, [d("0"), d("0"), d("1"), d("1"), d("0.5")]);
@@ -635,7 +836,7 @@ mod tests {
         // x burns 4 before 2h and expires with 6; y is voided at 3h after burning 3;
         // burn at exactly 2h is not x's (expired at that instant), burn after 3h is overage.
         let b = burns(&[(H, "4"), (2 * H, "3"), (3 * H, "7"), (4 * H, "1")]);
-        let a = allocate(&refs, &[None, Some(3 * H)], &b, 5 * H);
+        let a = alloc(&refs, &[None, Some(3 * H)], &b, 5 * H);
         assert_eq!(a.grants[0].consumed, d("4"));
         assert_eq!(a.grants[0].expired, d("6"));
         assert_eq!(a.grants[1].consumed, d("3"));
@@ -653,7 +854,7 @@ mod tests {
     #[test]
     fn a_void_before_the_grant_starts_voids_all_of_it() {
         let g = [grant("x", "10", 0, 2 * H, None)];
-        let a = allocate(&[&g[0]], &[Some(H)], &burns(&[(3 * H, "1")]), 4 * H);
+        let a = alloc(&[&g[0]], &[Some(H)], &burns(&[(3 * H, "1")]), 4 * H);
         assert_eq!(a.grants[0].voided, d("10"));
         assert_eq!(a.grants[0].consumed, d("0"));
         assert_eq!(a.overage, d("1"));
@@ -867,7 +1068,7 @@ mod tests {
     }
 
     #[test]
-    fn recent_burn_equals_the_sum_over_the_instants() {
+    fn recent_burn_is_the_burn_of_the_168_hours_up_to_nows() {
         let mut c = Customer::default();
         let mut x: u64 = 7;
         for _ in 0..2000 {
@@ -887,9 +1088,10 @@ mod tests {
             8 * DAY + 12_345,
             10 * DAY - 1,
         ] {
+            let first = now - now.rem_euclid(HOUR) - 167 * HOUR;
             let naive: Decimal9 = c
                 .burns
-                .range(now - RATE_WINDOW + 1..=now)
+                .range(first..now - now.rem_euclid(HOUR) + HOUR)
                 .map(|(_, b)| *b)
                 .sum();
             assert_eq!(recent_burn(&c, now), naive, "now {now}");
@@ -907,5 +1109,439 @@ mod tests {
             exhaustion_at(0, d("100000000000000000"), d("0.000000001")),
             None
         );
+    }
+}
+
+/// The fold against a naive model: random histories (burns, retractions, grants that
+/// may reach back before the fold point, voids), random fold points, tables taken at
+/// random moments; the folded state's `credit_grants` and `credit_balances` equal a
+/// naive replay, event by event in time order, that keeps everything and applies the
+/// documented rule to commands older than the fold point in force when they arrived
+/// (their instants moved to it).
+#[cfg(test)]
+mod fold_model {
+    use super::*;
+    use om_model::time::MINUTE;
+    use proptest::prelude::*;
+
+    const BASE: Micros = 100 * DAY;
+    /// The lateness the fold points keep behind `now`.
+    const LATENESS: Micros = DAY;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Burn {
+            customer: bool,
+            after: i64,
+            amount: u32,
+        },
+        Retract {
+            pick: usize,
+        },
+        Grant {
+            customer: bool,
+            amount: u32,
+            priority: u8,
+            effective: i64,
+            lasts: Option<i64>,
+        },
+        Void {
+            pick: usize,
+            at: i64,
+        },
+        Fold {
+            days: i64,
+        },
+        Tables,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (any::<bool>(), 0i64..3 * 24 * 60, 1u32..5_000)
+                .prop_map(|(customer, after, amount)| Op::Burn { customer, after, amount }),
+            1 => any::<usize>().prop_map(|pick| Op::Retract { pick }),
+            2 => (
+                any::<bool>(),
+                1u32..20_000,
+                0u8..3,
+                -24 * 60i64..6 * 24 * 60,
+                prop::option::of(60i64..3 * 24 * 60),
+            )
+                .prop_map(|(customer, amount, priority, effective, lasts)| Op::Grant {
+                    customer,
+                    amount,
+                    priority,
+                    effective,
+                    lasts,
+                }),
+            1 => (any::<usize>(), 0i64..7 * 24 * 60).prop_map(|(pick, at)| Op::Void { pick, at }),
+            1 => (0i64..3).prop_map(|days| Op::Fold { days }),
+            1 => Just(Op::Tables),
+        ]
+    }
+
+    /// A grant as the naive model sees it: commanded, and the instants the rule gives.
+    struct Naive {
+        grant: Grant,
+        customer: u64,
+        start: Micros,
+        void: Option<Micros>,
+    }
+
+    fn customer(second: bool) -> (u64, &'static str) {
+        if second { (2, "c2") } else { (1, "c1") }
+    }
+
+    fn cents(n: u32) -> Decimal9 {
+        Decimal9::from_raw(i128::from(n) * 10_000_000)
+    }
+
+    /// (grant id, [amount, consumed, expired, voided, remaining]) and
+    /// (customer, [balance, granted, consumed, expired, voided, overage], exhaustion_at).
+    type Rows = (
+        BTreeMap<String, [Decimal9; 5]>,
+        BTreeMap<String, ([Decimal9; 6], Option<Micros>)>,
+    );
+
+    fn naive(grants: &[Naive], burns: &[(u64, Micros, Decimal9)], now: Micros) -> Rows {
+        let mut events: Vec<&(u64, Micros, Decimal9)> = burns.iter().collect();
+        events.sort_by_key(|e| e.1);
+        struct S {
+            consumed: Decimal9,
+            expired: Decimal9,
+            voided: Decimal9,
+            remaining: Decimal9,
+            closed: bool,
+        }
+        let mut states: Vec<S> = grants
+            .iter()
+            .map(|g| S {
+                consumed: Decimal9::ZERO,
+                expired: Decimal9::ZERO,
+                voided: Decimal9::ZERO,
+                remaining: g.grant.amount,
+                closed: false,
+            })
+            .collect();
+        let end = |g: &Naive| -> Option<(Micros, bool)> {
+            let void = g.void.map(|v| v.max(g.start));
+            match (g.grant.expires_at, void) {
+                (Some(e), Some(v)) if v < e => Some((v, true)),
+                (Some(e), _) => Some((e.max(g.start), false)),
+                (None, Some(v)) => Some((v, true)),
+                (None, None) => None,
+            }
+        };
+        let close_until = |states: &mut Vec<S>, t: Micros| {
+            for (g, s) in grants.iter().zip(states.iter_mut()) {
+                if let Some((at, void)) = end(g)
+                    && !s.closed
+                    && g.start <= t
+                    && at <= t
+                {
+                    s.closed = true;
+                    if void {
+                        s.voided = s.remaining;
+                    } else {
+                        s.expired = s.remaining;
+                    }
+                    s.remaining = Decimal9::ZERO;
+                }
+            }
+        };
+        let mut overage: BTreeMap<u64, Decimal9> = BTreeMap::new();
+        for &&(c, t, burn) in &events {
+            close_until(&mut states, t);
+            let mut open: Vec<usize> = (0..grants.len())
+                .filter(|&i| grants[i].customer == c && grants[i].start <= t && !states[i].closed)
+                .collect();
+            open.sort_by_key(|&i| {
+                let g = &grants[i].grant;
+                (
+                    g.priority,
+                    g.expires_at.unwrap_or(Micros::MAX),
+                    g.effective_at,
+                    g.grant_id.clone(),
+                )
+            });
+            let mut left = burn;
+            for i in open {
+                let take = left.min(states[i].remaining);
+                states[i].remaining -= take;
+                states[i].consumed += take;
+                left -= take;
+            }
+            *overage.entry(c).or_default() += left;
+        }
+        close_until(&mut states, now);
+        let grant_rows = grants
+            .iter()
+            .zip(&states)
+            .map(|(g, s)| {
+                (
+                    g.grant.grant_id.clone(),
+                    [g.grant.amount, s.consumed, s.expired, s.voided, s.remaining],
+                )
+            })
+            .collect();
+        let last_hour = now - now.rem_euclid(HOUR);
+        let mut balances = BTreeMap::new();
+        for c in [1u64, 2] {
+            let mine: Vec<usize> = (0..grants.len())
+                .filter(|&i| grants[i].customer == c)
+                .collect();
+            let burned = events.iter().any(|e| e.0 == c);
+            if mine.is_empty() && !burned {
+                continue;
+            }
+            let sum = |f: &dyn Fn(usize) -> Decimal9| mine.iter().map(|&i| f(i)).sum::<Decimal9>();
+            let balance = sum(&|i| {
+                let started = grants[i].grant.effective_at <= now && grants[i].start <= now;
+                if started && !states[i].closed {
+                    states[i].remaining
+                } else {
+                    Decimal9::ZERO
+                }
+            });
+            let recent: Decimal9 = events
+                .iter()
+                .filter(|e| {
+                    e.0 == c && e.1 >= last_hour - (RATE_HOURS - 1) * HOUR && e.1 < last_hour + HOUR
+                })
+                .map(|e| e.2)
+                .sum();
+            balances.insert(
+                format!("c{c}"),
+                (
+                    [
+                        balance,
+                        sum(&|i| {
+                            if grants[i].grant.effective_at <= now {
+                                grants[i].grant.amount
+                            } else {
+                                Decimal9::ZERO
+                            }
+                        }),
+                        sum(&|i| states[i].consumed),
+                        sum(&|i| states[i].expired),
+                        sum(&|i| states[i].voided),
+                        overage.get(&c).copied().unwrap_or_default(),
+                    ],
+                    exhaustion_at(now, balance, recent),
+                ),
+            );
+        }
+        (grant_rows, balances)
+    }
+
+    fn rows(state: &mut CreditState, now: Micros) -> Rows {
+        let t = state.tables(Some(now));
+        let grants = t
+            .grants
+            .iter()
+            .map(|g| {
+                (
+                    g.grant.grant_id.clone(),
+                    [g.grant.amount, g.consumed, g.expired, g.voided, g.remaining],
+                )
+            })
+            .collect();
+        let balances = t
+            .balances
+            .iter()
+            .map(|b| {
+                (
+                    b.customer_id.clone(),
+                    (
+                        [
+                            b.balance, b.granted, b.consumed, b.expired, b.voided, b.overage,
+                        ],
+                        b.exhaustion_at,
+                    ),
+                )
+            })
+            .collect();
+        (grants, balances)
+    }
+
+    /// Runs `ops` on a folding state and on the naive model; returns both final tables
+    /// and how many folds moved the fold point.
+    fn run(ops: &[Op]) -> (Rows, Rows, usize) {
+        let mut state = CreditState::new();
+        state.name(1, "t", "c1");
+        state.name(2, "t", "c2");
+        let mut grants: Vec<Naive> = Vec::new();
+        let mut burns: Vec<(u64, Micros, Decimal9)> = Vec::new();
+        let mut folded = Micros::MIN;
+        let mut now = BASE;
+        let mut folds = 0;
+        for op in ops {
+            match *op {
+                Op::Burn {
+                    customer: c,
+                    after,
+                    amount,
+                } => {
+                    let (fp, _) = customer(c);
+                    let t = folded.max(BASE) + after * MINUTE;
+                    now = now.max(t);
+                    burns.push((fp, t, cents(amount)));
+                    state.burn(&BurnUpdate {
+                        customer: fp,
+                        timestamp: t,
+                        burn: cents(amount),
+                    });
+                }
+                Op::Retract { pick } => {
+                    // Only what the lateness still lets through: burns at or after the
+                    // fold point.
+                    let open: Vec<usize> =
+                        (0..burns.len()).filter(|&i| burns[i].1 >= folded).collect();
+                    if let Some(&i) = open.get(pick % open.len().max(1)) {
+                        let (fp, t, b) = burns.remove(i);
+                        state.burn(&BurnUpdate {
+                            customer: fp,
+                            timestamp: t,
+                            burn: -b,
+                        });
+                    }
+                }
+                Op::Grant {
+                    customer: c,
+                    amount,
+                    priority,
+                    effective,
+                    lasts,
+                } => {
+                    let (fp, name) = customer(c);
+                    let effective_at = BASE + effective * MINUTE;
+                    let grant = Grant {
+                        tenant_id: "t".into(),
+                        grant_id: format!("g{}", grants.len()),
+                        customer_id: name.into(),
+                        amount: cents(amount),
+                        priority: i64::from(priority),
+                        effective_at,
+                        expires_at: lasts.map(|m| effective_at + m * MINUTE),
+                        price: None,
+                        currency: None,
+                    };
+                    state.grant(fp, grant.clone());
+                    grants.push(Naive {
+                        start: effective_at.max(folded),
+                        void: None,
+                        grant,
+                        customer: fp,
+                    });
+                }
+                Op::Void { pick, at } => {
+                    if grants.is_empty() {
+                        continue;
+                    }
+                    let n = grants.len();
+                    let g = &mut grants[pick % n];
+                    let at = BASE + at * MINUTE;
+                    state.void("t", &g.grant.grant_id, at);
+                    let moved = at.max(folded);
+                    g.void = Some(g.void.map_or(moved, |v| v.min(moved)));
+                }
+                Op::Fold { days } => {
+                    let limit = {
+                        let w = now - LATENESS;
+                        w - w.rem_euclid(DAY)
+                    };
+                    let point = (folded.max(BASE - 2 * DAY) + days * DAY).min(limit);
+                    if point > folded {
+                        state.fold(point, Some(now));
+                        folded = point;
+                        folds += 1;
+                    }
+                }
+                Op::Tables => drop(rows(&mut state, now)),
+            }
+        }
+        (rows(&mut state, now), naive(&grants, &burns, now), folds)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fold_equals_a_full_replay_with_back_dated_commands_moved_to_the_fold_point(
+            ops in prop::collection::vec(op(), 1..80)
+        ) {
+            let (got, want, _) = run(&ops);
+            prop_assert_eq!(got.0, want.0, "credit_grants");
+            prop_assert_eq!(got.1, want.1, "credit_balances");
+        }
+    }
+
+    #[test]
+    fn the_generator_folds_and_reaches_back_before_fold_points() {
+        // A guard against a generator that never exercises the rule: four days of
+        // hourly burns, two folds (to BASE, then BASE + 2 days), then a grant and a void
+        // dated before the fold point, and one more burn.
+        let mut ops = vec![Op::Grant {
+            customer: false,
+            amount: 50_000,
+            priority: 0,
+            effective: 0,
+            lasts: None,
+        }];
+        for h in 0..96 {
+            ops.push(Op::Burn {
+                customer: false,
+                after: h * 60,
+                amount: 100,
+            });
+        }
+        ops.push(Op::Fold { days: 2 });
+        ops.push(Op::Fold { days: 2 });
+        ops.push(Op::Grant {
+            customer: false,
+            amount: 2_000,
+            priority: 0,
+            effective: -60,
+            lasts: Some(120),
+        });
+        ops.push(Op::Void { pick: 0, at: 30 });
+        ops.push(Op::Burn {
+            customer: false,
+            after: 10,
+            amount: 700,
+        });
+        let (got, want, folds) = run(&ops);
+        assert_eq!(folds, 2);
+        assert_eq!(got, want);
+        let d = |n: i64| Decimal9::from_int(n);
+        // g1's whole life (from an hour before BASE, for two hours) is before the fold
+        // point: it starts there and expires whole.
+        assert_eq!(got.0["g1"], [d(20), d(0), d(20), d(0), d(0)]);
+        // g0's void at BASE + 30 min is moved to the fold point, after 48 hours of burn.
+        assert_eq!(got.0["g0"], [d(500), d(48), d(0), d(452), d(0)]);
+        // The burn after the fold point finds no open grant.
+        assert_eq!(
+            got.1["c1"].0[5],
+            d(55),
+            "overage: 48 hours after the fold, then 7"
+        );
+    }
+
+    #[test]
+    fn a_fold_forgets_the_burns_before_it_and_keeps_the_rate_window() {
+        let mut state = CreditState::new();
+        state.name(1, "t", "c1");
+        for h in 0..(20 * 24) {
+            state.burn(&BurnUpdate {
+                customer: 1,
+                timestamp: BASE + h * HOUR + 5,
+                burn: cents(1),
+            });
+        }
+        let now = BASE + 20 * DAY - HOUR + 5;
+        assert_eq!(state.kept(), (480, 480));
+        state.fold(BASE + 18 * DAY, Some(now));
+        // Two days of instants; the 168 hours of the rate.
+        assert_eq!(state.kept(), (2 * 24, 168));
     }
 }

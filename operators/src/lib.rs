@@ -8,7 +8,8 @@
 //! [`names`] carries the texts behind the fingerprints that key that state.
 //! The monetization views live on the same owner: [`meter_series`] keeps hourly usage
 //! for [`anomaly`] scores, [`forecast`]s and [`entitlements`]; [`costs`] prices model
-//! calls.
+//! calls. Each per-customer view implements [`view::View`], and [`view::Views`] lists
+//! them.
 #![deny(missing_docs)]
 
 pub mod anomaly;
@@ -20,6 +21,7 @@ pub mod forecast;
 pub mod lateness;
 pub mod meter_series;
 pub mod names;
+pub mod view;
 pub mod windowed_usage;
 
 pub use costs::{CostState, CostUpdate};

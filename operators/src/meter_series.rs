@@ -119,6 +119,10 @@ pub struct MeterSeries {
     dirty_days: BTreeSet<Micros>,
     /// Anything changed since [`MeterSeries::take_changed`].
     changed: bool,
+    /// The first hour kept by the last [`MeterSeries::forget`]: until it moves, another
+    /// walk over every series would drop nothing.
+    #[serde(skip)]
+    kept_from: Option<Micros>,
 }
 
 /// Names of the rows' customers and meters.
@@ -280,15 +284,41 @@ impl MeterSeries {
         rows
     }
 
-    /// Drops the hours no open day's scores and no trailing window need, and the months
-    /// before the first kept hour.
-    fn forget(&mut self, closed: Option<Micros>, latest: Option<Micros>, lateness: Micros) {
+    /// The first hour kept at a commit with these watermarks: the baseline (24 hours)
+    /// of the first day that is not final, or the trailing 7 days (and an hour) of
+    /// `latest`, whichever is earlier; none before the first event.
+    pub fn keep_from(
+        closed: Option<Micros>,
+        latest: Option<Micros>,
+        lateness: Micros,
+    ) -> Option<Micros> {
         let (Some(_), Some(latest)) = (closed, latest) else {
-            return;
+            return None;
         };
         let first_open_day = WindowSize::Day.start(first_open_hour(closed, lateness));
-        let keep_from = (first_open_day - BASELINE_HOURS as i64 * HOUR)
-            .min(WindowSize::Hour.start(latest) - TRAILING_HOURS * HOUR);
+        Some(
+            (first_open_day - BASELINE_HOURS as i64 * HOUR)
+                .min(WindowSize::Hour.start(latest) - TRAILING_HOURS * HOUR),
+        )
+    }
+
+    /// Drops the hours no open day's scores and no trailing window need, and the months
+    /// before the first kept hour.
+    pub(crate) fn forget(
+        &mut self,
+        closed: Option<Micros>,
+        latest: Option<Micros>,
+        lateness: Micros,
+    ) {
+        let Some(keep_from) = Self::keep_from(closed, latest, lateness) else {
+            return;
+        };
+        // No input reaches before `keep_from` (it is behind the lateness), so nothing
+        // new is there to drop until it moves.
+        if self.kept_from == Some(keep_from) {
+            return;
+        }
+        self.kept_from = Some(keep_from);
         let keep_month = WindowSize::Month.start(keep_from);
         self.series.retain(|_, s| {
             s.hours.forget_before(keep_from);

@@ -5,7 +5,7 @@
 //! - `reader`: its share of the dedup keys, the watermarks, the grants seen and the
 //!   retractions;
 //! - `usage`: the usage sink's window state and the names behind its fingerprints;
-//! - `customers`: the customer sink's views.
+//! - `customers`: the view sink's views (`om_operators::view::Views`).
 //!
 //! A chain is a **base** (the whole state at some commit, `{part}-w{i}-e{epoch}.bin`)
 //! followed by one **delta** per commit since (`{part}-w{i}-d{epoch}.bin`): what changed
@@ -323,7 +323,7 @@ pub fn config_digest(config: &Config) -> String {
     // afresh at every commit.
     // FORMAT changes whenever the layout of saved state does, so that a checkpoint of
     // another layout is refused instead of misread.
-    const FORMAT: u32 = 5;
+    const FORMAT: u32 = 6;
     let text = format!(
         "{FORMAT}{:?}{:?}{:?}{:?}{:?}{:?}",
         config.meters,

@@ -6,15 +6,16 @@
 //! probes through the dedup dataflow, judges lateness (`om_operators`), writes the
 //! accepted, rejected and late records of the epoch, and feeds window updates into the
 //! usage dataflow ([`dataflow`]), whose sink rewrites the changed `usage_windows`
-//! partitions, and its burn, hourly usage and model calls to the customer sink
-//! ([`customer_sink`]), which rewrites the credit tables and the monetization views and
-//! publishes the [`live`] balances and entitlements; the committer on worker 0 then
+//! partitions, and its burn, hourly usage and model calls to the view sink
+//! ([`view_sink`]), which runs every per-customer view (`om_operators::view`: credits,
+//! entitlements, forecasts, anomaly scores, costs), writes their tables and publishes the
+//! [`live`] balances and entitlements; the committer on worker 0 then
 //! writes the epoch's commit record, and [`serve`] answers the epoch's HTTP requests.
 
+pub mod access;
 pub mod append_only;
 pub mod checkpoint;
 pub mod cluster;
-pub mod customer_sink;
 pub mod dataflow;
 pub mod demo;
 pub mod exports;
@@ -29,6 +30,7 @@ pub mod priority;
 pub mod retract;
 pub mod run;
 pub mod serve;
+pub mod view_sink;
 pub mod view_updates;
 
 pub use run::{RunOptions, RunSummary, Source, run};

@@ -1,7 +1,7 @@
 //! Live balances and entitlements: what `GET /v1/customers/{id}/balance` and
 //! `.../entitlements` answer, straight from the job's state rather than from Parquet.
 //!
-//! Each worker's customer sink publishes, at every commit epoch, an immutable snapshot of
+//! Each worker's view sink publishes, at every commit epoch, an immutable snapshot of
 //! its customers' `credit_balances` and `entitlements` rows, computed from the same state
 //! and at the same watermark as the rows it writes to the tables of that epoch. A reader
 //! finds the customer's owner (the worker its fingerprint routes to, as in the job),
@@ -11,10 +11,10 @@
 //! visible here when the client reads it; one answered once journaled is visible from
 //! the next commit on.
 
-use crate::customer_sink::owner;
 use om_model::credit::BalanceRow;
 use om_model::views::{EntitlementRow, Reason};
 use om_model::{Decimal9, Micros, fingerprint};
+use om_operators::view::owner;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

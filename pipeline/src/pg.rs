@@ -3,7 +3,7 @@
 //!
 //! - **Login.** Cleartext password authentication: the password is an API key of the
 //!   config's `[[api_keys]]`, hashed and looked up as for HTTP
-//!   ([`crate::serve::key_scope`]). The key alone decides whose rows the session sees; the
+//!   ([`crate::access::key_scope`]). The key alone decides whose rows the session sees; the
 //!   user and database names are not checked. A wrong key is `FATAL 28P01 password
 //!   authentication failed`. Keys are never logged. There is no TLS: an `SSLRequest` is
 //!   answered "no" and the client goes on in plain text (`sslmode=prefer`), so keep the
@@ -37,7 +37,7 @@
 mod binary;
 mod text;
 
-use crate::serve::{MAX_ROWS, QUERY_TIMEOUT, key_scope};
+use crate::access::{MAX_ROWS, QUERY_TIMEOUT, key_scope};
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;

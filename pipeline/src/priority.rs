@@ -9,7 +9,7 @@
 //! thread finish its time slice, ~1.5 ms on 2 cores, before a woken thread of equal or
 //! higher priority gets the core, whatever their nice values; `perf sched` showed the
 //! request threads waiting 1-5 ms at every commit behind job threads running 1.5-1.8 ms
-//! at a time (bench/README.md, session 21).
+//! at a time (docs/performance-notes.md, session 21).
 //!
 //! [`JobPriority::Idle`] runs the job's threads under `SCHED_IDLE`: a woken request
 //! thread takes the core at once, and the job gets every cycle the requests leave.

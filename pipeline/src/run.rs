@@ -28,7 +28,7 @@
 //! waits for the verdicts and statuses of the whole epoch; judges lateness
 //! ([`Watermarks`]); writes its accepted, rejected and late records as Parquet; feeds
 //! window updates into the usage sink, and burns, pre-summed hourly usage and model
-//! calls ([`ViewUpdates`]) into the customer sink. Worker 0 commits an epoch once every worker's
+//! calls ([`ViewUpdates`]) into the view sink. Worker 0 commits an epoch once every worker's
 //! files for it are written: every `commit_every` epochs for a file; for Kafka and HTTP
 //! the epoch that ends about `commit_interval` after the last commit, if anything was
 //! read since ([`commit_due`]), but every `commit_every` epochs while a Kafka job
@@ -37,13 +37,13 @@
 use crate::append_only::AppendOnly;
 use crate::checkpoint::{self, Chain, ReaderCheckpoint, ReaderDelta};
 use crate::cluster::Cluster;
-use crate::customer_sink::{CustomerInput, CustomerRestore, CustomerSinkConfig, customer_sink};
 use crate::dataflow::{EpochInfo, Meta, UsageRestore, UsageSinkConfig, committer, usage_sink};
 use crate::ingress::{self, EpochVerdicts, Ingress, Verdict as IngressVerdict};
 use crate::journal;
 use crate::live::LiveViews;
 use crate::metrics::JobMetrics;
 use crate::retract::{self, Pending, Retractions};
+use crate::view_sink::{ViewRestore, ViewSinkConfig, view_sink};
 use crate::view_updates::{ViewUpdates, tracked_meters};
 use anyhow::{Context, bail};
 use om_model::{
@@ -51,6 +51,7 @@ use om_model::{
     SourcePosition, fingerprint,
 };
 use om_operators::dedup::dedup;
+use om_operators::view::CustomerInput;
 use om_operators::{
     BurnUpdate, DedupProbe, DedupState, Fate, NameCache, NameRecord, Order, ReadingUpdate,
     UpdateValue, Verdict, Watermarks, classify, late_reason,
@@ -171,7 +172,7 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Print progress lines to stderr.
     pub progress: bool,
-    /// Where the customer sinks publish balances and entitlements for live reads.
+    /// Where the view sinks publish balances and entitlements for live reads.
     pub live: Option<Arc<LiveViews>>,
     /// Where worker 0 records each commit for `/metrics`.
     pub metrics: Option<Arc<JobMetrics>>,
@@ -218,7 +219,7 @@ impl RunOptions {
     /// spread that work (decoding, verdicts, the `events` rows, the window updates)
     /// over the interval, so that less of it is left once the committing epoch is cut:
     /// at 100,000 events/s p50 and p99 freshness fell by ~0.08 s on average, p99 in 9
-    /// of 10 pairs, for no measurable CPU (bench/README.md, session 31).
+    /// of 10 pairs, for no measurable CPU (docs/performance-notes.md, session 31).
     pub fn epoch_interval(&self) -> Duration {
         match (self.epoch_interval, &self.events) {
             (Some(interval), _) => interval,
@@ -316,6 +317,7 @@ fn lower_priority() {
 
 /// Runs the job: over a file until its end, over Kafka until stopped; returns the last
 /// commit.
+#[expect(clippy::too_many_lines, reason = "to be split into stages (issue #9)")]
 pub fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     if opts.workers == 0 {
         bail!("--workers must be at least 1");
@@ -1049,6 +1051,7 @@ enum Reader<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_lines, reason = "to be split into stages (issue #9)")]
 fn run_worker(
     worker: &mut timely::worker::Worker,
     opts: &RunOptions,
@@ -1155,7 +1158,7 @@ fn run_worker(
                 state.retractions,
                 chain,
                 Some(UsageRestore::decode(usage)?),
-                Some(CustomerRestore::decode(customers)?),
+                Some(ViewRestore::decode(customers)?),
             )
         }
         None => (
@@ -1226,10 +1229,10 @@ fn run_worker(
             sink_cfg,
             Rc::clone(&info),
         );
-        let customer_files = customer_sink(
+        let customer_files = view_sink(
             customer_input.to_stream(scope),
             command_input.to_stream(scope).broadcast(),
-            CustomerSinkConfig {
+            ViewSinkConfig {
                 store: store.clone(),
                 runtime: runtime.clone(),
                 config: Arc::new(config.clone()),

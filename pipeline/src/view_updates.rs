@@ -4,9 +4,9 @@
 //! travels to the customer's owner instead of one per event; a retraction adds the
 //! negation. Sums are exact, so this changes nothing in the tables.
 
-use crate::customer_sink::CustomerInput;
 use om_model::views::CostTally;
 use om_model::{Aggregation, Config, Decimal9, Micros, WindowSize};
+use om_operators::view::CustomerInput;
 use om_operators::{CostUpdate, HourUpdate};
 use rustc_hash::FxHashMap;
 

@@ -449,8 +449,7 @@ pub fn credit_ledger(rows: &[LedgerRow<'_>]) -> Result<RecordBatch> {
     )?)
 }
 
-/// A `subscriptions` row: (tenant, customer, plan, effective_at, ends_at).
-pub type SubscriptionRow<'a> = (&'a str, &'a str, &'a str, Micros, Option<Micros>);
+pub use om_model::views::SubscriptionRow;
 
 /// The `subscriptions` table.
 pub fn subscriptions(rows: &[SubscriptionRow<'_>]) -> Result<RecordBatch> {

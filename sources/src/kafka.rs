@@ -215,7 +215,7 @@ const REORDER_EVERY: usize = 1024;
 /// from the partition that has read the smallest share of what it has to read (its
 /// backlog since the reader started) first. A worker catching up a backlog thus reads
 /// its partitions at the same pace: read from one shared queue, one partition ran nearly
-/// two days of event time ahead of another in a 10M-event catch-up (bench/README.md,
+/// two days of event time ahead of another in a 10M-event catch-up (docs/performance-notes.md,
 /// session 28), and every `usage_windows` partition that the lagging one then reached
 /// was written again. A partition whose queue is full is not fetched until it is read
 /// (librdkafka's back-pressure), so the broker's bandwidth goes to the others.
@@ -279,7 +279,7 @@ impl PartitionReader {
             // Once its queue of fetched messages is full, the client waits this long
             // before it fetches again (librdkafka's default: a second). A job catching
             // up drains a full queue in a fraction of that and then waited for the
-            // rest: 0.3-0.9 s of every few epochs (bench/README.md, session 24).
+            // rest: 0.3-0.9 s of every few epochs (docs/performance-notes.md, session 24).
             .set("fetch.queue.backoff.ms", "10")
             .create()
             .map_err(|e| url.client_error("creating a consumer", e))?;
