@@ -102,8 +102,6 @@ impl Customers {
 /// The commit a view writes at.
 #[derive(Clone, Copy, Debug)]
 pub struct Commit<'a> {
-    /// The epoch of the commit.
-    pub epoch: u64,
     /// The latest watermark: the "now" of balances, entitlements and forecasts.
     pub now: Option<Micros>,
     /// The closed watermark: what no input can reach any more is final behind it
@@ -360,7 +358,6 @@ pub(crate) mod testing {
     /// A commit at `now` (closed at the same watermark) that writes everything.
     pub fn commit<'a>(config: &'a Config, meters: &'a [String], now: Micros) -> Commit<'a> {
         Commit {
-            epoch: 1,
             now: Some(now),
             closed: Some(now),
             whole: true,

@@ -100,10 +100,9 @@ struct Sink {
 }
 
 impl Sink {
-    /// The commit of epoch `epoch` as the views see it.
-    fn commit_at(&self, epoch: u64, now: Option<Micros>, closed: Option<Micros>) -> Commit<'_> {
+    /// A commit at these watermarks as the views see it (writing everything).
+    fn commit_at(&self, now: Option<Micros>, closed: Option<Micros>) -> Commit<'_> {
         Commit {
-            epoch,
             now,
             closed,
             whole: true,
@@ -113,12 +112,12 @@ impl Sink {
         }
     }
 
-    /// Folds one epoch's inputs and commands.
-    fn fold(&self, views: &mut Views, inputs: Vec<CustomerInput>, commands: Vec<Command>) {
-        for i in &inputs {
+    /// Applies one epoch's inputs, then its commands.
+    fn apply_epoch(&self, views: &mut Views, inputs: &[CustomerInput], commands: &[Command]) {
+        for i in inputs {
             views.apply(i, &self.cfg.config);
         }
-        for c in &commands {
+        for c in commands {
             views.command(c, self.cfg.worker, self.cfg.peers);
         }
     }
@@ -129,10 +128,12 @@ impl Sink {
         let mut views = saved.base;
         for entry in saved.log {
             match entry {
-                ViewEntry::Epoch { inputs, commands } => self.fold(&mut views, inputs, commands),
+                ViewEntry::Epoch { inputs, commands } => {
+                    self.apply_epoch(&mut views, &inputs, &commands)
+                }
                 ViewEntry::Commit { now, closed } => {
                     views.take_changed();
-                    views.commit(&self.commit_at(0, now, closed), &mut Discard);
+                    views.commit(&self.commit_at(now, closed), &mut Discard);
                 }
             }
         }
@@ -172,7 +173,7 @@ pub fn view_sink<'s>(
                 let mut out = Files::new(sink.cfg.worker, true);
                 let at = Commit {
                     days: false,
-                    ..sink.commit_at(epoch, now, None)
+                    ..sink.commit_at(now, None)
                 };
                 views.commit(&at, &mut out);
                 live.publish(sink.cfg.worker, out.snapshot(epoch, now, &views));
@@ -202,7 +203,7 @@ pub fn view_sink<'s>(
                                 commands: &commands,
                             });
                         }
-                        sink.fold(&mut views, inputs, commands);
+                        sink.apply_epoch(&mut views, &inputs, &commands);
                     }
                     if !commits {
                         continue;
@@ -226,7 +227,7 @@ pub fn view_sink<'s>(
                     views.commit(
                         &Commit {
                             whole,
-                            ..sink.commit_at(t, now, closed)
+                            ..sink.commit_at(now, closed)
                         },
                         &mut out,
                     );
