@@ -20,17 +20,20 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The subscriptions of the customers a worker owns.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Subscriptions {
-    /// Customer -> effective_at -> plan.
-    plans: BTreeMap<u64, BTreeMap<Micros, String>>,
+    /// Customer -> (effective_at, plan), by effective_at (a customer has a few: a
+    /// map's node would hold eleven).
+    plans: BTreeMap<u64, Vec<(Micros, String)>>,
 }
 
 impl Subscriptions {
     /// Records a `subscribe` command.
     pub fn subscribe(&mut self, customer: u64, effective_at: Micros, plan: &str) {
-        self.plans
-            .entry(customer)
-            .or_default()
-            .insert(effective_at, plan.to_string());
+        let plans = self.plans.entry(customer).or_default();
+        // At one instant, the later command.
+        match plans.binary_search_by_key(&effective_at, |(t, _)| *t) {
+            Ok(i) => plans[i].1 = plan.to_string(),
+            Err(i) => plans.insert(i, (effective_at, plan.to_string())),
+        }
     }
 
     /// Every subscription: (customer, effective_at, plan, the next one's effective_at),
@@ -39,16 +42,17 @@ impl Subscriptions {
         self.plans.iter().flat_map(|(&customer, plans)| {
             let mut it = plans.iter().peekable();
             std::iter::from_fn(move || {
-                let (&from, plan) = it.next()?;
-                Some((customer, from, plan.as_str(), it.peek().map(|(t, _)| **t)))
+                let (from, plan) = it.next()?;
+                Some((customer, *from, plan.as_str(), it.peek().map(|(t, _)| *t)))
             })
         })
     }
 
     /// The customer's plan at `now`.
     pub fn plan_at(&self, customer: u64, now: Micros) -> Option<&str> {
-        let (_, plan) = self.plans.get(&customer)?.range(..=now).next_back()?;
-        Some(plan)
+        let plans = self.plans.get(&customer)?;
+        let upto = plans.partition_point(|(t, _)| *t <= now);
+        Some(plans[..upto].last()?.1.as_str())
     }
 }
 

@@ -323,7 +323,7 @@ pub fn config_digest(config: &Config) -> String {
     // afresh at every commit.
     // FORMAT changes whenever the layout of saved state does, so that a checkpoint of
     // another layout is refused instead of misread.
-    const FORMAT: u32 = 6;
+    const FORMAT: u32 = 7;
     let text = format!(
         "{FORMAT}{:?}{:?}{:?}{:?}{:?}{:?}",
         config.meters,
