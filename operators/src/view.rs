@@ -179,14 +179,17 @@ pub trait View {
     fn fold_point(&self, at: &Commit<'_>) -> Option<Micros>;
 
     /// Folds one input routed to this worker. Names and hourly usage are in
-    /// `customers` already.
-    fn apply(&mut self, input: &CustomerInput, config: &Config);
+    /// `customers` already; a view that reads only those ignores its inputs.
+    fn apply(&mut self, _input: &CustomerInput, _config: &Config) {}
 
-    /// Folds one command (every worker sees every command).
-    fn command(&mut self, command: Commanded<'_>);
+    /// Folds one command (every worker sees every command); most views take none.
+    fn command(&mut self, _command: Commanded<'_>) {}
 
-    /// Whether its own inputs changed since its last commit.
-    fn changed(&self) -> bool;
+    /// Whether its own inputs changed since its last commit (none for a view with no
+    /// inputs of its own).
+    fn changed(&self) -> bool {
+        false
+    }
 
     /// At a commit: puts the rows of the partitions to rewrite into `out`.
     fn commit(&mut self, at: &Commit<'_>, customers: &mut Customers, out: &mut dyn TableOut);

@@ -3,10 +3,10 @@
 //! ([`crate::anomaly`] holds the arithmetic, [`crate::meter_series`] which days change
 //! and when they are final).
 
-use super::{Commanded, Commit, CustomerInput, Customers, TableOut, View};
+use super::{Commit, Customers, TableOut, View};
 use crate::meter_series::MeterSeries;
 use crate::meter_series::RowNames;
-use om_model::{Config, Micros};
+use om_model::Micros;
 
 /// The anomaly view; its state is the shared series.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -20,14 +20,6 @@ impl View for Anomaly {
     /// The shared hourly series' (its days before are final and written).
     fn fold_point(&self, at: &Commit<'_>) -> Option<Micros> {
         MeterSeries::keep_from(at.closed, at.now, at.config.pipeline.allowed_lateness)
-    }
-
-    fn apply(&mut self, _: &CustomerInput, _: &Config) {}
-
-    fn command(&mut self, _: Commanded<'_>) {}
-
-    fn changed(&self) -> bool {
-        false
     }
 
     fn commit(&mut self, at: &Commit<'_>, customers: &mut Customers, out: &mut dyn TableOut) {
@@ -54,6 +46,7 @@ impl View for Anomaly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::CustomerInput;
     use crate::view::testing::*;
     use om_model::time::HOUR;
 

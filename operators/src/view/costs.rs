@@ -1,7 +1,7 @@
 //! The costs view: `costs` by UTC day, model calls per (customer, provider, model, day)
 //! priced from the model price catalog ([`CostState`] holds the semantics).
 
-use super::{Commanded, Commit, CustomerInput, Customers, TableOut, View};
+use super::{Commit, CustomerInput, Customers, TableOut, View};
 use crate::CostState;
 use om_model::{Config, Micros};
 
@@ -25,12 +25,6 @@ impl View for Costs {
         if let (CustomerInput::Cost(c), true) = (input, config.costs.enabled) {
             self.0.apply(c);
         }
-    }
-
-    fn command(&mut self, _: Commanded<'_>) {}
-
-    fn changed(&self) -> bool {
-        false
     }
 
     fn commit(&mut self, at: &Commit<'_>, customers: &mut Customers, out: &mut dyn TableOut) {

@@ -3,12 +3,12 @@
 //! `subscribe` commands, this month's usage ([`Customers::series`]) and the balances of
 //! the credits view.
 
-use super::{Commanded, Commit, CustomerInput, Customers, TableOut, View};
+use super::{Commanded, Commit, Customers, TableOut, View};
 use crate::Subscriptions;
 use crate::entitlements::{self, Standing};
 use crate::meter_series::MeterSeries;
 use om_model::views::{EntitlementRow, SubscriptionRow};
-use om_model::{Command, Config, Decimal9, Micros, WindowSize};
+use om_model::{Command, Decimal9, Micros, WindowSize};
 use std::collections::BTreeMap;
 
 /// The plans of one worker's customers.
@@ -29,8 +29,6 @@ impl View for Entitlements {
     fn fold_point(&self, _: &Commit<'_>) -> Option<Micros> {
         None
     }
-
-    fn apply(&mut self, _: &CustomerInput, _: &Config) {}
 
     fn command(&mut self, c: Commanded<'_>) {
         if let (
@@ -122,6 +120,7 @@ impl Standing for CustomerStanding<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::CustomerInput;
     use crate::view::testing::*;
 
     fn subscribe(plan: &str) -> Command {

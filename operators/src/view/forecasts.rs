@@ -2,10 +2,10 @@
 //! 7 days projected to the month's end as of the watermark, from
 //! [`Customers::series`] ([`crate::forecast`] holds the arithmetic).
 
-use super::{Commanded, Commit, CustomerInput, Customers, TableOut, View};
+use super::{Commit, Customers, TableOut, View};
 use crate::meter_series::MeterSeries;
 use crate::meter_series::RowNames;
-use om_model::{Config, Micros};
+use om_model::Micros;
 
 /// The forecasts view; it keeps nothing of its own.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -19,14 +19,6 @@ impl View for Forecasts {
     /// The shared hourly series' (forecasts need the trailing 7 days).
     fn fold_point(&self, at: &Commit<'_>) -> Option<Micros> {
         MeterSeries::keep_from(at.closed, at.now, at.config.pipeline.allowed_lateness)
-    }
-
-    fn apply(&mut self, _: &CustomerInput, _: &Config) {}
-
-    fn command(&mut self, _: Commanded<'_>) {}
-
-    fn changed(&self) -> bool {
-        false
     }
 
     fn commit(&mut self, at: &Commit<'_>, customers: &mut Customers, out: &mut dyn TableOut) {
@@ -44,6 +36,7 @@ impl View for Forecasts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::CustomerInput;
     use crate::view::testing::*;
 
     #[test]
