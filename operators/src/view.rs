@@ -280,6 +280,12 @@ impl Views {
         views.iter().any(|v| v.changed()) || series || named
     }
 
+    /// Drops what only a commit and its live snapshot need (the balances of every
+    /// customer), so that it is not held between commits.
+    pub fn release(&mut self) {
+        self.customers.balances = Vec::new();
+    }
+
     /// Commits every view in order, then forgets the hourly usage no view needs any
     /// more.
     pub fn commit(&mut self, at: &Commit<'_>, out: &mut dyn TableOut) {

@@ -134,6 +134,7 @@ impl Sink {
                 ViewEntry::Commit { now, closed } => {
                     views.take_changed();
                     views.commit(&self.commit_at(now, closed), &mut Discard);
+                    views.release();
                 }
             }
         }
@@ -178,6 +179,7 @@ pub fn view_sink<'s>(
                 views.commit(&at, &mut out);
                 live.publish(sink.cfg.worker, out.snapshot(epoch, now, &views));
                 live.processed(sink.cfg.worker, epoch);
+                views.release();
             }
             // The watermark the whole-table files on record were computed at.
             let mut written_at: Option<Option<Micros>> = None;
@@ -237,6 +239,7 @@ pub fn view_sink<'s>(
                         }
                         live.processed(sink.cfg.worker, t);
                     }
+                    views.release();
                     let at = cap
                         .as_ref()
                         .expect("held until the inputs are done")
